@@ -1,0 +1,123 @@
+"""Command line: ``ssbx run [SCENARIO.toml] [--out FILE.h5] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+ssbx: differentiable voxel simulations of solid-state battery cathode particles.
+
+Without a scenario file, `ssbx run` runs the built-in default: a 10 µm NCM622
+secondary particle of 100 Voronoi grains (random orientations, D = 5e-15, 5e-15,
+1e-20 m²/s along [100], [010], [001]), delithiated at 1C through its whole surface
+for 30 minutes (0.25 µm voxels). examples/default.toml is the same scenario with
+every key commented.
+"""
+
+
+def _run_parser(sub):
+    p = sub.add_parser(
+        "run",
+        help="run a scenario (the built-in default if no file is given)",
+        description=DESCRIPTION + "\nWrites an HDF5 run file and a summary PNG beside it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (default: built-in scenario)")
+    p.add_argument("--out", "-o", default=None,
+                   help="output HDF5 file (default: <run.name>.h5 in the current folder)")
+    p.add_argument("--png", default=None,
+                   help="summary PNG path (default: the output path with .png)")
+    p.add_argument("--no-png", action="store_true", help="do not write the summary PNG")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--float64", action="store_true", help="run in float64 (overrides run.dtype)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one scenario key, e.g. --set protocol.c_rate=2 (TOML value syntax); repeatable")
+    return p
+
+
+def _parse_overrides(items):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover
+        import tomli as tomllib
+    from .errors import ConfigError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. protocol.c_rate=2")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()  # bare strings: --set material.name=NCM811
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def cmd_run(args) -> int:
+    if args.float64:
+        os.environ["JAX_ENABLE_X64"] = "1"
+    from .config import Scenario, load_scenario
+    from .errors import ConfigError, SimulationDiverged
+
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+        overrides = _parse_overrides(args.set)
+        if args.float64:
+            overrides.setdefault("run", {})["dtype"] = "float64"
+        if overrides:
+            scenario = scenario.replace(**overrides)
+        if scenario.run.dtype == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        from .plotting import summary_figure
+        from .simulation import run_scenario
+
+        out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
+        print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            result = run_scenario(scenario, out, progress=not args.quiet)
+        except SimulationDiverged as err:
+            print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
+            return 3
+        elapsed = time.perf_counter() - t0
+        if result.status == "stopped":
+            print(f"ssbx run: {result.message}", file=sys.stderr)
+        print(
+            f"ssbx run: {result.status}: {result.n_steps} steps of {result.dt_s:.4g} s "
+            f"(t = {result.t_end_s:.6g} s) in {elapsed:.1f} s wall time; wrote {out}",
+            file=sys.stderr,
+        )
+        if not args.no_png:
+            png = Path(args.png) if args.png else out.with_suffix(".png")
+            summary_figure(out, png)
+            print(f"ssbx run: summary figure {png}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ssbx", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Scenario files: TOML -> validated, immutable configuration.
+
+A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protocol]``,
+``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
+``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
+values outside their valid range, raise :class:`ConfigError` naming the field, the
+value and what is valid. examples/default.toml documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .errors import ConfigError
+from .materials import get_active_material
+from .microstructure import LABEL_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = "ncm622_particle_1C"
+    dtype: str = "float32"
+
+    def validate(self):
+        _choice("run.dtype", self.dtype, ("float32", "float64"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleConfig:
+    radius_m: float = 5e-6
+    voxel_size_m: float = 2.0e-7
+    n_grains: int | None = 400
+    mean_grain_size_m: float | None = None
+    grain_size_spread: float = 0.0
+    reactive_fraction: float = 1.0
+    surrounding: str = "ecbd"
+    margin_voxels: int = 2
+    ndim: int = 3
+    seed: int = 0
+
+    def validate(self):
+        _positive("particle.radius_m", self.radius_m)
+        _positive("particle.voxel_size_m", self.voxel_size_m)
+        if self.n_grains is not None:
+            if not _is_int(self.n_grains) or self.n_grains < 1:
+                raise ConfigError(f"particle.n_grains = {self.n_grains!r}: must be an integer ≥ 1")
+        if self.mean_grain_size_m is not None:
+            _positive("particle.mean_grain_size_m", self.mean_grain_size_m)
+        if (self.n_grains is None) == (self.mean_grain_size_m is None):
+            raise ConfigError(
+                "particle: give exactly one of n_grains and mean_grain_size_m "
+                f"(got n_grains = {self.n_grains!r}, mean_grain_size_m = {self.mean_grain_size_m!r});"
+                " set n_grains = false to use mean_grain_size_m"
+            )
+        _in_range("particle.grain_size_spread", self.grain_size_spread, 0.0, math.inf)
+        _in_range("particle.reactive_fraction", self.reactive_fraction, 0.0, 1.0)
+        surroundings = tuple(v for k, v in LABEL_NAMES.items() if k in (0, 2, 4))
+        _choice("particle.surrounding", self.surrounding, surroundings)
+        if not _is_int(self.margin_voxels) or self.margin_voxels < 1:
+            raise ConfigError(f"particle.margin_voxels = {self.margin_voxels!r}: must be an integer ≥ 1")
+        _choice("particle.ndim", self.ndim, (2, 3))
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"particle.seed = {self.seed!r}: must be an integer ≥ 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaterialConfig:
+    name: str = "NCM622"
+    diffusivity_m2_s: tuple[float, float, float] | None = None  # None: the material's default
+    c_max_mol_m3: float | None = None  # None: the material's default
+    x_initial: float = 0.95
+
+    def validate(self):
+        material = get_active_material(self.name)
+        d = self.resolved_diffusivity(material)
+        if len(d) != 3:
+            raise ConfigError(
+                f"material.diffusivity_m2_s = {list(d)!r}: needs 3 values (D1, D2, D3) in m²/s"
+            )
+        for i, value in enumerate(d):
+            _positive(f"material.diffusivity_m2_s[{i}]", value)
+        if self.c_max_mol_m3 is not None:
+            _positive("material.c_max_mol_m3", self.c_max_mol_m3)
+        _in_range("material.x_initial", self.x_initial, 0.0, 1.0)
+
+    def resolved_diffusivity(self, material=None) -> tuple[float, ...]:
+        material = material or get_active_material(self.name)
+        return tuple(self.diffusivity_m2_s or material.diffusivity_m2_s)
+
+    def resolved_c_max(self) -> float:
+        return float(self.c_max_mol_m3 or get_active_material(self.name).c_max_mol_m3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    kind: str = "prescribed_flux"
+    direction: str = "delithiation"
+    c_rate: float = 1.0
+    duration_s: float = 1440.0
+
+    def validate(self):
+        _choice("protocol.kind", self.kind, ("prescribed_flux",))
+        _choice("protocol.direction", self.direction, ("delithiation", "lithiation"))
+        _positive("protocol.c_rate", self.c_rate)
+        _positive("protocol.duration_s", self.duration_s)
+
+    @property
+    def sign(self) -> float:
+        """+1 for Li into the particle (lithiation), −1 for delithiation (charge)."""
+        return 1.0 if self.direction == "lithiation" else -1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericsConfig:
+    time_step_safety: float = 0.9
+    max_time_step_s: float | None = None
+    checkpoint_every: int = 16
+
+    def validate(self):
+        if not 0 < self.time_step_safety <= 1:
+            raise ConfigError(
+                f"numerics.time_step_safety = {self.time_step_safety!r}: valid range is (0, 1]"
+            )
+        if self.max_time_step_s is not None:
+            _positive("numerics.max_time_step_s", self.max_time_step_s)
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
+            raise ConfigError(
+                f"numerics.checkpoint_every = {self.checkpoint_every!r}: must be an integer ≥ 1"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    n_snapshots: int = 7
+    timeseries_every: int = 1
+    summary_png: bool = True
+
+    def validate(self):
+        if not _is_int(self.n_snapshots) or self.n_snapshots < 2:
+            raise ConfigError(f"output.n_snapshots = {self.n_snapshots!r}: must be an integer ≥ 2")
+        if not _is_int(self.timeseries_every) or self.timeseries_every < 1:
+            raise ConfigError(
+                f"output.timeseries_every = {self.timeseries_every!r}: must be an integer ≥ 1"
+            )
+
+
+SECTIONS = {
+    "run": RunConfig,
+    "particle": ParticleConfig,
+    "material": MaterialConfig,
+    "protocol": ProtocolConfig,
+    "numerics": NumericsConfig,
+    "output": OutputConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A complete, validated scenario."""
+
+    run: RunConfig = RunConfig()
+    particle: ParticleConfig = ParticleConfig()
+    material: MaterialConfig = MaterialConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    numerics: NumericsConfig = NumericsConfig()
+    output: OutputConfig = OutputConfig()
+
+    def __post_init__(self):
+        for name in SECTIONS:
+            getattr(self, name).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **sections: dict[str, Any]) -> "Scenario":
+        """A copy with some keys changed: ``s.replace(particle={"n_grains": 10})``."""
+        merged = self.to_dict()
+        for section, values in sections.items():
+            if section not in SECTIONS:
+                raise ConfigError(_unknown("section", section, SECTIONS))
+            merged[section].update(values)
+        return scenario_from_dict(merged)
+
+
+def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    """Build a :class:`Scenario` from nested dicts, rejecting unknown sections and keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"scenario must be a table of sections, got {type(data).__name__}")
+    sections = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(_unknown("section", section, SECTIONS))
+        cls = SECTIONS[section]
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
+        cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
+        if "diffusivity_m2_s" in cleaned and cleaned["diffusivity_m2_s"] is not None:
+            cleaned["diffusivity_m2_s"] = tuple(cleaned["diffusivity_m2_s"])
+        try:
+            sections[section] = cls(**cleaned)
+        except TypeError as err:  # pragma: no cover - guarded by the key check above
+            raise ConfigError(f"[{section}]: {err}") from err
+    return Scenario(**sections)
+
+
+# Keys that accept ``false`` in TOML (which has no null) to mean "not set".
+_OPTIONAL_KEYS = {"n_grains", "mean_grain_size_m", "diffusivity_m2_s", "c_max_mol_m3", "max_time_step_s"}
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"scenario file {str(path)!r} does not exist")
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"scenario file {str(path)!r} is not valid TOML: {err}") from err
+    return scenario_from_dict(data)
+
+
+def _unknown(what: str, name: str, valid) -> str:
+    return f"unknown {what} {name!r}; valid: {sorted(valid)}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(field: str, value) -> None:
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(f"{field} = {value!r}: must be a finite number > 0")
+
+
+def _in_range(field: str, value, low: float, high: float) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not low <= value <= high:
+        raise ConfigError(f"{field} = {value!r}: valid range is [{low}, {high}]")
+
+
+def _choice(field: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{field} = {value!r}: valid values are {list(choices)}")

@@ -1,0 +1,73 @@
+"""Summary figure of a run: SOC slices over time, mean SOC vs time, per-grain spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import RunData, load_run  # noqa: E402
+
+
+def central_slice(field: np.ndarray) -> np.ndarray:
+    """The z-midplane of a 3D field (the field itself in 2D), indexed [x, y]."""
+    return field[..., field.shape[-1] // 2] if field.ndim == 3 else field
+
+
+def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: int = 4) -> Path:
+    """Write the summary PNG of a run file and return its path.
+
+    Top row: the mid-plane SOC (x = c/c_max) at up to ``max_slices`` snapshot times.
+    Bottom row: mean SOC vs time; per-grain mean SOC at each snapshot (median and
+    5–95 % band) to show the grain-to-grain spread.
+    """
+    if not isinstance(run, RunData):
+        run = load_run(run)
+    soc = run.fields["soc"]
+    t_snap = run.fields["t_s"]
+    pick = np.unique(np.linspace(0, len(t_snap) - 1, min(max_slices, len(t_snap))).round().astype(int))
+    fig = plt.figure(figsize=(3.2 * len(pick), 6.4), constrained_layout=True)
+    grid = fig.add_gridspec(2, len(pick))
+    extent_um = None
+    for col, i in enumerate(pick):
+        ax = fig.add_subplot(grid[0, col])
+        plane = central_slice(soc[i])
+        n0, n1 = plane.shape
+        extent_um = [0, n0 * run.voxel_size_m * 1e6, 0, n1 * run.voxel_size_m * 1e6]
+        im = ax.imshow(plane.T, origin="lower", extent=extent_um, vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"t = {t_snap[i]:.0f} s")
+        ax.set_xlabel("x (µm)")
+        if col == 0:
+            ax.set_ylabel("y (µm)")
+    fig.colorbar(im, ax=fig.axes, label="SOC x = c/c_max (mid-plane)", shrink=0.8)
+
+    half = max(1, len(pick) // 2)
+    ax = fig.add_subplot(grid[1, :half])
+    ts = run.timeseries
+    ax.plot(ts["t_s"], ts["mean_soc"], color="k")
+    ax.set_xlabel("t (s)")
+    ax.set_ylabel("mean SOC x")
+    ax.set_title("mean SOC of the particle")
+    ax.grid(alpha=0.3)
+
+    ax = fig.add_subplot(grid[1, half:])
+    grain = run.grains.get("mean_soc")
+    if grain is not None and grain.size:
+        lo, med, hi = np.percentile(grain, [5, 50, 95], axis=1)
+        ax.fill_between(t_snap[: len(med)], lo, hi, alpha=0.3, label="5–95 % of grains")
+        ax.plot(t_snap[: len(med)], med, "o-", label="median grain")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("t (s)")
+    ax.set_ylabel("per-grain mean SOC")
+    ax.set_title("grain-to-grain spread")
+    ax.grid(alpha=0.3)
+    status = "" if run.status == "completed" else f"  [{run.status}]"
+    fig.suptitle(f"{run.config['run']['name']}{status}")
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
