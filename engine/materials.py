@@ -11,11 +11,11 @@ Sources
   fitted an isotropic 4e-15 m²/s, close to it.
 * NCM622: D = (5e-15, 5e-15, 1e-20) m²/s from the single-particle NCM622 study of
   physics.md scenario S1. c_max = ρ/M from the R-3m cell: a = 2.868 Å, c = 14.21 Å,
-  Z = 3 formula units, giving 3 / (N_A · (√3/2) a² c) = 49 230 mol/m³ (lattice
+  Z = 3 formula units, giving 3 / (N_A · (√3/2) a² c) = 49 214 mol/m³ (lattice
   parameters as reported for LiNi0.6Co0.2Mn0.2O2 by Noh et al., J. Power Sources 233,
   121 (2013); re-derive if you use another composition).
 * NCM111: D = (1e-14, 1e-14, 1e-20) m²/s, physics.md scenario S2. c_max from the
-  R-3m cell a = 2.860 Å, c = 14.23 Å (Noh et al. 2013, x = 1/3): 49 560 mol/m³.
+  R-3m cell a = 2.860 Å, c = 14.23 Å (Noh et al. 2013, x = 1/3): 49 420 mol/m³.
 """
 
 from __future__ import annotations

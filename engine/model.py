@@ -42,7 +42,9 @@ class ParticleGeometry(eqx.Module):
 
     Attributes:
         grain_id: int32 grid, −1 outside the active phase.
-        face_count: per-voxel number of reactive surface faces (float grid).
+        face_count: per-voxel reactive surface area in units of h² (float grid; the
+            number of reactive faces, corrected for the staircase by
+            :meth:`Microstructure.reactive_area_faces`).
         voxel_size_m: voxel edge, m (static).
     """
 
@@ -67,7 +69,7 @@ class ParticleGeometry(eqx.Module):
     def from_microstructure(cls, micro: Microstructure, dtype=jnp.float32) -> "ParticleGeometry":
         return cls(
             grain_id=jnp.asarray(micro.grain_id, dtype=jnp.int32),
-            face_count=jnp.asarray(micro.reactive_face_count(), dtype=dtype),
+            face_count=jnp.asarray(micro.reactive_area_faces(), dtype=dtype),
             voxel_size_m=float(micro.voxel_size_m),
         )
 

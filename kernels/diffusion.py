@@ -159,13 +159,14 @@ def surface_flux_rate(flux_mol_m2_s, face_count, c_max_mol_m3, voxel_size_m):
     """Source ∂x/∂t from a prescribed Li flux through reactive surface faces, 1/s.
 
     s = j · n_faces · h² / (c_max · h³) = j · n_faces / (c_max · h), where j > 0 is
-    Li *into* the particle (lithiation) and n_faces counts the reactive faces of a
-    voxel.
+    Li *into* the particle (lithiation) and n_faces is the reactive surface area of a
+    voxel in units of h² (its number of reactive faces, or a staircase-corrected
+    fractional value).
 
     Args:
         flux_mol_m2_s: Li flux density into the particle, mol/(m² s); scalar or
             per-voxel array.
-        face_count: per-voxel number of reactive faces (0 elsewhere).
+        face_count: per-voxel reactive area in units of h² (0 elsewhere).
         c_max_mol_m3: maximum Li concentration, mol/m³.
         voxel_size_m: voxel edge h, m.
     """
