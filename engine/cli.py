@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
             f"(t = {result.t_end_s:.6g} s) in {elapsed:.1f} s wall time; wrote {out}",
             file=sys.stderr,
         )
-        if not args.no_png:
+        if not args.no_png and scenario.output.summary_png:
             png = Path(args.png) if args.png else out.with_suffix(".png")
             summary_figure(out, png)
             print(f"ssbx run: summary figure {png}", file=sys.stderr)

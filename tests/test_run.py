@@ -1,0 +1,147 @@
+"""End-to-end: `ssbx run` on the default scenario, the file format, stops and errors."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssbx.engine import simulation
+from ssbx.engine.cli import main
+from ssbx.engine.config import Scenario
+from ssbx.engine.errors import ConfigError, SimulationDiverged
+from ssbx.engine.io import load_run
+from ssbx.engine.materials import FARADAY
+from ssbx.engine.microstructure import Microstructure
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The built-in default scenario, run once through the CLI entry point."""
+    out = tmp_path_factory.mktemp("default") / "default.h5"
+    assert main(["run", "--quiet", "--out", str(out)]) == 0
+    return load_run(out)
+
+
+def test_default_run_conserves_li(default_run):
+    """ΔM_Li equals the integrated surface flux to 1e-5 relative (float32 run)."""
+    run = default_run
+    ts = run.timeseries
+    charge_mol = np.trapezoid(ts["current_A"], ts["t_s"]) / FARADAY  # Li removed, mol
+    # M_Li from the stored fields (summed in float64 here), not from the run's own log
+    c_max = Scenario().material.resolved_c_max()
+    li = [np.nansum(f.astype(np.float64)) * c_max * run.voxel_size_m**3 for f in run.fields["soc"]]
+    assert charge_mol > 0
+    assert abs((li[0] - li[-1]) - charge_mol) < 1e-5 * charge_mol
+    assert abs((ts["li_mol"][0] - ts["li_mol"][-1]) - charge_mol) < 1e-5 * charge_mol
+
+
+def test_default_run_file_layout(default_run):
+    run = default_run
+    s = Scenario()
+    assert run.status == "completed"
+    assert run.config == json.loads(s.to_json())
+    labels, gid = run.geometry["labels"], run.geometry["grain_id"]
+    assert labels.dtype == np.uint8 and gid.dtype == np.int32 and labels.shape == gid.shape
+    assert run.geometry["orientations"].shape == (gid.max() + 1, 4)
+    lengths = {len(v) for v in run.timeseries.values()}
+    assert len(lengths) == 1
+    assert run.timeseries["t_s"][-1] == pytest.approx(s.protocol.duration_s)
+    assert run.fields["soc"].shape == (s.output.n_snapshots,) + labels.shape
+    np.testing.assert_allclose(run.fields["t_s"], np.linspace(0, s.protocol.duration_s, s.output.n_snapshots))
+    assert np.all(np.isnan(run.fields["soc"][:, gid < 0]))
+    soc = run.fields["soc"][:, gid >= 0]
+    assert soc.min() >= 0 and soc.max() <= 1
+    # mean SOC falls linearly at 1C: Δx = duration / 3600 s
+    np.testing.assert_allclose(run.timeseries["mean_soc"][-1], 0.95 - s.protocol.duration_s / 3600, atol=1e-6)
+    assert run.grains["mean_soc"].shape == (s.output.n_snapshots, gid.max() + 1)
+    assert run.path.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_partial_contact_localises_delithiation(default_run, tmp_path):
+    """Same microstructure, 66.7 % of surface grains reactive (the S1 comparison): the
+    unreactive surface grains lag behind the reactive ones, and the total current, hence
+    the mean SOC, is unchanged."""
+    out = tmp_path / "partial.h5"
+    assert main(["run", "-q", "--no-png", "--out", str(out), "--set", "particle.reactive_fraction=0.667",
+                 "--set", "protocol.duration_s=480"]) == 0
+    run = load_run(out)
+    micro = Microstructure(run.geometry["labels"], run.geometry["grain_id"], run.geometry["orientations"],
+                           run.geometry["reactive_grains"], run.voxel_size_m)
+    surface, reactive = micro.surface_grains(), micro.reactive_grains
+    grain_soc = run.grains["mean_soc"][-1]
+    assert grain_soc[surface & ~reactive].mean() > grain_soc[surface & reactive].mean() + 0.04
+    assert grain_soc[~surface].mean() > grain_soc[surface].mean()  # delithiation starts at the surface
+    i = 2  # the default run's snapshot at 480 s
+    assert default_run.fields["t_s"][i] == pytest.approx(480)
+    assert np.std(grain_soc) > np.std(default_run.grains["mean_soc"][i])
+    np.testing.assert_allclose(run.timeseries["mean_soc"][-1], 0.95 - 480 / 3600, atol=1e-6)
+
+
+def test_c_rate_that_empties_a_voxel_stops_and_keeps_the_file(tmp_path):
+    out = tmp_path / "fast.h5"
+    s = Scenario().replace(particle={"radius_m": 2e-6, "n_grains": 20}, protocol={"c_rate": 20.0, "duration_s": 600.0})
+    result = simulation.run_scenario(s, out, progress=False)
+    assert result.status == "stopped" and "fell below 0" in result.message
+    run = load_run(out)
+    assert run.status == "stopped" and "stopped at t =" in run.message
+    assert run.timeseries["t_s"][-1] == pytest.approx(result.t_end_s)
+    assert result.t_end_s < 600
+    assert np.nanmin(run.fields["soc"][-1]) >= 0  # the step that would go below 0 is not taken
+    assert run.fields["t_s"][-1] == pytest.approx(result.t_end_s)
+
+
+def test_nan_stops_with_message_and_keeps_file(tmp_path, monkeypatch):
+    """A state that turns NaN stops the run, marks the file and raises."""
+    original = simulation.initial_state
+
+    def poisoned(geometry, x_initial, dtype):
+        x = original(geometry, x_initial, dtype)
+        idx = tuple(int(i[0]) for i in jnp.nonzero(geometry.grain_id >= 0))
+        return x.at[idx].set(jnp.nan)
+
+    monkeypatch.setattr(simulation, "initial_state", poisoned)
+    out = tmp_path / "nan.h5"
+    s = Scenario().replace(particle={"radius_m": 1e-6, "n_grains": 5})
+    with pytest.raises(SimulationDiverged, match="NaN"):
+        simulation.run_scenario(s, out, progress=False)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "diverged"
+        assert f["fields/soc"].shape[0] >= 1
+
+
+def test_cli_scenario_file_and_errors(tmp_path, examples_dir, capsys):
+    scenario = tmp_path / "small.toml"
+    scenario.write_text('[run]\nname = "small"\n[particle]\nradius_m = 1e-6\nn_grains = 5\nndim = 2\n'
+                        "[protocol]\nduration_s = 60.0\n")
+    out = tmp_path / "small.h5"
+    assert main(["run", str(scenario), "--out", str(out), "-q"]) == 0
+    run = load_run(out)
+    assert run.geometry["labels"].ndim == 2 and run.config["run"]["name"] == "small"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[particle]\nvoxel_size = 1e-7\n")
+    assert main(["run", str(bad), "-q"]) == 2
+    assert "unknown key in [particle] 'voxel_size'" in capsys.readouterr().err
+    assert main(["run", "-q", "--set", "material.diffusivity_m2_s=[0, 1e-15, 1e-15]"]) == 2
+    assert "material.diffusivity_m2_s[0] = 0" in capsys.readouterr().err
+
+
+def test_load_run_rejects_non_run_files(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(ConfigError, match="not a readable HDF5"):
+        load_run(junk)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_group("something")
+    with pytest.raises(ConfigError, match="not an ssbx run file"):
+        load_run(tmp_path / "other.h5")
+
+
+def test_help_documents_options():
+    out = subprocess.run([sys.executable, "-m", "ssbx.engine.cli", "run", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for word in ("--out", "--set", "--quiet", "scenario", "built-in default"):
+        assert word in out
