@@ -1,7 +1,7 @@
 """Scenario files: TOML -> validated, immutable configuration.
 
 A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protocol]``,
-``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
+``[mechanics]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
 ``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
 values outside their valid range, raise :class:`ConfigError` naming the field, the
 value and what is valid. examples/default.toml documents every key.
@@ -120,6 +120,41 @@ class ProtocolConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MechanicsConfig:
+    enabled: bool = True
+    active_material: str = "NCM"
+    expansion: tuple[float, float, float] | None = None  # None: the material's β
+    surrounding_material: str = "pore"
+    x_ref: float | None = None  # None: material.x_initial (stress-free initial state)
+    stack_pressure_Pa: float = 0.0
+    tol: float = 1e-4
+    maxiter: int = 1000
+
+    def validate(self):
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"mechanics.enabled = {self.enabled!r}: valid values are true or false")
+        from .mechanics import check_material_name
+
+        check_material_name("mechanics.active_material", self.active_material)
+        check_material_name("mechanics.surrounding_material", self.surrounding_material)
+        if self.expansion is not None:
+            if len(self.expansion) != 3 or not all(_is_number(b) for b in self.expansion):
+                raise ConfigError(
+                    f"mechanics.expansion = {list(self.expansion)!r}: needs 3 numbers "
+                    "(β1, β2, β3) per unit x along [100], [010], [001]"
+                )
+            for i, b in enumerate(self.expansion):
+                _in_range(f"mechanics.expansion[{i}]", b, -0.5, 0.5)
+        if self.x_ref is not None:
+            _in_range("mechanics.x_ref", self.x_ref, 0.0, 1.0)
+        _in_range("mechanics.stack_pressure_Pa", self.stack_pressure_Pa, 0.0, 1e9)
+        if not _is_number(self.tol) or not 0 < self.tol < 1:
+            raise ConfigError(f"mechanics.tol = {self.tol!r}: valid range is (0, 1)")
+        if not _is_int(self.maxiter) or self.maxiter < 1:
+            raise ConfigError(f"mechanics.maxiter = {self.maxiter!r}: must be an integer ≥ 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class NumericsConfig:
     time_step_safety: float = 0.9
     max_time_step_s: float | None = None
@@ -158,6 +193,7 @@ SECTIONS = {
     "particle": ParticleConfig,
     "material": MaterialConfig,
     "protocol": ProtocolConfig,
+    "mechanics": MechanicsConfig,
     "numerics": NumericsConfig,
     "output": OutputConfig,
 }
@@ -171,6 +207,7 @@ class Scenario:
     particle: ParticleConfig = ParticleConfig()
     material: MaterialConfig = MaterialConfig()
     protocol: ProtocolConfig = ProtocolConfig()
+    mechanics: MechanicsConfig = MechanicsConfig()
     numerics: NumericsConfig = NumericsConfig()
     output: OutputConfig = OutputConfig()
 
@@ -210,8 +247,9 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
             if key not in fields:
                 raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
         cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
-        if "diffusivity_m2_s" in cleaned and cleaned["diffusivity_m2_s"] is not None:
-            cleaned["diffusivity_m2_s"] = tuple(cleaned["diffusivity_m2_s"])
+        for key in ("diffusivity_m2_s", "expansion"):
+            if isinstance(cleaned.get(key), list):
+                cleaned[key] = tuple(cleaned[key])
         try:
             sections[section] = cls(**cleaned)
         except TypeError as err:  # pragma: no cover - guarded by the key check above
@@ -220,7 +258,10 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 
 
 # Keys that accept ``false`` in TOML (which has no null) to mean "not set".
-_OPTIONAL_KEYS = {"n_grains", "mean_grain_size_m", "diffusivity_m2_s", "c_max_mol_m3", "max_time_step_s"}
+_OPTIONAL_KEYS = {
+    "n_grains", "mean_grain_size_m", "diffusivity_m2_s", "c_max_mol_m3", "max_time_step_s",
+    "expansion", "x_ref",
+}
 
 
 def load_scenario(path: str | Path) -> Scenario:

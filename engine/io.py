@@ -12,6 +12,7 @@ Layout::
     /timeseries/t_s and /timeseries/<name>   one row per recorded step
     /fields/t_s and /fields/<name>           (n_snapshots, *grid)
     /grains/<name>          (n_snapshots, n_grains) per-grain statistics
+    /snapshots/<name>       (n_snapshots,) scalar statistics (e.g. von_mises_max_Pa)
 
 Every append is followed by a flush, so the file on disk always holds every snapshot
 written so far.
@@ -58,7 +59,7 @@ class RunWriter:
         geo.create_dataset("grain_id", data=micro.grain_id, compression="gzip")
         geo.create_dataset("orientations", data=micro.orientations)
         geo.create_dataset("reactive_grains", data=micro.reactive_grains)
-        for name in ("timeseries", "fields", "grains"):
+        for name in ("timeseries", "fields", "grains", "snapshots"):
             f.create_group(name)
         f.flush()
 
@@ -99,8 +100,12 @@ class RunWriter:
             self._append("timeseries", name, np.asarray(values, dtype=np.float64))
         self._file.flush()
 
-    def append_snapshot(self, t_s: float, fields: dict[str, np.ndarray], grains: dict[str, np.ndarray]):
+    def append_snapshot(self, t_s: float, fields: dict[str, np.ndarray], grains: dict[str, np.ndarray],
+                        stats: dict[str, float] | None = None):
+        """One snapshot: grid fields, per-grain arrays and scalar statistics."""
         self._append("fields", "t_s", np.asarray([t_s], dtype=np.float64))
+        for name, value in (stats or {}).items():
+            self._append("snapshots", name, np.asarray([value], dtype=np.float64))
         for name, value in fields.items():
             self._append("fields", name, np.asarray(value, dtype=np.float32)[None], compression="gzip")
         for name, value in grains.items():
@@ -126,6 +131,7 @@ class RunData:
     timeseries: dict[str, np.ndarray]
     fields: dict[str, np.ndarray]
     grains: dict[str, np.ndarray]
+    snapshots: dict[str, np.ndarray]
 
 
 def load_run(path: str | Path) -> RunData:
@@ -159,4 +165,5 @@ def load_run(path: str | Path) -> RunData:
             timeseries=read_group("timeseries"),
             fields=read_group("fields"),
             grains=read_group("grains"),
+            snapshots=read_group("snapshots"),
         )

@@ -1,4 +1,4 @@
-"""Summary figure of a run: SOC slices over time, mean SOC vs time, per-grain spread."""
+"""Summary figure of a run: SOC slices over time, mean SOC vs time, per-grain spread, stress."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
 
     Top row: the mid-plane SOC (x = c/c_max) at up to ``max_slices`` snapshot times.
     Bottom row: mean SOC vs time; per-grain mean SOC at each snapshot (median and
-    5–95 % band) to show the grain-to-grain spread.
+    5–95 % band) to show the grain-to-grain spread; if the run solved mechanics, the
+    mid-plane von Mises and hydrostatic stress at the last snapshot.
     """
     if not isinstance(run, RunData):
         run = load_run(run)
@@ -45,8 +46,14 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
             ax.set_ylabel("y (µm)")
     fig.colorbar(im, ax=fig.axes, label="SOC x = c/c_max (mid-plane)", shrink=0.8)
 
-    half = max(1, len(pick) // 2)
-    ax = fig.add_subplot(grid[1, :half])
+    has_stress = "von_mises_Pa" in run.fields
+    ncol = len(pick)
+    if has_stress and ncol >= 4:
+        spans = [slice(0, 1), slice(1, 2), slice(2, 3), slice(3, ncol)]
+    else:
+        half = max(1, ncol // 2)
+        spans = [slice(0, half), slice(half, ncol)]
+    ax = fig.add_subplot(grid[1, spans[0]])
     ts = run.timeseries
     ax.plot(ts["t_s"], ts["mean_soc"], color="k")
     ax.set_xlabel("t (s)")
@@ -54,7 +61,7 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
     ax.set_title("mean SOC of the particle")
     ax.grid(alpha=0.3)
 
-    ax = fig.add_subplot(grid[1, half:])
+    ax = fig.add_subplot(grid[1, spans[1]])
     grain = run.grains.get("mean_soc")
     if grain is not None and grain.size:
         lo, med, hi = np.percentile(grain, [5, 50, 95], axis=1)
@@ -65,6 +72,23 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
     ax.set_ylabel("per-grain mean SOC")
     ax.set_title("grain-to-grain spread")
     ax.grid(alpha=0.3)
+
+    if has_stress and len(spans) == 4:
+        last = len(run.fields["von_mises_Pa"]) - 1
+        for span, name, label, cmap in (
+            (spans[2], "von_mises_Pa", "von Mises (GPa)", "magma"),
+            (spans[3], "hydrostatic_Pa", "hydrostatic (GPa)", "RdBu_r"),
+        ):
+            ax = fig.add_subplot(grid[1, span])
+            plane = central_slice(run.fields[name][last]) / 1e9
+            if name == "hydrostatic_Pa":
+                lim = np.nanmax(np.abs(plane)) or 1.0
+                im = ax.imshow(plane.T, origin="lower", extent=extent_um, cmap=cmap, vmin=-lim, vmax=lim)
+            else:
+                im = ax.imshow(plane.T, origin="lower", extent=extent_um, cmap=cmap)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(f"{label}, t = {t_snap[last]:.0f} s", fontsize=9)
+            ax.set_xlabel("x (µm)")
     status = "" if run.status == "completed" else f"  [{run.status}]"
     fig.suptitle(f"{run.config['run']['name']}{status}")
     png_path = Path(png_path)

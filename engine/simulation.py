@@ -22,6 +22,7 @@ from .config import Scenario
 from .errors import SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
+from .mechanics import StressSolver, stress_outputs
 from .microstructure import ECBD, LABEL_NAMES, Microstructure, polycrystalline_particle
 from .model import (
     STATUS_NOT_FINITE,
@@ -124,15 +125,22 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
     grain_id = np.asarray(micro.grain_id)
     active = grain_id >= 0
 
+    stress_solver = None
+    if scenario.mechanics.enabled:
+        x_ref = mat.x_initial if scenario.mechanics.x_ref is None else scenario.mechanics.x_ref
+        stress_solver = StressSolver.build(micro, scenario.mechanics, x_ref, dtype)
+
     def snapshot(writer, t_s, x_now):
         x_np = np.asarray(x_now, dtype=np.float64)
         counts = np.bincount(grain_id[active], minlength=micro.n_grains)
         grain_mean = np.bincount(grain_id[active], weights=x_np[active], minlength=micro.n_grains)
-        writer.append_snapshot(
-            t_s,
-            {"soc": np.where(active, x_np, np.nan)},
-            {"mean_soc": grain_mean / np.maximum(counts, 1)},
-        )
+        fields = {"soc": np.where(active, x_np, np.nan)}
+        stats = {"mean_soc": float(x_np[active].mean())}
+        if stress_solver is not None and np.all(np.isfinite(x_np)):
+            stress_fields, stress_stats = stress_outputs(stress_solver.solve(x_now), active)
+            fields.update(stress_fields)
+            stats.update(stress_stats)
+        writer.append_snapshot(t_s, fields, {"mean_soc": grain_mean / np.maximum(counts, 1)}, stats)
 
     step_index = 0
     status, message = "completed", f"reached t = {scenario.protocol.duration_s:g} s"
