@@ -53,23 +53,29 @@ Preconditioned conjugate gradients (``lax.while_loop``), tolerance
 ``‖b − A'φ‖₂ ≤ max(rtol ‖b‖₂, atol)``, warm start from ``x0``. Preconditioners:
 
 * ``"jacobi"``: diagonal scaling.
-* ``"fft"``: the exact inverse of the constant-coefficient operator with the mean
-  conductivity of the connected voxels and the same boundary conditions,
+* ``"fft"`` (default): the exact inverse of the constant-coefficient operator with the
+  mean conductivity of the connected voxels and the same boundary conditions,
   diagonalised by FFT (periodic), DCT-II (no-flux) and DST-II (Dirichlet at the
   half-voxel face; a flux face is handled by mirror extension to a Dirichlet problem
   of twice the length).
-* ``"multigrid"`` (default): one symmetric V-cycle of an aggregation multigrid:
-  2×2(×2) piecewise-constant aggregation, Galerkin coarse operators (which on this
-  stencil are again face-conductance stencils whose coarse face conductance is the
-  sum of the fine face conductances crossing the coarse face, so coefficient jumps
-  are inherited exactly), damped-Jacobi smoothing, dense solve on the coarsest
-  (≤ 512 cells) level.
+* ``"multigrid"``: one symmetric V-cycle of an aggregation multigrid: 2×2(×2)
+  piecewise-constant aggregation, Galerkin coarse operators (on this stencil they are
+  again face-conductance stencils whose coarse face conductance is the sum of the fine
+  face conductances crossing the coarse face, so coefficient jumps are inherited
+  exactly), two damped-Jacobi sweeps (ω = 0.6) before and after, dense solve on the
+  coarsest level (≤ 64 cells).
 
-Measured on random two-phase structures (``benchmarks/potentials.py``; see the JSON
-results), the multigrid V-cycle needs far fewer iterations than Jacobi and FFT at all
-contrasts 1–1e6, and its count grows only mildly with contrast; the mean-conductivity
-FFT preconditioner is excellent at contrast 1 but degrades worst with contrast because
-it ignores the coefficient jumps.
+Measured (``benchmarks/potentials.py``, float32, rtol 1e-6, two-phase structures with
+volume fraction 1/2, contrast 1–1e6; JSON in benchmarks/results): iterations grow
+with contrast for all three. Multigrid needs the fewest (32³: 15–40, 64³: 21–67),
+FFT next (32³: 1–70, 64³: 1–129; excellent at low contrast and on smooth
+structures), Jacobi the most (32³: 110–476, 64³: 202–733). On voxel-scale white-noise
+structures (the hardest case) at contrast 1e6 and 32³: multigrid 182, FFT 387, Jacobi
+1472 iterations in float64 at rtol 1e-10. On the 2-core CPU used so far a multigrid
+V-cycle costs 100–300 matrix-vector products of wall time (an XLA-CPU execution cost
+that was not resolved; the individual restriction, prolongation and smoothing kernels
+are each fast in isolation), so FFT is the default: it gives the best or near-best
+wall time on CPU. Re-measure on a GPU before changing the default.
 
 Differentiability
 -----------------
@@ -107,7 +113,7 @@ __all__ = [
 _BC_STACK = ("dirichlet", "flux")
 _BC_LATERAL = ("periodic", "noflux")
 _PRECONDITIONERS = ("none", "jacobi", "fft", "multigrid")
-_COARSEST_CELLS = 512
+_COARSEST_CELLS = 64
 
 
 class PotentialSolution(NamedTuple):
@@ -274,7 +280,7 @@ def connected_to_dirichlet(sigma, axis=0, lo="dirichlet", hi="dirichlet", latera
 
     def body(state):
         m, _ = state
-        new = sweep(sweep(sweep(sweep(m))))
+        new = sweep(sweep(m))
         return new, jnp.any(new != m)
 
     m, _ = jax.lax.while_loop(lambda s: s[1], body, (seed, jnp.array(True)))
@@ -385,9 +391,14 @@ def _restrict(r, coarsen_axes):
 
 
 def _prolong(xc, fine_shape, coarsen_axes):
+    """Piecewise-constant prolongation (transpose of :func:`_restrict`)."""
     for a in coarsen_axes:
-        xc = jnp.repeat(xc, 2, axis=a)
-        xc = jax.lax.slice_in_dim(xc, 0, fine_shape[a], axis=a)
+        shape = xc.shape
+        xc = jnp.expand_dims(xc, a + 1)
+        xc = jnp.broadcast_to(xc, shape[: a + 1] + (2,) + shape[a + 1 :])
+        xc = xc.reshape(shape[:a] + (2 * shape[a],) + shape[a + 1 :])
+        if xc.shape[a] != fine_shape[a]:
+            xc = jax.lax.slice_in_dim(xc, 0, fine_shape[a], axis=a)
     return xc
 
 
@@ -515,7 +526,7 @@ def solve_potential(
     rtol=1e-6,
     atol=0.0,
     maxiter=2000,
-    preconditioner="multigrid",
+    preconditioner="fft",
 ):
     """Solve ∇·(σ∇φ) = f on a voxel grid with PCG (see module docstring).
 
@@ -534,7 +545,7 @@ def solve_potential(
         rtol, atol: PCG stops when ‖b − A'φ‖₂ ≤ max(rtol ‖b‖₂, atol) for the scaled
             system A' = (h²/max σ) A (b is O(volts)).
         maxiter: iteration cap (static).
-        preconditioner: "multigrid" (default), "fft", "jacobi" or "none" (static).
+        preconditioner: "fft" (default), "multigrid", "jacobi" or "none" (static).
 
     Returns:
         :class:`PotentialSolution` (phi in V, iterations, relative residual,
