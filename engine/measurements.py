@@ -339,7 +339,7 @@ def save_measurement(path: str | Path, measured: MeasuredMaps, format: str | Non
     else:
         import tifffile
 
-        tifffile.imwrite(path, maps.astype(np.float32))
+        tifffile.imwrite(path, maps.astype(np.float32), photometric="minisblack")  # one page per map
     return path
 
 
