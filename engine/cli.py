@@ -78,13 +78,19 @@ def cmd_run(args) -> int:
 
             jax.config.update("jax_enable_x64", True)
         from .plotting import summary_figure
-        from .simulation import run_scenario
+        from .simulation import jnp_dtype, run_scenario
 
         out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
         print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
-            result = run_scenario(scenario, out, progress=not args.quiet)
+            if scenario.cell.enabled:
+                from .cell import run_cell
+
+                result = run_cell(scenario, out, progress=not args.quiet,
+                                  dtype=jnp_dtype(scenario.run.dtype))
+            else:
+                result = run_scenario(scenario, out, progress=not args.quiet)
         except SimulationDiverged as err:
             print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
             return 3
@@ -92,8 +98,8 @@ def cmd_run(args) -> int:
         if result.status == "stopped":
             print(f"ssbx run: {result.message}", file=sys.stderr)
         print(
-            f"ssbx run: {result.status}: {result.n_steps} steps of {result.dt_s:.4g} s "
-            f"(t = {result.t_end_s:.6g} s) in {elapsed:.1f} s wall time; wrote {out}",
+            f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s) in "
+            f"{elapsed:.1f} s wall time; wrote {out}",
             file=sys.stderr,
         )
         if not args.no_png and scenario.output.summary_png:

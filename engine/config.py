@@ -1,7 +1,7 @@
 """Scenario files: TOML -> validated, immutable configuration.
 
 A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protocol]``,
-``[mechanics]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
+``[mechanics]``, ``[cell]``, ``[electrochemistry]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
 ``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
 values outside their valid range, raise :class:`ConfigError` naming the field, the
 value and what is valid. examples/default.toml documents every key.
@@ -102,16 +102,33 @@ class MaterialConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
+    """``prescribed_flux``: uniform surface flux at ``c_rate`` for ``duration_s``.
+    ``cycling`` (needs ``[cell]``): the list ``steps`` of battery-style steps, run
+    ``cycles`` times (see :func:`ssbx.engine.protocol.parse_step`)."""
+
     kind: str = "prescribed_flux"
     direction: str = "delithiation"
     c_rate: float = 1.0
     duration_s: float = 1440.0
+    steps: tuple[str, ...] = ()
+    cycles: int = 1
 
     def validate(self):
-        _choice("protocol.kind", self.kind, ("prescribed_flux",))
+        _choice("protocol.kind", self.kind, ("prescribed_flux", "cycling"))
         _choice("protocol.direction", self.direction, ("delithiation", "lithiation"))
         _positive("protocol.c_rate", self.c_rate)
         _positive("protocol.duration_s", self.duration_s)
+        if not _is_int(self.cycles) or self.cycles < 1:
+            raise ConfigError(f"protocol.cycles = {self.cycles!r}: must be an integer ≥ 1")
+        if self.kind == "cycling":
+            if not self.steps:
+                raise ConfigError(
+                    'protocol.steps = []: a cycling protocol needs steps, e.g. '
+                    '["charge at 1C until 4.3 V", "rest 10 min", "discharge at 1C until 3.0 V"]'
+                )
+            from .protocol import parse_protocol
+
+            parse_protocol(self.steps, self.cycles)
 
     @property
     def sign(self) -> float:
@@ -155,6 +172,73 @@ class MechanicsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CellConfig:
+    """A cell around the particle (physics.md S2): collector | composite | separator | Li.
+
+    The stack axis is z (y in 2D). The lateral size follows from the areal capacity
+    of the particle's theoretical capacity F c_max V_particle."""
+
+    enabled: bool = False
+    areal_capacity_mAh_cm2: float = 0.295
+    separator_thickness_m: float = 10e-6
+    separator: str = "solid_electrolyte"  # label of the separator phase
+    composite_margin_voxels: int = 2  # ECBD voxels between particle and collector/separator
+
+    def validate(self):
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"cell.enabled = {self.enabled!r}: valid values are true or false")
+        _positive("cell.areal_capacity_mAh_cm2", self.areal_capacity_mAh_cm2)
+        _positive("cell.separator_thickness_m", self.separator_thickness_m)
+        _choice("cell.separator", self.separator, ("solid_electrolyte",))
+        if not _is_int(self.composite_margin_voxels) or self.composite_margin_voxels < 1:
+            raise ConfigError(
+                f"cell.composite_margin_voxels = {self.composite_margin_voxels!r}: must be an integer ≥ 1"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectrochemistryConfig:
+    """Butler–Volmer kinetics and conductivities (physics.md §2–3), SI units."""
+
+    ocv: str = "NCM111"
+    exchange_current_A_m2: float = 1.0  # i0 at x = 0.5; i0 ∝ √(x(1 − x)) (α = ½)
+    alpha_a: float = 0.5
+    alpha_c: float = 0.5
+    interface_resistance_ohm_m2: float = 0.0
+    anode_exchange_current_A_m2: float = 10.0
+    temperature_K: float = 298.15
+    active_electronic_S_m: float = 0.1
+    ecbd_electronic_S_m: float = 10.0
+    ecbd_ionic_S_m: float = 0.02
+    separator_ionic_S_m: float = 0.04
+    time_step_s: float = 10.0
+    newton_iterations: int = 3
+    solver_rtol: float = 1e-6
+
+    def validate(self):
+        from ssbx.kernels.ocv import available_ocv
+
+        names = [n.upper() for n in available_ocv()]
+        if str(self.ocv).upper() not in names:
+            raise ConfigError(f"electrochemistry.ocv = {self.ocv!r}: valid names are {sorted(available_ocv())}")
+        for name in ("exchange_current_A_m2", "anode_exchange_current_A_m2", "temperature_K",
+                     "active_electronic_S_m", "ecbd_electronic_S_m", "ecbd_ionic_S_m",
+                     "separator_ionic_S_m", "time_step_s"):
+            _positive(f"electrochemistry.{name}", getattr(self, name))
+        for name in ("alpha_a", "alpha_c"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 < value < 1:
+                raise ConfigError(f"electrochemistry.{name} = {value!r}: valid range is (0, 1)")
+        _in_range("electrochemistry.interface_resistance_ohm_m2", self.interface_resistance_ohm_m2, 0.0, 1e3)
+        if not _is_int(self.newton_iterations) or self.newton_iterations < 1:
+            raise ConfigError(
+                f"electrochemistry.newton_iterations = {self.newton_iterations!r}: must be an integer ≥ 1"
+            )
+        if not _is_number(self.solver_rtol) or not 0 < self.solver_rtol < 1:
+            raise ConfigError(f"electrochemistry.solver_rtol = {self.solver_rtol!r}: valid range is (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
 class NumericsConfig:
     time_step_safety: float = 0.9
     max_time_step_s: float | None = None
@@ -194,6 +278,8 @@ SECTIONS = {
     "material": MaterialConfig,
     "protocol": ProtocolConfig,
     "mechanics": MechanicsConfig,
+    "cell": CellConfig,
+    "electrochemistry": ElectrochemistryConfig,
     "numerics": NumericsConfig,
     "output": OutputConfig,
 }
@@ -208,12 +294,23 @@ class Scenario:
     material: MaterialConfig = MaterialConfig()
     protocol: ProtocolConfig = ProtocolConfig()
     mechanics: MechanicsConfig = MechanicsConfig()
+    cell: CellConfig = CellConfig()
+    electrochemistry: ElectrochemistryConfig = ElectrochemistryConfig()
     numerics: NumericsConfig = NumericsConfig()
     output: OutputConfig = OutputConfig()
 
     def __post_init__(self):
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.protocol.kind == "cycling" and not self.cell.enabled:
+            raise ConfigError(
+                "protocol.kind = 'cycling' needs a cell: set [cell] enabled = true "
+                "(a lone particle has no voltage)"
+            )
+        if self.cell.enabled and self.protocol.kind != "cycling":
+            raise ConfigError(
+                f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -247,7 +344,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
             if key not in fields:
                 raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
         cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
-        for key in ("diffusivity_m2_s", "expansion"):
+        for key in ("diffusivity_m2_s", "expansion", "steps"):
             if isinstance(cleaned.get(key), list):
                 cleaned[key] = tuple(cleaned[key])
         try:

@@ -28,6 +28,8 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
     """
     if not isinstance(run, RunData):
         run = load_run(run)
+    if "voltage_V" in run.timeseries:
+        return cell_summary_figure(run, png_path)
     soc = run.fields["soc"]
     t_snap = run.fields["t_s"]
     pick = np.unique(np.linspace(0, len(t_snap) - 1, min(max_slices, len(t_snap))).round().astype(int))
@@ -89,6 +91,61 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
             fig.colorbar(im, ax=ax, shrink=0.8)
             ax.set_title(f"{label}, t = {t_snap[last]:.0f} s", fontsize=9)
             ax.set_xlabel("x (µm)")
+    status = "" if run.status == "completed" else f"  [{run.status}]"
+    fig.suptitle(f"{run.config['run']['name']}{status}")
+    png_path = Path(png_path)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
+
+
+def cell_summary_figure(run: RunData, png_path: str | Path) -> Path:
+    """Cell runs: voltage and current vs time, voltage vs capacity, SOC and interface
+    current density mid-planes (x–z section through the particle) at the last snapshot."""
+    ts = run.timeseries
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+    ax = axes[0, 0]
+    ax.plot(ts["t_s"] / 3600, ts["voltage_V"], color="k")
+    ax.set_xlabel("t (h)")
+    ax.set_ylabel("cell voltage (V vs Li)")
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(ts["t_s"] / 3600, ts["current_A"] * 1e9, color="tab:blue", alpha=0.6)
+    twin.set_ylabel("current (nA), > 0 = charge", color="tab:blue")
+    ax.set_title("voltage and current")
+
+    ax = axes[0, 1]
+    step = ts["step_index"].astype(int)
+    for k in np.unique(step):
+        sel = step == k
+        q = np.cumsum(np.abs(ts["current_A"][sel]) * np.diff(np.concatenate([[ts["t_s"][sel][0]], ts["t_s"][sel]])))
+        if np.max(np.abs(ts["current_A"][sel])) < 1e-6 * np.max(np.abs(ts["current_A"])):
+            continue  # rest
+        ax.plot(q / 3.6e-9, ts["voltage_V"][sel], label=f"step {k + 1}")
+    ax.set_xlabel("capacity in step (nAh)")
+    ax.set_ylabel("voltage (V)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title("voltage vs capacity")
+
+    last = len(run.fields["t_s"]) - 1
+    gid = run.geometry["grain_id"]
+    mid = gid.shape[1] // 2 if gid.ndim == 3 else None
+    for ax, name, label, cmap in ((axes[1, 0], "soc", "SOC x", "viridis"),
+                                  (axes[1, 1], "interface_current_A_m2", "interface current (A/m²)", "coolwarm")):
+        field = run.fields[name][last]
+        plane = field[:, mid, :] if mid is not None else field
+        h_um = run.voxel_size_m * 1e6
+        ext = [0, plane.shape[0] * h_um, 0, plane.shape[1] * h_um]
+        if name == "interface_current_A_m2":
+            lim = np.nanmax(np.abs(plane)) if np.isfinite(plane).any() else 1.0
+            im = ax.imshow(plane.T, origin="lower", extent=ext, cmap=cmap, vmin=-lim, vmax=lim)
+        else:
+            im = ax.imshow(plane.T, origin="lower", extent=ext, cmap=cmap, vmin=0, vmax=1)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_xlabel("x (µm)")
+        ax.set_ylabel("z (µm), collector at 0")
+        ax.set_title(f"{label}, t = {run.fields['t_s'][last]:.0f} s")
     status = "" if run.status == "completed" else f"  [{run.status}]"
     fig.suptitle(f"{run.config['run']['name']}{status}")
     png_path = Path(png_path)

@@ -79,7 +79,7 @@ def time_grid(scenario: Scenario, max_diffusivity: float, voxel_size_m: float, n
     return interval_s / steps, steps, chunk
 
 
-def _jnp_dtype(name: str):
+def jnp_dtype(name: str):
     if name == "float64" and not jax.config.jax_enable_x64:
         raise ValueError(
             "run.dtype = 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment "
@@ -96,7 +96,7 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
     NaN/Inf writes what it had, marks the file "diverged" and raises
     :class:`SimulationDiverged`.
     """
-    dtype = _jnp_dtype(scenario.run.dtype)
+    dtype = jnp_dtype(scenario.run.dtype)
     micro = build_microstructure(scenario)
     geometry = ParticleGeometry.from_microstructure(micro, dtype)
     mat = scenario.material

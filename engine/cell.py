@@ -1,0 +1,417 @@
+"""A particle in a solid-state cell, cycled by a battery protocol (physics.md S2).
+
+Geometry (stack axis = last array axis, z in 3D): the cathode collector is the face
+z = 0 (φ_s = V there), then the composite layer (ECBD around one polycrystalline
+particle), then the separator (solid electrolyte), and the Li-metal anode is the face
+at the top (φ_e = −η_Li there, φ_Li = 0 V is the reference). The lateral faces are
+periodic; the lateral size follows from the requested areal capacity.
+
+Each electrochemical step Δt (``electrochemistry.time_step_s``):
+
+1. Newton iterations on the Butler–Volmer current of every active | ion-conductor
+   face, i = i0(x)[exp(α_a fη) − exp(−α_c fη)], η = φ_s − φ_e − U(x) − i R_int
+   (f = F/RT), each linearised and solved with the coupled potentials of
+   :mod:`ssbx.kernels.electrode` under current control (CC, rest) or voltage control
+   (CV). The currents used are those of the last linear solve, so they add up to the
+   applied current exactly; the BV residual left is reported (``bv_residual``).
+2. Li diffusion in the particle over Δt with explicit sub-steps, the face currents
+   entering as the surface source −I/(F c_max h³) (quasi-static potentials, frozen
+   during the sub-steps).
+
+i0(x) = i0_ref (1 − x)^α_a x^α_c / 0.5^(α_a+α_c) (the c-dependence of physics.md §3 with
+a constant c_SE, normalised so that i0(½) = i0_ref). The Li anode has symmetric
+kinetics (α = ½), so η_Li = (2RT/F) asinh(i_Li / 2 i0_Li) with the mean anode current
+density (a reference electrode with kinetic resistance, physics.md §2); during a CV
+step it lags one Newton iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssbx.kernels import butler_volmer as kbv
+from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels.electrode import (
+    face_potential_drop,
+    interface_faces,
+    solve_coupled,
+)
+from ssbx.kernels.ocv import get_ocv
+
+from .config import Scenario
+from .errors import ConfigError, SimulationDiverged
+from .io import RunWriter
+from .materials import FARADAY
+from .microstructure import ACTIVE, ECBD, ION_CONDUCTORS, SOLID_ELECTROLYTE, Microstructure
+from .model import component_table, TransportParams
+from .protocol import parse_protocol
+
+GAS_CONSTANT = 8.314462618
+
+
+def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
+    """Embed the scenario's particle in a collector | composite | separator stack."""
+    from .simulation import build_microstructure
+
+    p, c = scenario.particle, scenario.cell
+    particle = build_microstructure(
+        scenario.replace(particle={"surrounding": "ecbd", "margin_voxels": c.composite_margin_voxels})
+    )
+    h = p.voxel_size_m
+    ndim = particle.ndim
+    block = particle.labels.shape[0]
+    c_max = scenario.material.resolved_c_max()
+    capacity_Ah = FARADAY * c_max * particle.active_volume_m3() / 3600.0  # (per m depth in 2D)
+    area = capacity_Ah * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)  # m² (m in 2D)
+    lateral = round(area ** (1.0 / (ndim - 1)) / h)
+    if lateral < block:
+        raise ConfigError(
+            f"cell.areal_capacity_mAh_cm2 = {c.areal_capacity_mAh_cm2}: the particle would need a "
+            f"cross-section of {lateral} voxels but is {block} voxels wide with its margin; "
+            f"lower the areal capacity (at most about "
+            f"{c.areal_capacity_mAh_cm2 * (lateral / block) ** (ndim - 1):.3g})"
+        )
+    separator = math.ceil(c.separator_thickness_m / h)
+    shape = (lateral,) * (ndim - 1) + (block + separator,)
+    labels = np.full(shape, ECBD, np.uint8)
+    labels[..., block:] = SOLID_ELECTROLYTE
+    grain_id = np.full(shape, -1, np.int32)
+    start = (lateral - block) // 2
+    window = tuple(slice(start, start + block) for _ in range(ndim - 1)) + (slice(0, block),)
+    labels[window] = particle.labels
+    grain_id[window] = particle.grain_id
+    micro = Microstructure(labels, grain_id, particle.orientations, particle.reactive_grains, h)
+    info = {
+        "cell_area_m2": (lateral * h) ** (ndim - 1),
+        "capacity_Ah": capacity_Ah,
+        "separator_voxels": separator,
+        "composite_voxels": block,
+    }
+    return micro, info
+
+
+class CellModel(eqx.Module):
+    """Static data of a cell and the per-step solvers (all arrays, jit-friendly)."""
+
+    grain_id: jax.Array
+    sigma_s: jax.Array
+    sigma_e: jax.Array
+    area_m2: jax.Array  # per active voxel: the area of each of its interface faces
+    component_table: jax.Array
+    faces: tuple
+    axes: tuple = eqx.field(static=True)
+    directions: tuple = eqx.field(static=True)
+    voxel_size_m: float = eqx.field(static=True)
+    cell_area_m2: float = eqx.field(static=True)
+    c_max: float = eqx.field(static=True)
+    ocv_name: str = eqx.field(static=True)
+    i0_ref: float = eqx.field(static=True)
+    alpha_a: float = eqx.field(static=True)
+    alpha_c: float = eqx.field(static=True)
+    r_int: float = eqx.field(static=True)
+    anode_i0: float = eqx.field(static=True)
+    temperature_K: float = eqx.field(static=True)
+    newton_iterations: int = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+
+    @property
+    def stack_axis(self) -> int:
+        return self.grain_id.ndim - 1
+
+    def interface(self):
+        from ssbx.kernels.electrode import InterfaceFaces
+
+        return InterfaceFaces(self.faces, self.axes, self.directions)
+
+    def ocv(self, x):
+        return get_ocv(self.ocv_name)(x)
+
+    def exchange_current(self, x):
+        x = jnp.clip(x, 1e-6, 1 - 1e-6)
+        norm = 0.5 ** (self.alpha_a + self.alpha_c)
+        return self.i0_ref * (1 - x) ** self.alpha_a * x**self.alpha_c / norm
+
+    def anode_potential(self, current_A):
+        """φ_e on the Li | SE face for a total cell current (A, > 0 = charge = plating)."""
+        i_li = -current_A / self.cell_area_m2  # stripping-positive current density
+        f = FARADAY / (GAS_CONSTANT * self.temperature_K)
+        eta = (2.0 / f) * jnp.arcsinh(i_li / (2.0 * self.anode_i0))
+        return -eta
+
+
+def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtype) -> CellModel:
+    ec = scenario.electrochemistry
+    labels = micro.labels
+    active = micro.active
+    sigma_s = np.where(active, ec.active_electronic_S_m, 0.0) + np.where(labels == ECBD, ec.ecbd_electronic_S_m, 0.0)
+    sigma_e = np.where(labels == ECBD, ec.ecbd_ionic_S_m, 0.0) + np.where(
+        labels == SOLID_ELECTROLYTE, ec.separator_ionic_S_m, 0.0)
+    stack = micro.ndim - 1
+    faces = interface_faces(active, np.isin(labels, ION_CONDUCTORS), stack)
+    counts = micro.reactive_face_count()
+    ratio = np.where(counts > 0, micro.reactive_area_faces() / np.maximum(counts, 1), 0.0)
+    params = TransportParams(
+        diffusivity_m2_s=jnp.asarray(scenario.material.resolved_diffusivity(), dtype),
+        orientations=jnp.asarray(micro.orientations, dtype),
+        flux_mol_m2_s=jnp.asarray(0.0, dtype),
+        c_max_mol_m3=jnp.asarray(scenario.material.resolved_c_max(), dtype),
+    )
+    reactive = active & micro.reactive_grains[np.maximum(micro.grain_id, 0)]
+    masks = tuple(jnp.asarray(np.asarray(m) & reactive) for m in faces.masks)
+    return CellModel(
+        grain_id=jnp.asarray(micro.grain_id),
+        sigma_s=jnp.asarray(sigma_s, dtype),
+        sigma_e=jnp.asarray(sigma_e, dtype),
+        area_m2=jnp.asarray(ratio * micro.voxel_size_m ** (micro.ndim - 1), dtype),
+        component_table=component_table(params, micro.ndim),
+        faces=masks,
+        axes=faces.axes,
+        directions=faces.directions,
+        voxel_size_m=micro.voxel_size_m,
+        cell_area_m2=float(info["cell_area_m2"]),
+        c_max=scenario.material.resolved_c_max(),
+        ocv_name=ec.ocv,
+        i0_ref=ec.exchange_current_A_m2,
+        alpha_a=ec.alpha_a,
+        alpha_c=ec.alpha_c,
+        r_int=ec.interface_resistance_ohm_m2,
+        anode_i0=ec.anode_exchange_current_A_m2,
+        temperature_K=ec.temperature_K,
+        newton_iterations=ec.newton_iterations,
+        rtol=ec.solver_rtol,
+    )
+
+
+def _linearised_kinetics(model: CellModel, x, drop):
+    """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``."""
+    f = FARADAY / (GAS_CONSTANT * model.temperature_K)
+    x = jnp.where(model.grain_id >= 0, x, 0.5)  # keep U and i0 finite off the particle
+    u = model.ocv(x)
+    i0 = model.exchange_current(x)
+    out_g, out_c, out_i = [], [], []
+    for mask, d in zip(model.faces, drop):
+        eta = kbv.solve_overpotential(d - u, i0, model.r_int, model.temperature_K, model.alpha_a, model.alpha_c)
+        i = kbv.butler_volmer(eta, i0, model.temperature_K, model.alpha_a, model.alpha_c)
+        g_bv = i0 * f * (model.alpha_a * jnp.exp(model.alpha_a * f * eta)
+                         + model.alpha_c * jnp.exp(-model.alpha_c * f * eta))
+        g = g_bv / (1.0 + model.r_int * g_bv)
+        area = model.area_m2
+        out_g.append(jnp.where(mask, g * area, 0.0))
+        out_c.append(jnp.where(mask, (i - g * d) * area, 0.0))
+        out_i.append(jnp.where(mask, i * area, 0.0))
+    return tuple(out_g), tuple(out_c), tuple(out_i)
+
+
+@eqx.filter_jit
+def electrochemical_solve(model: CellModel, x, phi_s, phi_e, target, current_guess, voltage_control: bool):
+    """Newton iterations for the potentials; returns (phi_s, phi_e, V, I, face currents, info)."""
+    faces = model.interface()
+
+    def newton(_, carry):
+        phi_s, phi_e, _v, current, iters, _g, _c = carry
+        drop = face_potential_drop(phi_s, phi_e, faces)
+        g, c, _ = _linearised_kinetics(model, x, drop)
+        kwargs = {"voltage": target} if voltage_control else {"current": target}
+        sol = solve_coupled(
+            model.sigma_s, model.sigma_e, model.voxel_size_m, faces, g, c,
+            model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol, **kwargs,
+        )
+        return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
+                iters + sol.iterations, g, c)
+
+    zeros = tuple(jnp.zeros_like(x) for _ in model.faces)
+    init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
+            jnp.asarray(0, jnp.int32), zeros, zeros)
+    phi_s, phi_e, voltage, _, iters, g, c = jax.lax.fori_loop(0, model.newton_iterations, newton, init)
+    # currents of the last linear solve: they meet the applied current exactly
+    drop = face_potential_drop(phi_s, phi_e, faces)
+    face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
+    _, _, i_bv = _linearised_kinetics(model, x, drop)
+    scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
+    bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
+    voxel_current = sum(face_currents)  # A per active voxel, > 0 = delithiation
+    return phi_s, phi_e, voltage, sum(jnp.sum(i) for i in face_currents), voxel_current, iters, bv_residual
+
+
+@eqx.filter_jit
+def diffuse(model: CellModel, x, voxel_current, dt_s, n_sub):
+    """Advance x over dt_s with n_sub explicit steps; the face currents are the source.
+
+    ``dt_s`` and ``n_sub`` are traced (jnp scalars), so changing them does not recompile.
+    """
+    h = model.voxel_size_m
+    source = -voxel_current / (FARADAY * model.c_max * h ** x.ndim)
+    dt = dt_s / n_sub
+
+    def body(_, x):
+        return kdiff.explicit_step(x, dt, model.grain_id, model.component_table, h, source)
+
+    return jax.lax.fori_loop(0, n_sub, body, x)
+
+
+@dataclasses.dataclass
+class CellResult:
+    path: Path
+    status: str
+    message: str
+    t_end_s: float
+    n_steps: int
+
+
+def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.float32) -> CellResult:
+    """Cycle the cell of ``scenario`` through its protocol and write the run file."""
+    from tqdm.auto import tqdm
+
+    micro, info = cell_microstructure(scenario)
+    model = build_cell_model(scenario, micro, info, dtype)
+    steps = parse_protocol(scenario.protocol.steps, scenario.protocol.cycles)
+    ec = scenario.electrochemistry
+    mat = scenario.material
+    h = micro.voxel_size_m
+    active = micro.active
+    volume = micro.active_volume_m3()
+    one_c = FARADAY * model.c_max * volume / 3600.0  # A
+    dt_stable = kdiff.stable_time_step(max(mat.resolved_diffusivity()), h, micro.ndim,
+                                       scenario.numerics.time_step_safety)
+
+    x = jnp.where(jnp.asarray(active), jnp.asarray(mat.x_initial, dtype), jnp.asarray(0.0, dtype))
+    u0 = float(get_ocv(ec.ocv)(mat.x_initial))
+    phi_s = jnp.where(model.sigma_s > 0, u0, 0.0).astype(dtype)
+    phi_e = jnp.zeros_like(phi_s)
+    li_of = lambda x: model.c_max * h**micro.ndim * float(np.sum(np.asarray(x, np.float64)[active]))  # noqa: E731
+    li0 = li_of(x)
+    t = 0.0
+    n_done = 0
+    charge_in = 0.0  # ∫ I dt, C
+    status, message = "completed", "protocol finished"
+    cycle_len = len(steps) // scenario.protocol.cycles
+
+    def snapshot(writer, t_s, x, phi_s, phi_e, voxel_current):
+        xa = np.asarray(x, np.float64)
+        area = np.asarray(model.area_m2) * sum(np.asarray(m, np.float64) for m in model.faces)
+        density = np.where(area > 0, np.asarray(voxel_current) / np.where(area > 0, area, 1.0), np.nan)
+        writer.append_snapshot(
+            t_s,
+            {
+                "soc": np.where(active, xa, np.nan),
+                "phi_s_V": np.where(np.asarray(model.sigma_s) > 0, np.asarray(phi_s), np.nan),
+                "phi_e_V": np.where(np.asarray(model.sigma_e) > 0, np.asarray(phi_e), np.nan),
+                "interface_current_A_m2": density,
+            },
+            {},
+            {"mean_soc": float(xa[active].mean())},
+        )
+
+    bar = tqdm(disable=not progress, desc=scenario.run.name, unit="step", dynamic_ncols=True)
+    voxel_current = jnp.zeros_like(x)
+    current = 0.0
+    with RunWriter(out_path, scenario.to_json(), micro) as writer:
+        writer._file["geometry"].attrs["cell_area_m2"] = info["cell_area_m2"]
+        writer._file["geometry"].attrs["capacity_1C_A"] = one_c
+        snapshot(writer, 0.0, x, phi_s, phi_e, voxel_current)
+        try:
+            for k, step in enumerate(steps):
+                t_step = 0.0
+                bar.set_postfix_str(step.text)
+                while True:
+                    if step.mode == "cv":
+                        target, voltage_control = step.voltage_V, True
+                    else:
+                        current = step.sign * step.c_rate * one_c if step.mode == "cc" else 0.0
+                        target, voltage_control = current, False
+                    out = electrochemical_solve(model, x, phi_s, phi_e, jnp.asarray(target, dtype),
+                                                jnp.asarray(current, dtype), voltage_control)
+                    phi_s, phi_e, voltage, current_now, voxel_current, iters, bv_res = out
+                    voltage, current_now = float(voltage), float(current_now)
+                    if not (math.isfinite(voltage) and math.isfinite(current_now)):
+                        raise SimulationDiverged(
+                            f"step {k + 1} ({step.text!r}) at t = {t:.6g} s: the potential solve gave "
+                            f"V = {voltage}, I = {current_now} A (the current cannot be met)"
+                        )
+                    current = current_now
+                    # adaptive step: no voxel covers more than half its distance to 0 or 1
+                    rate = -np.asarray(voxel_current, np.float64)[active] / (FARADAY * model.c_max * h**micro.ndim)
+                    xa = np.asarray(x, np.float64)[active]
+                    room = np.where(rate < 0, xa, 1.0 - xa)
+                    with np.errstate(divide="ignore"):
+                        limit = np.min(np.where(rate != 0, 0.5 * room / np.abs(rate), np.inf))
+                    dt = min(ec.time_step_s, limit)
+                    if step.max_duration_s is not None:
+                        dt = min(dt, step.max_duration_s - t_step)
+                    if dt < 1e-3 * ec.time_step_s:
+                        status = "stopped"
+                        message = (f"step {k + 1} ({step.text!r}) at t = {t:.6g} s: an active voxel is about to "
+                                   "empty or fill under the local current (time step below 1e-3 of "
+                                   "electrochemistry.time_step_s) before the step's limit was reached")
+                        break
+                    n_sub = max(1, math.ceil(dt / dt_stable))
+                    x = diffuse(model, x, voxel_current, jnp.asarray(dt, dtype), jnp.asarray(n_sub, jnp.int32))
+                    xa = np.asarray(x)[active]
+                    if not np.all(np.isfinite(xa)):
+                        raise SimulationDiverged(f"step {k + 1} ({step.text!r}) at t = {t + dt:.6g} s: x became NaN/Inf")
+                    if xa.min() < 0 or xa.max() > 1:
+                        status = "stopped"
+                        message = (f"step {k + 1} ({step.text!r}) at t = {t + dt:.6g} s: Li content left [0, 1] "
+                                   f"(min {xa.min():.3g}, max {xa.max():.3g}); the file keeps every step so far")
+                    t += dt
+                    t_step += dt
+                    n_done += 1
+                    charge_in += current * dt
+                    writer.append_timeseries({
+                        "t_s": np.array([t]), "voltage_V": np.array([voltage]), "current_A": np.array([current]),
+                        "li_mol": np.array([li_of(x)]), "mean_soc": np.array([float(xa.mean())]),
+                        "charge_Ah": np.array([charge_in / 3600.0]), "step_index": np.array([k]),
+                        "cycle_index": np.array([k // cycle_len]), "cg_iterations": np.array([int(iters)]),
+                        "bv_residual": np.array([float(bv_res)]),
+                    })
+                    bar.update(1)
+                    if status != "completed":
+                        break
+                    if step.mode == "cc" and step.sign * (voltage - step.voltage_V) >= 0:
+                        break
+                    if step.mode == "cv" and abs(current) <= step.c_rate * one_c:
+                        break
+                    if step.max_duration_s is not None and t_step >= step.max_duration_s - 1e-9:
+                        break
+                snapshot(writer, t, x, phi_s, phi_e, voxel_current)
+                if status != "completed":
+                    break
+        except SimulationDiverged as err:
+            status, message = "diverged", str(err)
+        finally:
+            bar.close()
+            writer.set_status(status, message)
+            _write_cycle_summary(writer)
+    if status == "diverged":
+        raise SimulationDiverged(message)
+    return CellResult(Path(out_path), status, message, t, n_done)
+
+
+def _write_cycle_summary(writer: RunWriter):
+    """Per cycle: charge and discharge capacity (Ah) and Coulombic efficiency."""
+    f = writer._file
+    if "current_A" not in f["timeseries"]:
+        return
+    t = f["timeseries/t_s"][()]
+    current = f["timeseries/current_A"][()]
+    cycle = f["timeseries/cycle_index"][()].astype(int)
+    dt = np.diff(np.concatenate([[0.0], t]))
+    group = f.require_group("cycles")
+    charge, discharge = [], []
+    for c in range(cycle.max() + 1):
+        sel = cycle == c
+        charge.append(float(np.sum(np.clip(current[sel], 0, None) * dt[sel]) / 3600.0))
+        discharge.append(float(np.sum(np.clip(-current[sel], 0, None) * dt[sel]) / 3600.0))
+    for name, values in (("charge_Ah", charge), ("discharge_Ah", discharge),
+                         ("coulombic_efficiency", [d / c if c > 0 else np.nan for c, d in zip(charge, discharge)])):
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=np.asarray(values))
+    f.flush()

@@ -1,0 +1,236 @@
+"""Coupled electronic and ionic potentials joined by linearised interface kinetics.
+
+Unknowns on one voxel grid: φ_s in electron conductors (σ_s > 0) and φ_e in ion
+conductors (σ_e > 0); a voxel may carry both (ECBD). Charge conservation
+(physics.md §2) with the interface current I_f of every active | ion-conductor face f
+leaving the solid and entering the electrolyte:
+
+    −∇·(σ_s∇φ_s) = −Σ_f I_f δ_a(f) / V,     −∇·(σ_e∇φ_e) = +Σ_f I_f δ_b(f) / V,
+
+(a = the active voxel of face f, b = its ionic neighbour). Within a Newton iteration
+the Butler–Volmer current is linearised, I_f = G_f (φ_s[a] − φ_e[b]) + C_f, with
+G_f ≥ 0 (S) and C_f (A) from the previous iterate. The discrete system — two
+harmonic-mean face-conductance Laplacians (as in :mod:`ssbx.kernels.conduction`)
+plus one conductance G_f between the two fields across each interface face — is a
+weighted graph Laplacian, hence symmetric positive definite once anchored by the
+Dirichlet faces: φ_s = V on the collector face (index 0 of the stack axis) and
+φ_e = φ_anode on the Li | SE face (the last index). The lateral axes are periodic.
+It is solved by preconditioned CG with a block-diagonal preconditioner (one
+aggregation-multigrid V-cycle per field, the interface conductances lumped on the
+diagonal), differentiably through ``lax.custom_linear_solve``.
+
+Galvanostatic control uses superposition: φ = φ⁰ + V φ¹ (φ⁰: V = 0 with the
+sources, φ¹: V = 1 without them), both solved in one batched CG; the total interface
+current is affine in V, so V meeting the applied current is exact in one step.
+
+Units: conductivities S/m, conductances S, currents A, potentials V. The system is
+scaled by 1/(max σ · h) for float32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .conduction import _make_multigrid, _pcg, apply_operator, face_conductances
+
+
+class InterfaceFaces(NamedTuple):
+    """Active | ion-conductor faces, grouped by (axis, direction).
+
+    ``masks[j]`` is a bool grid marking active voxels a whose neighbour at
+    a + directions[j]·e_axes[j] is an ion conductor. Static metadata (axes,
+    directions) are Python tuples.
+    """
+
+    masks: tuple
+    axes: tuple
+    directions: tuple
+
+
+def neighbour(a, axis, direction):
+    """Value at i + direction·e_axis (periodic wrap)."""
+    return jnp.roll(a, -direction, axis=axis)
+
+
+def to_neighbour(a, axis, direction):
+    """Move per-face values from the active voxel to its neighbour's position."""
+    return jnp.roll(a, direction, axis=axis)
+
+
+def interface_faces(active, ionic, stack_axis):
+    """Find the active | ionic faces. Wrap faces across the stack axis are excluded."""
+    active = jnp.asarray(active, bool)
+    ionic = jnp.asarray(ionic, bool)
+    masks, axes, directions = [], [], []
+    n = active.shape[stack_axis]
+    for axis in range(active.ndim):
+        for direction in (1, -1):
+            m = active & neighbour(ionic, axis, direction)
+            if axis == stack_axis:
+                edge = 0 if direction == -1 else n - 1
+                keep = jnp.ones((n,), bool).at[edge].set(False)
+                shape = [1] * active.ndim
+                shape[axis] = n
+                m = m & keep.reshape(shape)
+            masks.append(m)
+            axes.append(axis)
+            directions.append(direction)
+    return InterfaceFaces(tuple(masks), tuple(axes), tuple(directions))
+
+
+def face_potential_drop(phi_s, phi_e, faces):
+    """φ_s[a] − φ_e[b] for every face group (V), zero off the faces."""
+    return tuple(
+        jnp.where(m, phi_s - neighbour(phi_e, ax, d), 0.0)
+        for m, ax, d in zip(faces.masks, faces.axes, faces.directions)
+    )
+
+
+def total_interface_current(conductance, offset, drop):
+    """Σ_f (G_f Δφ_f + C_f), A."""
+    return sum(jnp.sum(g * v + c) for g, c, v in zip(conductance, offset, drop))
+
+
+def _dirichlet_layer(shape, axis, index, dtype):
+    n = shape[axis]
+    v = jnp.zeros((n,), dtype).at[index].set(1.0)
+    s = [1] * len(shape)
+    s[axis] = n
+    return jnp.broadcast_to(v.reshape(s), shape)
+
+
+class CoupledSolution(NamedTuple):
+    phi_s: jax.Array
+    phi_e: jax.Array
+    voltage: jax.Array
+    current: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+
+
+def solve_coupled(
+    sigma_s,
+    sigma_e,
+    voxel_size_m,
+    faces: InterfaceFaces,
+    conductance,
+    offset,
+    phi_anode,
+    *,
+    stack_axis,
+    current=None,
+    voltage=None,
+    rtol=1e-6,
+    maxiter=500,
+):
+    """Solve the linearised coupled potentials under current or voltage control.
+
+    Args:
+        sigma_s, sigma_e: electronic / ionic conductivity per voxel (S/m, ≥ 0).
+        voxel_size_m: h (m).
+        faces: :func:`interface_faces`.
+        conductance: per face group, G_f (S) on the active voxel grid (0 off faces).
+        offset: per face group, C_f (A).
+        phi_anode: φ_e on the Li | SE face (V).
+        stack_axis: axis normal to collector and anode (static).
+        current: applied total current I (A, > 0 = charge) for galvanostatic control;
+        voltage: collector potential V (V) for potentiostatic control (exactly one).
+
+    Returns:
+        :class:`CoupledSolution` (potentials, V, the total interface current, CG
+        iterations and relative residual).
+    """
+    if (current is None) == (voltage is None):
+        raise ValueError("give exactly one of current (galvanostatic) or voltage (potentiostatic)")
+    sigma_s = jnp.asarray(sigma_s)
+    dtype = sigma_s.dtype
+    sigma_e = jnp.asarray(sigma_e, dtype)
+    h = jnp.asarray(voxel_size_m, dtype)
+    shape = sigma_s.shape
+    scale = jax.lax.stop_gradient(jnp.maximum(jnp.max(sigma_s), jnp.max(sigma_e)) * h)
+    ms = (sigma_s > 0).astype(dtype)
+    me = (sigma_e > 0).astype(dtype)
+
+    gs = face_conductances(sigma_s * h / scale, stack_axis, "periodic")
+    ge = face_conductances(sigma_e * h / scale, stack_axis, "periodic")
+    n = shape[stack_axis]
+    coll = _dirichlet_layer(shape, stack_axis, 0, dtype)
+    anode = _dirichlet_layer(shape, stack_axis, n - 1, dtype)
+    gb_s = 2.0 * sigma_s * h / scale * coll
+    gb_e = 2.0 * sigma_e * h / scale * anode
+    g_if = tuple(jnp.asarray(g, dtype) / scale for g in conductance)
+    c_if = tuple(jnp.asarray(c, dtype) / scale for c in offset)
+
+    lump_s = sum(g_if)
+    lump_e = sum(to_neighbour(g, ax, d) for g, ax, d in zip(g_if, faces.axes, faces.directions))
+    id_s = 1.0 - ms
+    id_e = 1.0 - me
+
+    def matvec(u):
+        us, ue = u
+        ys = apply_operator(us, gs, gb_s) + id_s * us
+        ye = apply_operator(ue, ge, gb_e) + id_e * ue
+        for g, ax, d in zip(g_if, faces.axes, faces.directions):
+            flow = g * (us - neighbour(ue, ax, d))
+            ys = ys + flow
+            ye = ye - to_neighbour(flow, ax, d)
+        return ys, ye
+
+    mg_s = _make_multigrid(jax.lax.stop_gradient(gs), jax.lax.stop_gradient(gb_s + lump_s))
+    mg_e = _make_multigrid(jax.lax.stop_gradient(ge), jax.lax.stop_gradient(gb_e + lump_e))
+
+    def precond(r):
+        rs, re = r
+        return (ms * mg_s(ms * rs) + id_s * rs, me * mg_e(me * re) + id_e * re)
+
+    # right-hand sides: sources (with V = 0) and the unit collector potential
+    src_s = -sum(c_if)
+    src_e = sum(to_neighbour(c, ax, d) for c, ax, d in zip(c_if, faces.axes, faces.directions))
+    b_src = (src_s * ms, src_e * me + gb_e * phi_anode)
+    b_unit = (gb_s, jnp.zeros(shape, dtype))
+
+    def solve(mv, rhs):
+        init = jax.tree_util.tree_map(jnp.zeros_like, rhs)
+        return _pcg_tree(mv, rhs, init, precond, rtol, maxiter)
+
+    def lin_solve(rhs):
+        return jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=True, has_aux=True)
+
+    if voltage is not None:
+        b = jax.tree_util.tree_map(lambda a, u: a + voltage * u, b_src, b_unit)
+        (phi_s, phi_e), (iters, rel) = lin_solve(b)
+        v = jnp.asarray(voltage, dtype)
+    else:
+        # both superposition fields in one batched solve
+        both = jax.tree_util.tree_map(lambda a, u: jnp.stack([a, u]), b_src, b_unit)
+        (ps, pe), (its, rels) = jax.vmap(lin_solve)(both)
+        zero = [jnp.zeros_like(c) for c in c_if]
+        i0 = total_interface_current(g_if, c_if, face_potential_drop(ps[0], pe[0], faces)) * scale
+        i1 = total_interface_current(g_if, zero, face_potential_drop(ps[1], pe[1], faces)) * scale
+        v = (current - i0) / i1
+        phi_s, phi_e = ps[0] + v * ps[1], pe[0] + v * pe[1]
+        iters, rel = jnp.max(its), jnp.max(rels)
+    drop = face_potential_drop(phi_s, phi_e, faces)
+    total = total_interface_current(g_if, c_if, drop) * scale
+    return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel)
+
+
+def _pcg_tree(matvec, b, x0, precond, rtol, maxiter):
+    """PCG on a pair of fields (flattened view of :func:`ssbx.kernels.conduction._pcg`)."""
+    shape = b[0].shape
+
+    def flat(t):
+        return jnp.concatenate([t[0].reshape(-1), t[1].reshape(-1)])
+
+    def unflat(v):
+        m = v.size // 2
+        return v[:m].reshape(shape), v[m:].reshape(shape)
+
+    x, (k, rel, _conv) = _pcg(
+        lambda v: flat(matvec(unflat(v))), flat(b), flat(x0), lambda v: flat(precond(unflat(v))),
+        rtol, 0.0, maxiter,
+    )
+    return unflat(x), (k, rel)
