@@ -116,6 +116,8 @@ class ForwardSetup:
         x0: initial state.
         t_s: observation times, s.
         segments: per observation, (n_steps, dt_s, checkpoint_every) from the previous time.
+        uniform: all segments after a possible t = 0 share n_steps (and are run by one
+            compiled rollout inside a scan over segments).
         operator: observation operator.
         active: bool numpy grid of active voxels.
         pixel_mask: reliable pixels of one map (operator.mask).
@@ -127,6 +129,7 @@ class ForwardSetup:
     x0: jax.Array
     t_s: np.ndarray
     segments: tuple
+    uniform: bool
     operator: ObservationOperator
     active: np.ndarray
     pixel_mask: np.ndarray
@@ -173,13 +176,16 @@ def make_setup(
     dt_max = stable_time_step(d_max, geometry.voxel_size_m, geometry.ndim, time_step_safety)
     if max_time_step_s is not None:
         dt_max = min(dt_max, max_time_step_s)
+    spans = np.diff(np.concatenate([[0.0], t]))
+    needed = [math.ceil(span / dt_max - 1e-9) if span > 0 else 0 for span in spans]
+    moving = [m for m in needed if m > 0]
+    # equal step counts let one compiled segment serve all (an outer lax.scan over the
+    # segments); accept up to 25 % extra steps for it, else one rollout per segment
+    uniform = len(moving) > 1 and len(moving) * max(moving) <= 1.25 * sum(moving)
     segments = []
-    previous = 0.0
-    for tk in t:
-        span = float(tk) - previous
-        n, k = checkpoint_plan(math.ceil(span / dt_max - 1e-9), checkpoint_every)
-        segments.append((n, span / n if n else 0.0, k))
-        previous = float(tk)
+    for span, m in zip(spans, needed):
+        n, k = checkpoint_plan(max(moving) if (uniform and m) else m, checkpoint_every)
+        segments.append((n, float(span) / n if n else 0.0, k))
     active = np.asarray(geometry.grain_id) >= 0
     return ForwardSetup(
         geometry=geometry,
@@ -187,6 +193,7 @@ def make_setup(
         x0=jnp.asarray(x0),
         t_s=t,
         segments=tuple(segments),
+        uniform=uniform,
         operator=operator,
         active=active,
         pixel_mask=operator.mask(active),
@@ -242,8 +249,19 @@ def forward_setup(
     )
 
 
-def _fields(geometry, transport, x0, segments):
+def _fields(geometry, transport, x0, segments, uniform=False):
     """x at each observation time, (n_times, *grid)."""
+    if uniform:
+        lead = segments[0][0] == 0  # an observation at t = 0
+        moving = segments[1:] if lead else segments
+        n, _, k = moving[0]
+
+        def segment(x, dt):
+            x, _ = rollout(geometry, transport, x, n, dt, checkpoint_every=k)
+            return x, x
+
+        _, xs = jax.lax.scan(segment, x0, jnp.asarray([s[1] for s in moving], x0.dtype))
+        return jnp.concatenate([x0[None], xs]) if lead else xs
     x, out = x0, []
     for n, dt, k in segments:
         if n:
@@ -253,7 +271,7 @@ def _fields(geometry, transport, x0, segments):
 
 
 def _maps(setup: ForwardSetup, geometry, inputs, x0):
-    fields = _fields(geometry, inputs.transport, x0, setup.segments)
+    fields = _fields(geometry, inputs.transport, x0, setup.segments, setup.uniform)
     active = jnp.asarray(setup.active, x0.dtype)
     return jax.vmap(lambda f: setup.operator(f, active))(fields)
 
@@ -261,7 +279,7 @@ def _maps(setup: ForwardSetup, geometry, inputs, x0):
 def simulate_fields(setup: ForwardSetup, values: dict | None = None):
     """Simulated SOC fields at the observation times for physical ``values`` by name."""
     inputs = _checked_inputs(setup, values or {})
-    return eqx.filter_jit(lambda g, i, x0: _fields(g, i.transport, x0, setup.segments))(
+    return eqx.filter_jit(lambda g, i, x0: _fields(g, i.transport, x0, setup.segments, setup.uniform))(
         setup.geometry, inputs, setup.x0)
 
 
@@ -326,6 +344,7 @@ class FitProblem:
         dtype = setup.x0.dtype
         self._data = jnp.asarray(measured.maps.reshape(-1)[self.index], dtype)
         self._residuals = jax.jit(self._residuals_impl)
+        self._loss = jax.jit(self._loss_impl)
         self._value_and_grad = jax.jit(jax.value_and_grad(self._loss_impl))
 
     @classmethod
@@ -382,7 +401,7 @@ class FitProblem:
         return self._residuals(jnp.asarray(u, self.setup.x0.dtype))
 
     def loss(self, u) -> jax.Array:
-        return self._loss_impl(jnp.asarray(u, self.setup.x0.dtype))
+        return self._loss(jnp.asarray(u, self.setup.x0.dtype))
 
     def value_and_grad(self, u):
         return self._value_and_grad(jnp.asarray(u, self.setup.x0.dtype))
@@ -590,7 +609,7 @@ def laplace_uncertainty(problem: FitProblem, u, rel_std_threshold: float = 1.0,
     """
     u = jnp.asarray(u, problem.setup.x0.dtype)
     r = np.asarray(problem.residuals(u), np.float64)
-    J = np.asarray(jax.jacfwd(problem._residuals_impl)(u), np.float64)
+    J = np.asarray(jax.jit(jax.jacfwd(problem._residuals_impl))(u), np.float64)
     n, p = J.shape
     estimated = problem.measured.noise_std is None
     s2 = float(np.sum(r**2) / max(n - p, 1)) if estimated else 1.0
