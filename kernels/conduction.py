@@ -65,17 +65,26 @@ Preconditioned conjugate gradients (``lax.while_loop``), tolerance
   exactly), two damped-Jacobi sweeps (ω = 0.6) before and after, dense solve on the
   coarsest level (≤ 64 cells).
 
-Measured (``benchmarks/potentials.py``, float32, rtol 1e-6, two-phase structures with
-volume fraction 1/2, contrast 1–1e6; JSON in benchmarks/results): iterations grow
-with contrast for all three. Multigrid needs the fewest (32³: 15–40, 64³: 21–67),
-FFT next (32³: 1–70, 64³: 1–129; excellent at low contrast and on smooth
-structures), Jacobi the most (32³: 110–476, 64³: 202–733). On voxel-scale white-noise
-structures (the hardest case) at contrast 1e6 and 32³: multigrid 182, FFT 387, Jacobi
-1472 iterations in float64 at rtol 1e-10. On the 2-core CPU used so far a multigrid
-V-cycle costs 100–300 matrix-vector products of wall time (an XLA-CPU execution cost
-that was not resolved; the individual restriction, prolongation and smoothing kernels
-are each fast in isolation), so FFT is the default: it gives the best or near-best
-wall time on CPU. Re-measure on a GPU before changing the default.
+Measured (``benchmarks/potentials.py``, float32, rtol 1e-6, smooth two-phase structures
+with volume fraction 1/2, contrast 1–1e6; JSON in benchmarks/results, 2-core CPU):
+
+=========  ===============  ===============  ================
+n³         Jacobi its       FFT its          multigrid its
+=========  ===============  ===============  ================
+32³        110–476          1–70             15–40
+64³        202–733          1–129            21–67
+128³       368–1222         1–148            (not run)
+=========  ===============  ===============  ================
+
+Iterations grow with contrast for all three but saturate between 1e4 and 1e6. On
+voxel-scale white noise (the hardest case; 32³, contrast 1e6, float64, rtol 1e-10)
+the counts were ≈180 (multigrid), 387 (FFT), 1472 (Jacobi). Wall time on the CPU:
+Jacobi is fastest at 32³ (0.04–0.14 s per solve), Jacobi and FFT are even at 64³
+(≈1 s), FFT wins at 128³ (10–22 s vs 15–34 s) and its advantage grows with n. A
+multigrid V-cycle, although it needs the fewest iterations, costs 100–300
+matrix-vector products of wall time on XLA-CPU (not resolved: restriction,
+prolongation and smoothing are each fast in isolation), so it is the slowest on CPU.
+FFT is the default; re-measure on a GPU before changing it.
 
 Differentiability
 -----------------
