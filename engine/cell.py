@@ -10,7 +10,8 @@ Each electrochemical step Δt (``electrochemistry.time_step_s``):
 
 1. Newton iterations on the Butler–Volmer current of every active | ion-conductor
    face, i = i0(x)[exp(α_a fη) − exp(−α_c fη)], η = φ_s − φ_e − U(x) − i R_int
-   (f = F/RT), each linearised and solved with the coupled potentials of
+   (f = F/RT; φ at the two voxel centres, so R_int gets the two half-voxel ohmic
+   resistances h/2σ_s + h/2σ_e added), each linearised and solved with the coupled potentials of
    :mod:`ssbx.kernels.electrode` under current control (CC, rest) or voltage control
    (CV). The currents used are those of the last linear solve, so they add up to the
    applied current exactly; the BV residual left is reported (``bv_residual``).
@@ -41,6 +42,7 @@ from ssbx.kernels import diffusion as kdiff
 from ssbx.kernels.electrode import (
     face_potential_drop,
     interface_faces,
+    neighbour,
     solve_coupled,
 )
 from ssbx.kernels.ocv import get_ocv
@@ -196,12 +198,18 @@ def _linearised_kinetics(model: CellModel, x, drop):
     u = model.ocv(x)
     i0 = model.exchange_current(x)
     out_g, out_c, out_i = [], [], []
-    for mask, d in zip(model.faces, drop):
-        eta = kbv.solve_overpotential(d - u, i0, model.r_int, model.temperature_K, model.alpha_a, model.alpha_c)
+    h = model.voxel_size_m
+    inv_s = jnp.where(model.sigma_s > 0, 1.0 / jnp.where(model.sigma_s > 0, model.sigma_s, 1.0), 0.0)
+    inv_e = jnp.where(model.sigma_e > 0, 1.0 / jnp.where(model.sigma_e > 0, model.sigma_e, 1.0), 0.0)
+    for mask, d, ax, dr in zip(model.faces, drop, model.axes, model.directions):
+        # the linear solve joins voxel centres: the half voxels on both sides of the
+        # face are ohmic resistances in series with the kinetics (Ω m²)
+        r_face = model.r_int + 0.5 * h * (inv_s + neighbour(inv_e, ax, dr))
+        eta = kbv.solve_overpotential(d - u, i0, r_face, model.temperature_K, model.alpha_a, model.alpha_c)
         i = kbv.butler_volmer(eta, i0, model.temperature_K, model.alpha_a, model.alpha_c)
         g_bv = i0 * f * (model.alpha_a * jnp.exp(model.alpha_a * f * eta)
                          + model.alpha_c * jnp.exp(-model.alpha_c * f * eta))
-        g = g_bv / (1.0 + model.r_int * g_bv)
+        g = g_bv / (1.0 + r_face * g_bv)
         area = model.area_m2
         out_g.append(jnp.where(mask, g * area, 0.0))
         out_c.append(jnp.where(mask, (i - g * d) * area, 0.0))

@@ -20,7 +20,7 @@ aggregation-multigrid V-cycle per field, the interface conductances lumped on th
 diagonal), differentiably through ``lax.custom_linear_solve``.
 
 Galvanostatic control uses superposition: φ = φ⁰ + V φ¹ (φ⁰: V = 0 with the
-sources, φ¹: V = 1 without them), both solved in one batched CG; the total interface
+sources, φ¹: V = 1 without them), two CG solves; the total interface
 current is affine in V, so V meeting the applied current is exact in one step.
 
 Units: conductivities S/m, conductances S, currents A, potentials V. The system is
@@ -169,68 +169,52 @@ def solve_coupled(
     id_s = 1.0 - ms
     id_e = 1.0 - me
 
+    # the two fields are stacked in one (2, *grid) array: a single-leaf right-hand side
+    # keeps lax.custom_linear_solve transposable when only one field depends on a parameter
     def matvec(u):
-        us, ue = u
+        us, ue = u[0], u[1]
         ys = apply_operator(us, gs, gb_s) + id_s * us
         ye = apply_operator(ue, ge, gb_e) + id_e * ue
         for g, ax, d in zip(g_if, faces.axes, faces.directions):
             flow = g * (us - neighbour(ue, ax, d))
             ys = ys + flow
             ye = ye - to_neighbour(flow, ax, d)
-        return ys, ye
+        return jnp.stack([ys, ye])
 
     mg_s = _make_multigrid(jax.lax.stop_gradient(gs), jax.lax.stop_gradient(gb_s + lump_s))
     mg_e = _make_multigrid(jax.lax.stop_gradient(ge), jax.lax.stop_gradient(gb_e + lump_e))
 
     def precond(r):
-        rs, re = r
-        return (ms * mg_s(ms * rs) + id_s * rs, me * mg_e(me * re) + id_e * re)
+        rs, re = r[0], r[1]
+        return jnp.stack([ms * mg_s(ms * rs) + id_s * rs, me * mg_e(me * re) + id_e * re])
 
     # right-hand sides: sources (with V = 0) and the unit collector potential
     src_s = -sum(c_if)
     src_e = sum(to_neighbour(c, ax, d) for c, ax, d in zip(c_if, faces.axes, faces.directions))
-    b_src = (src_s * ms, src_e * me + gb_e * phi_anode)
-    b_unit = (gb_s, jnp.zeros(shape, dtype))
+    b_src = jnp.stack([src_s * ms, src_e * me + gb_e * phi_anode])
+    b_unit = jnp.stack([gb_s, jnp.zeros(shape, dtype)])
 
     def solve(mv, rhs):
-        init = jax.tree_util.tree_map(jnp.zeros_like, rhs)
-        return _pcg_tree(mv, rhs, init, precond, rtol, maxiter)
+        x, (k, rel, _conv) = _pcg(lambda v: mv(v.reshape(rhs.shape)).reshape(-1), rhs.reshape(-1),
+                                  jnp.zeros(rhs.size, rhs.dtype),
+                                  lambda v: precond(v.reshape(rhs.shape)).reshape(-1), rtol, 0.0, maxiter)
+        return x.reshape(rhs.shape), (k, rel)
 
     def lin_solve(rhs):
         return jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=True, has_aux=True)
 
     if voltage is not None:
-        b = jax.tree_util.tree_map(lambda a, u: a + voltage * u, b_src, b_unit)
-        (phi_s, phi_e), (iters, rel) = lin_solve(b)
+        (phi_s, phi_e), (iters, rel) = lin_solve(b_src + voltage * b_unit)
         v = jnp.asarray(voltage, dtype)
     else:
-        # both superposition fields in one batched solve
-        both = jax.tree_util.tree_map(lambda a, u: jnp.stack([a, u]), b_src, b_unit)
-        (ps, pe), (its, rels) = jax.vmap(lin_solve)(both)
+        (p0s, p0e), (it0, rel0) = lin_solve(b_src)
+        (p1s, p1e), (it1, rel1) = lin_solve(b_unit)
         zero = [jnp.zeros_like(c) for c in c_if]
-        i0 = total_interface_current(g_if, c_if, face_potential_drop(ps[0], pe[0], faces)) * scale
-        i1 = total_interface_current(g_if, zero, face_potential_drop(ps[1], pe[1], faces)) * scale
+        i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
+        i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
         v = (current - i0) / i1
-        phi_s, phi_e = ps[0] + v * ps[1], pe[0] + v * pe[1]
-        iters, rel = jnp.max(its), jnp.max(rels)
+        phi_s, phi_e = p0s + v * p1s, p0e + v * p1e
+        iters, rel = it0 + it1, jnp.maximum(rel0, rel1)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
     return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel)
-
-
-def _pcg_tree(matvec, b, x0, precond, rtol, maxiter):
-    """PCG on a pair of fields (flattened view of :func:`ssbx.kernels.conduction._pcg`)."""
-    shape = b[0].shape
-
-    def flat(t):
-        return jnp.concatenate([t[0].reshape(-1), t[1].reshape(-1)])
-
-    def unflat(v):
-        m = v.size // 2
-        return v[:m].reshape(shape), v[m:].reshape(shape)
-
-    x, (k, rel, _conv) = _pcg(
-        lambda v: flat(matvec(unflat(v))), flat(b), flat(x0), lambda v: flat(precond(unflat(v))),
-        rtol, 0.0, maxiter,
-    )
-    return unflat(x), (k, rel)

@@ -1,0 +1,183 @@
+"""Cell cycling (engine/cell.py, kernels/electrode.py): exact series resistance,
+charge conservation, protocol handling and failure messages."""
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssbx.engine import cell as cellmod
+from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.errors import ConfigError, SimulationDiverged
+from ssbx.engine.io import load_run
+from ssbx.engine.materials import FARADAY
+from ssbx.engine.protocol import parse_protocol, parse_step
+from ssbx.kernels.electrode import interface_faces, solve_coupled
+
+
+def _slab(n=12, k=5, h=1e-6, sigma_s=3.0, sigma_e=0.05, g=40.0):
+    """Columns (2×2 lateral, periodic) of electron conductor for z < k and ion conductor
+    above, joined by a planar interface of linear kinetics I = g A (φ_s − φ_e)."""
+    shape = (2, 2, n)
+    z = np.arange(n)[None, None, :] * np.ones(shape)
+    active = z < k
+    s = jnp.asarray(np.where(active, sigma_s, 0.0))
+    e = jnp.asarray(np.where(active, 0.0, sigma_e))
+    faces = interface_faces(active, ~active, stack_axis=2)
+    area = h * h
+    conductance = tuple(jnp.where(m, g * area, 0.0) for m in faces.masks)
+    offset = tuple(jnp.zeros(shape) for _ in faces.masks)
+    total_area = 4 * area
+    # the interface conductance joins the centres of the two voxels beside the face
+    resistance = ((k - 0.5) * h / (sigma_s * total_area) + 1 / (g * total_area)
+                  + (n - k - 0.5) * h / (sigma_e * total_area))
+    return s, e, h, faces, conductance, offset, resistance
+
+
+def test_series_resistance_of_a_layered_column_is_exact(x64):
+    """Galvanostatic: V − φ_anode = I (L_s/σ_s + 1/g + L_e/σ_e)/A; potentiostatic: the
+    inverse. The collector and anode are half a voxel outside the first/last centres,
+    and the kinetic conductance joins the voxel centres on both sides of the interface
+    (the engine adds those two half-voxel resistances to R_int)."""
+    s, e, h, faces, g, c, resistance = _slab()
+    current, phi_anode = 2e-9, 0.01
+    sol = solve_coupled(s, e, h, faces, g, c, phi_anode, stack_axis=2, current=current, rtol=1e-12)
+    assert float(sol.voltage) == pytest.approx(phi_anode + current * resistance, rel=1e-9)
+    assert float(sol.current) == pytest.approx(current, rel=1e-9)
+    sol_v = solve_coupled(s, e, h, faces, g, c, phi_anode, stack_axis=2, voltage=0.2, rtol=1e-12)
+    assert float(sol_v.current) == pytest.approx((0.2 - phi_anode) / resistance, rel=1e-9)
+
+
+def test_coupled_solve_is_differentiable(x64):
+    """d V / d σ_e from the implicit adjoint equals the analytic derivative of the series
+    resistance."""
+    _, e, h, faces, g, c, _ = _slab()
+    n, k = 12, 5
+
+    def voltage(sigma_e_value):
+        s, _, _, _, _, _, _ = _slab()
+        e = jnp.where(jnp.asarray(np.arange(n)[None, None, :] * np.ones((2, 2, n))) < k, 0.0, sigma_e_value)
+        return solve_coupled(s, e, h, faces, g, c, 0.0, stack_axis=2, current=2e-9, rtol=1e-12).voltage
+
+    grad = jax.grad(voltage)(0.05)
+    exact = -2e-9 * (n - k - 0.5) * h / (4 * h * h) / 0.05**2
+    assert float(grad) == pytest.approx(exact, rel=1e-6)
+
+
+SMALL = {
+    "run": {"name": "small_cell"},
+    "particle": {"radius_m": 2e-6, "voxel_size_m": 5e-7, "n_grains": 6},
+    "material": {"name": "NCM111", "x_initial": 0.95},
+    "cell": {"enabled": True, "areal_capacity_mAh_cm2": 0.05, "separator_thickness_m": 2e-6},
+    "electrochemistry": {"time_step_s": 60.0},
+    "mechanics": {"enabled": False},
+    "protocol": {"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min", "rest 2 min",
+                                              "discharge at 2C until 3.0 V or 5 min"]},
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cell") / "cell.h5"
+    result = cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+    return result, load_run(out)
+
+
+def test_charge_conservation(small_run):
+    """∫ I dt = F ΔM_Li to 1e-4 relative (M_Li summed from the stored fields)."""
+    _, run = small_run
+    ts = run.timeseries
+    dt = np.diff(np.concatenate([[0.0], ts["t_s"]]))
+    charge_C = np.sum(ts["current_A"] * dt)
+    assert np.ptp(ts["current_A"]) > 0
+    li = [np.nansum(f.astype(np.float64)) for f in run.fields["soc"]]
+    c_max = scenario_from_dict(SMALL).material.resolved_c_max()
+    delta_mol = (li[0] - li[-1]) * c_max * run.voxel_size_m**3
+    gross = np.sum(np.abs(ts["current_A"]) * dt) / FARADAY
+    assert abs(delta_mol - charge_C / FARADAY) < 1e-4 * gross
+
+
+def test_protocol_steps_and_outputs(small_run):
+    result, run = small_run
+    ts = run.timeseries
+    assert result.status == "completed"
+    steps = ts["step_index"].astype(int)
+    assert list(np.unique(steps)) == [0, 1, 2]
+    charge, rest, discharge = (steps == 0), (steps == 1), (steps == 2)
+    assert np.all(ts["current_A"][charge] > 0) and np.all(ts["current_A"][discharge] < 0)
+    # zero within float32 round-off of the superposition (the applied current is met to ~1e-5)
+    assert np.all(np.abs(ts["current_A"][rest]) < 1e-4 * ts["current_A"][charge].max())
+    with h5py.File(run.path) as f:
+        one_c = f["geometry"].attrs["capacity_1C_A"]
+    np.testing.assert_allclose(ts["current_A"][charge], 2 * one_c, rtol=1e-4)  # 2C
+    np.testing.assert_allclose(ts["current_A"][discharge], -2 * one_c, rtol=1e-4)
+    assert ts["t_s"][charge][-1] == pytest.approx(600.0)  # the 10 min cap (4.3 V not reached)
+    assert ts["voltage_V"][charge][-1] > ts["voltage_V"][charge][0]  # charging raises V
+    # relaxation during rest: the voltage falls back towards the OCV
+    assert ts["voltage_V"][rest][-1] < ts["voltage_V"][charge][-1]
+    with h5py.File(run.path) as f:
+        ce = f["cycles/coulombic_efficiency"][()]
+    assert ce.shape == (1,) and 0 < ce[0] < 1  # 5 min of discharge return half of 10 min charge
+    for name in ("soc", "phi_s_V", "phi_e_V", "interface_current_A_m2"):
+        assert run.fields[name].shape[0] == 4  # initial + end of each step
+    assert np.all(ts["bv_residual"][1:] < 1e-2)
+
+
+def test_nan_stops_with_step_and_time(tmp_path, monkeypatch):
+    original = cellmod.electrochemical_solve
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            return (out[0], out[1], jnp.asarray(jnp.nan), *out[3:])
+        return out
+
+    monkeypatch.setattr(cellmod, "electrochemical_solve", poisoned)
+    out = tmp_path / "nan.h5"
+    with pytest.raises(SimulationDiverged, match=r"step 1 \('charge at 2C until 4.3 V or 10 min'\) at t = 120 s"):
+        cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+    with h5py.File(out) as f:
+        assert f.attrs["status"] == "diverged"
+        assert f["timeseries/t_s"].shape[0] == 2  # the two good steps are kept
+
+
+def test_protocol_parser():
+    s = parse_step("charge at C/10 until 4.3 V or 2 h")
+    assert (s.mode, s.sign, s.c_rate, s.voltage_V, s.max_duration_s) == ("cc", 1.0, 0.1, 4.3, 7200.0)
+    s = parse_step("hold 4.25 V until C/20")
+    assert (s.mode, s.voltage_V, s.c_rate) == ("cv", 4.25, 0.05)
+    assert parse_step("rest 10 min").max_duration_s == 600
+    assert len(parse_protocol(["charge at 1C until 4.3 V", "discharge at 1C until 3 V"], cycles=3)) == 6
+
+
+@pytest.mark.parametrize(
+    "steps, words",
+    [
+        (["charge at 0C until 4.3 V"], ["C-rate must be > 0"]),
+        (["charge at 1C until 3.0 V", "discharge at 1C until 4.3 V"], ["lower cut-off 4.3 V", "upper cut-off 3.0 V"]),
+        (["charge at 1C"], ["not a protocol step", "charge at 1C until 4.3 V"]),
+        (["hold 4.3 V"], ["protocol.steps[0]", "not a protocol step"]),
+        ([], ["needs steps"]),
+    ],
+)
+def test_bad_protocols(steps, words):
+    data = dict(SMALL, protocol={"kind": "cycling", "steps": steps})
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict(data)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_cell_inputs():
+    with pytest.raises(ConfigError, match="electrochemistry.ocv = 'LCO'"):
+        scenario_from_dict(dict(SMALL, electrochemistry={"ocv": "LCO"}))
+    with pytest.raises(ConfigError, match="needs a cell"):
+        scenario_from_dict(dict(SMALL, cell={"enabled": False}))
+    with pytest.raises(ConfigError, match="electrochemistry.ecbd_ionic_S_m = -1"):
+        scenario_from_dict(dict(SMALL, electrochemistry={"ecbd_ionic_S_m": -1}))
+    big = scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], areal_capacity_mAh_cm2=5.0)))
+    with pytest.raises(ConfigError, match="cell.areal_capacity_mAh_cm2 = 5.0"):
+        cellmod.cell_microstructure(big)
