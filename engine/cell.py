@@ -122,6 +122,7 @@ class CellModel(eqx.Module):
     temperature_K: float = eqx.field(static=True)
     newton_iterations: int = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
+    preconditioner: str = eqx.field(static=True)
 
     @property
     def stack_axis(self) -> int:
@@ -188,6 +189,7 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
         temperature_K=ec.temperature_K,
         newton_iterations=ec.newton_iterations,
         rtol=ec.solver_rtol,
+        preconditioner=ec.preconditioner,
     )
 
 
@@ -229,7 +231,8 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, target, current_gue
         kwargs = {"voltage": target} if voltage_control else {"current": target}
         sol = solve_coupled(
             model.sigma_s, model.sigma_e, model.voxel_size_m, faces, g, c,
-            model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol, **kwargs,
+            model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol,
+            preconditioner=model.preconditioner, maxiter=5000, **kwargs,
         )
         return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
                 iters + sol.iterations, g, c)

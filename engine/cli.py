@@ -118,9 +118,14 @@ def main(argv=None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    from .tortuosity import add_parser as tortuosity_parser, run as tortuosity_run
+
+    tortuosity_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "tortuosity":
+        return tortuosity_run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

@@ -214,6 +214,7 @@ class ElectrochemistryConfig:
     time_step_s: float = 10.0
     newton_iterations: int = 3
     solver_rtol: float = 1e-6
+    preconditioner: str = "jacobi"  # "jacobi" (fastest on CPUs at coarse grids) or "multigrid"
 
     def validate(self):
         from ssbx.kernels.ocv import available_ocv
@@ -234,6 +235,7 @@ class ElectrochemistryConfig:
             raise ConfigError(
                 f"electrochemistry.newton_iterations = {self.newton_iterations!r}: must be an integer ≥ 1"
             )
+        _choice("electrochemistry.preconditioner", self.preconditioner, ("jacobi", "multigrid"))
         if not _is_number(self.solver_rtol) or not 0 < self.solver_rtol < 1:
             raise ConfigError(f"electrochemistry.solver_rtol = {self.solver_rtol!r}: valid range is (0, 1)")
 

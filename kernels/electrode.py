@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .conduction import _make_multigrid, _pcg, apply_operator, face_conductances
+from .conduction import _diagonal, _make_multigrid, _pcg, apply_operator, face_conductances
 
 
 class InterfaceFaces(NamedTuple):
@@ -125,6 +125,7 @@ def solve_coupled(
     voltage=None,
     rtol=1e-6,
     maxiter=500,
+    preconditioner="multigrid",
 ):
     """Solve the linearised coupled potentials under current or voltage control.
 
@@ -181,8 +182,16 @@ def solve_coupled(
             ye = ye - to_neighbour(flow, ax, d)
         return jnp.stack([ys, ye])
 
-    mg_s = _make_multigrid(jax.lax.stop_gradient(gs), jax.lax.stop_gradient(gb_s + lump_s))
-    mg_e = _make_multigrid(jax.lax.stop_gradient(ge), jax.lax.stop_gradient(gb_e + lump_e))
+    if preconditioner == "multigrid":
+        mg_s = _make_multigrid(jax.lax.stop_gradient(gs), jax.lax.stop_gradient(gb_s + lump_s))
+        mg_e = _make_multigrid(jax.lax.stop_gradient(ge), jax.lax.stop_gradient(gb_e + lump_e))
+    elif preconditioner == "jacobi":
+        ds = jax.lax.stop_gradient(_diagonal(gs, gb_s + lump_s))
+        de = jax.lax.stop_gradient(_diagonal(ge, gb_e + lump_e))
+        mg_s = lambda r: r / jnp.where(ds > 0, ds, 1.0)  # noqa: E731
+        mg_e = lambda r: r / jnp.where(de > 0, de, 1.0)  # noqa: E731
+    else:
+        raise ValueError(f"preconditioner = {preconditioner!r}: valid values are 'multigrid', 'jacobi'")
 
     def precond(r):
         rs, re = r[0], r[1]
