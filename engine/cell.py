@@ -17,7 +17,10 @@ Each electrochemical step Δt (``electrochemistry.time_step_s``):
    applied current exactly; the BV residual left is reported (``bv_residual``).
 2. Li diffusion in the particle over Δt with explicit sub-steps, the face currents
    entering as the surface source −I/(F c_max h³) (quasi-static potentials, frozen
-   during the sub-steps).
+   during the sub-steps). Δt is the configured step, shortened so that no voxel
+   covers more than half its distance to x = 0 or 1 and so that Δt ≤ τ, the kinetic
+   relaxation time F c_max h³ / (Σ_f G_f |U'(x)|) of every surface voxel (beyond it
+   frozen currents overshoot and, under voltage control, oscillate).
 
 i0(x) = i0_ref (1 − x)^α_a x^α_c / 0.5^(α_a+α_c) (the c-dependence of physics.md §3 with
 a constant c_SE, normalised so that i0(½) = i0_ref). The Li anode has symmetric
@@ -248,7 +251,15 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, target, current_gue
     scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
     bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
     voxel_current = sum(face_currents)  # A per active voxel, > 0 = delithiation
-    return phi_s, phi_e, voltage, sum(jnp.sum(i) for i in face_currents), voxel_current, iters, bv_residual
+    # kinetic relaxation time of each surface voxel, τ = F c_max h^d / (Σ_f G_f |U'(x)|):
+    # explicit steps of x with frozen currents are stable for Δt ≲ τ
+    x_safe = jnp.where(model.grain_id >= 0, jnp.clip(x, 1e-4, 1 - 1e-4), 0.5)
+    slope = jnp.abs(jax.vmap(jax.grad(lambda v: model.ocv(v)))(x_safe.reshape(-1)).reshape(x.shape))
+    conductance = sum(g)
+    tau = FARADAY * model.c_max * model.voxel_size_m ** x.ndim / jnp.maximum(conductance * slope, 1e-30)
+    tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
+    return (phi_s, phi_e, voltage, sum(jnp.sum(i) for i in face_currents), voxel_current, iters,
+            bv_residual, tau_min)
 
 
 @eqx.filter_jit
@@ -339,7 +350,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                         target, voltage_control = current, False
                     out = electrochemical_solve(model, x, phi_s, phi_e, jnp.asarray(target, dtype),
                                                 jnp.asarray(current, dtype), voltage_control)
-                    phi_s, phi_e, voltage, current_now, voxel_current, iters, bv_res = out
+                    phi_s, phi_e, voltage, current_now, voxel_current, iters, bv_res, tau_min = out
                     voltage, current_now = float(voltage), float(current_now)
                     if not (math.isfinite(voltage) and math.isfinite(current_now)):
                         raise SimulationDiverged(
@@ -353,7 +364,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                     room = np.where(rate < 0, xa, 1.0 - xa)
                     with np.errstate(divide="ignore"):
                         limit = np.min(np.where(rate != 0, 0.5 * room / np.abs(rate), np.inf))
-                    dt = min(ec.time_step_s, limit)
+                    dt = min(ec.time_step_s, limit, float(tau_min))
                     if step.max_duration_s is not None:
                         dt = min(dt, step.max_duration_s - t_step)
                     if dt < 1e-3 * ec.time_step_s:

@@ -72,7 +72,8 @@ SMALL = {
     "cell": {"enabled": True, "areal_capacity_mAh_cm2": 0.05, "separator_thickness_m": 2e-6},
     "electrochemistry": {"time_step_s": 60.0},
     "mechanics": {"enabled": False},
-    "protocol": {"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min", "rest 2 min",
+    "protocol": {"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min",
+                                              "hold 3.95 V until C/2 or 4 min", "rest 2 min",
                                               "discharge at 2C until 3.0 V or 5 min"]},
 }
 
@@ -101,26 +102,31 @@ def test_charge_conservation(small_run):
 def test_protocol_steps_and_outputs(small_run):
     result, run = small_run
     ts = run.timeseries
+    with h5py.File(run.path) as f:
+        one_c = f["geometry"].attrs["capacity_1C_A"]
     assert result.status == "completed"
     steps = ts["step_index"].astype(int)
-    assert list(np.unique(steps)) == [0, 1, 2]
-    charge, rest, discharge = (steps == 0), (steps == 1), (steps == 2)
+    assert list(np.unique(steps)) == [0, 1, 2, 3]
+    charge, hold, rest, discharge = (steps == 0), (steps == 1), (steps == 2), (steps == 3)
     assert np.all(ts["current_A"][charge] > 0) and np.all(ts["current_A"][discharge] < 0)
     # zero within float32 round-off of the superposition (the applied current is met to ~1e-5)
     assert np.all(np.abs(ts["current_A"][rest]) < 1e-4 * ts["current_A"][charge].max())
-    with h5py.File(run.path) as f:
-        one_c = f["geometry"].attrs["capacity_1C_A"]
     np.testing.assert_allclose(ts["current_A"][charge], 2 * one_c, rtol=1e-4)  # 2C
     np.testing.assert_allclose(ts["current_A"][discharge], -2 * one_c, rtol=1e-4)
     assert ts["t_s"][charge][-1] == pytest.approx(600.0)  # the 10 min cap (4.3 V not reached)
     assert ts["voltage_V"][charge][-1] > ts["voltage_V"][charge][0]  # charging raises V
+    # CV: the voltage is held, the current decays monotonically to the C/2 cut-off
+    np.testing.assert_allclose(ts["voltage_V"][hold], 3.95, atol=1e-4)
+    i_hold = ts["current_A"][hold]
+    assert np.all(i_hold > 0) and np.all(np.diff(i_hold) < 0)
+    assert i_hold[-1] <= 0.5 * one_c < i_hold[-2]
     # relaxation during rest: the voltage falls back towards the OCV
-    assert ts["voltage_V"][rest][-1] < ts["voltage_V"][charge][-1]
+    assert ts["voltage_V"][rest][-1] < ts["voltage_V"][hold][-1]
     with h5py.File(run.path) as f:
         ce = f["cycles/coulombic_efficiency"][()]
-    assert ce.shape == (1,) and 0 < ce[0] < 1  # 5 min of discharge return half of 10 min charge
+    assert ce.shape == (1,) and 0 < ce[0] < 1  # 5 min of discharge return less than was charged
     for name in ("soc", "phi_s_V", "phi_e_V", "interface_current_A_m2"):
-        assert run.fields[name].shape[0] == 4  # initial + end of each step
+        assert run.fields[name].shape[0] == 5  # initial + end of each step
     assert np.all(ts["bv_residual"][1:] < 1e-2)
 
 
@@ -132,16 +138,18 @@ def test_nan_stops_with_step_and_time(tmp_path, monkeypatch):
         out = original(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
-            return (out[0], out[1], jnp.asarray(jnp.nan), *out[3:])
+            return (out[0], out[1], jnp.asarray(jnp.nan), *out[3:])  # V = NaN
         return out
 
     monkeypatch.setattr(cellmod, "electrochemical_solve", poisoned)
     out = tmp_path / "nan.h5"
-    with pytest.raises(SimulationDiverged, match=r"step 1 \('charge at 2C until 4.3 V or 10 min'\) at t = 120 s"):
+    with pytest.raises(SimulationDiverged, match=r"step 1 \('charge at 2C until 4.3 V or 10 min'\) at t = ") as err:
         cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+    t_fail = float(str(err.value).split("at t = ")[1].split(" s")[0])
     with h5py.File(out) as f:
         assert f.attrs["status"] == "diverged"
         assert f["timeseries/t_s"].shape[0] == 2  # the two good steps are kept
+        assert f["timeseries/t_s"][-1] == pytest.approx(t_fail, rel=1e-5)
 
 
 def test_protocol_parser():
