@@ -54,10 +54,14 @@ def test_loss_gradient_matches_central_differences(x64):
 
 
 def test_checkpoint_plan():
+    """k = round(√(n/6)) minimises the stored states n/k + 6k; n is rounded up to whole blocks."""
     assert checkpoint_plan(0) == (0, 1)
-    assert checkpoint_plan(100) == (100, 10)
-    n, k = checkpoint_plan(1000)  # k = ceil(sqrt(1000)) = 32, n rounded up to 32 blocks
-    assert (n, k) == (1024, 32) and n % k == 0
+    assert checkpoint_plan(5) == (5, 1)
+    assert checkpoint_plan(600) == (600, 10)
+    n, k = checkpoint_plan(1000)  # √(1000/6) = 12.9 -> k = 13, n rounded up to 77 blocks
+    assert (n, k) == (1001, 13)
+    memory = lambda kk: math.ceil(1000 / kk) + 6 * kk  # noqa: E731
+    assert memory(k) == min(memory(kk) for kk in range(1, 200))
     assert checkpoint_plan(50, 16) == (64, 16)
     with pytest.raises(ConfigError, match="checkpoint_every"):
         checkpoint_plan(10, 0)
