@@ -205,11 +205,16 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
     )
 
 
-def _linearised_kinetics(model: CellModel, x, drop):
-    """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``."""
+def _linearised_kinetics(model: CellModel, x, drop, v_ref):
+    """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``.
+
+    ``drop`` is φ_s' − φ_e with the *shifted* electronic potential φ_s' = φ_s − v_ref:
+    solving for potentials of the size of overpotentials instead of ~4 V keeps float32
+    accurate (CG's error scales with κ · eps · |φ|).
+    """
     f = FARADAY / (GAS_CONSTANT * model.temperature_K)
     x = jnp.where(model.grain_id >= 0, x, 0.5)  # keep U and i0 finite off the particle
-    u = model.ocv(x)
+    u = model.ocv(x) - v_ref
     slope = jax.vmap(jax.grad(model.ocv))(jnp.clip(x, 1e-4, 1 - 1e-4).reshape(-1)).reshape(x.shape)
     i0 = model.exchange_current(x)
     out_g, out_c, out_i = [], [], []
@@ -239,31 +244,42 @@ def _linearised_kinetics(model: CellModel, x, drop):
 
 
 @eqx.filter_jit
-def electrochemical_solve(model: CellModel, x, phi_s, phi_e, target, current_guess, voltage_control: bool):
-    """Newton iterations for the potentials; returns (phi_s, phi_e, V, I, face currents, info)."""
+def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target, current_guess,
+                          voltage_control: bool):
+    """Newton iterations for the potentials, warm-started from the previous step's
+    superposition fields ``warm`` (see :class:`ssbx.kernels.electrode.CoupledSolution`).
+
+    ``phi_s`` is shifted by the reference voltage ``v_ref`` (φ_s − v_ref), and so is the
+    returned one; the returned V is absolute. Under voltage control ``target`` is the
+    absolute collector voltage.
+
+    Returns (phi_s, phi_e, V, I, per-voxel current, CG iterations, BV residual, τ_min, warm).
+    """
     faces = model.interface()
 
     def newton(_, carry):
-        phi_s, phi_e, _v, current, iters, _g, _c = carry
+        phi_s, phi_e, _v, current, iters, _g, _c, warm = carry
         drop = face_potential_drop(phi_s, phi_e, faces)
-        g, c, _ = _linearised_kinetics(model, x, drop)
-        kwargs = {"voltage": target} if voltage_control else {"current": target}
+        g, c, _ = _linearised_kinetics(model, x, drop, v_ref)
+        kwargs = {"voltage": target - v_ref} if voltage_control else {"current": target}
         sol = solve_coupled(
             model.sigma_s, model.sigma_e, model.voxel_size_m, faces, g, c,
             model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol,
-            preconditioner=model.preconditioner, maxiter=5000, **kwargs,
+            preconditioner=model.preconditioner, maxiter=5000, warm_start=warm, **kwargs,
         )
         return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
-                iters + sol.iterations, g, c)
+                iters + sol.iterations, g, c, sol.warm)
 
     zeros = tuple(jnp.zeros_like(x) for _ in model.faces)
     init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
-            jnp.asarray(0, jnp.int32), zeros, zeros)
-    phi_s, phi_e, voltage, _, iters, g, c = jax.lax.fori_loop(0, model.newton_iterations, newton, init)
+            jnp.asarray(0, jnp.int32), zeros, zeros, warm)
+    phi_s, phi_e, voltage, _, iters, g, c, warm = jax.lax.fori_loop(
+        0, model.newton_iterations, newton, init)
+    voltage = voltage + v_ref
     # currents of the last linear solve: they meet the applied current exactly
     drop = face_potential_drop(phi_s, phi_e, faces)
     face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
-    _, _, i_bv = _linearised_kinetics(model, x, drop)
+    _, _, i_bv = _linearised_kinetics(model, x, drop, v_ref)
     scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
     bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
     voxel_current = sum(face_currents)  # A per active voxel, > 0 = delithiation
@@ -275,7 +291,7 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, target, current_gue
     tau = FARADAY * model.c_max * model.voxel_size_m ** x.ndim / jnp.maximum(conductance * slope, 1e-30)
     tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
     return (phi_s, phi_e, voltage, sum(jnp.sum(i) for i in face_currents), voxel_current, iters,
-            bv_residual, tau_min)
+            bv_residual, tau_min, warm)
 
 
 @eqx.filter_jit
@@ -320,8 +336,8 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                                        scenario.numerics.time_step_safety)
 
     x = jnp.where(jnp.asarray(active), jnp.asarray(mat.x_initial, dtype), jnp.asarray(0.0, dtype))
-    u0 = float(get_ocv(ec.ocv)(mat.x_initial))
-    phi_s = jnp.where(model.sigma_s > 0, u0, 0.0).astype(dtype)
+    v_ref = float(get_ocv(ec.ocv)(mat.x_initial))  # φ_s is stored as φ_s − v_ref
+    phi_s = jnp.zeros_like(x)
     phi_e = jnp.zeros_like(phi_s)
     li_of = lambda x: model.c_max * h**micro.ndim * float(np.sum(np.asarray(x, np.float64)[active]))  # noqa: E731
     li0 = li_of(x)
@@ -331,7 +347,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     status, message = "completed", "protocol finished"
     cycle_len = len(steps) // scenario.protocol.cycles
 
-    def snapshot(writer, t_s, x, phi_s, phi_e, voxel_current):
+    def snapshot(writer, t_s, x, phi_s, phi_e, voxel_current, v_ref):
         xa = np.asarray(x, np.float64)
         area = np.asarray(model.area_m2) * sum(np.asarray(m, np.float64) for m in model.faces)
         density = np.where(area > 0, np.asarray(voxel_current) / np.where(area > 0, area, 1.0), np.nan)
@@ -339,7 +355,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
             t_s,
             {
                 "soc": np.where(active, xa, np.nan),
-                "phi_s_V": np.where(np.asarray(model.sigma_s) > 0, np.asarray(phi_s), np.nan),
+                "phi_s_V": np.where(np.asarray(model.sigma_s) > 0, np.asarray(phi_s, np.float64) + v_ref, np.nan),
                 "phi_e_V": np.where(np.asarray(model.sigma_e) > 0, np.asarray(phi_e), np.nan),
                 "interface_current_A_m2": density,
             },
@@ -349,11 +365,12 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
 
     bar = tqdm(disable=not progress, desc=scenario.run.name, unit="step", dynamic_ncols=True)
     voxel_current = jnp.zeros_like(x)
+    warm = jnp.zeros((2, 2) + x.shape, dtype)
     current = 0.0
     with RunWriter(out_path, scenario.to_json(), micro) as writer:
         writer._file["geometry"].attrs["cell_area_m2"] = info["cell_area_m2"]
         writer._file["geometry"].attrs["capacity_1C_A"] = one_c
-        snapshot(writer, 0.0, x, phi_s, phi_e, voxel_current)
+        snapshot(writer, 0.0, x, phi_s, phi_e, voxel_current, v_ref)
         try:
             for k, step in enumerate(steps):
                 t_step = 0.0
@@ -364,10 +381,14 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                     else:
                         current = step.sign * step.c_rate * one_c if step.mode == "cc" else 0.0
                         target, voltage_control = current, False
-                    out = electrochemical_solve(model, x, phi_s, phi_e, jnp.asarray(target, dtype),
-                                                jnp.asarray(current, dtype), voltage_control)
-                    phi_s, phi_e, voltage, current_now, voxel_current, iters, bv_res, tau_min = out
+                    out = electrochemical_solve(model, x, phi_s, phi_e, warm, jnp.asarray(v_ref, dtype),
+                                                jnp.asarray(target, dtype), jnp.asarray(current, dtype),
+                                                voltage_control)
+                    phi_s, phi_e, voltage, current_now, voxel_current, iters, bv_res, tau_min, warm = out
                     voltage, current_now = float(voltage), float(current_now)
+                    if math.isfinite(voltage):  # re-centre φ_s on the new voltage
+                        phi_s = jnp.where(model.sigma_s > 0, phi_s - (voltage - v_ref), 0.0).astype(dtype)
+                        v_ref = voltage
                     if not (math.isfinite(voltage) and math.isfinite(current_now)):
                         raise SimulationDiverged(
                             f"step {k + 1} ({step.text!r}) at t = {t:.6g} s: the potential solve gave "
@@ -418,7 +439,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                         break
                     if step.max_duration_s is not None and t_step >= step.max_duration_s - 1e-9:
                         break
-                snapshot(writer, t, x, phi_s, phi_e, voxel_current)
+                snapshot(writer, t, x, phi_s, phi_e, voxel_current, v_ref)
                 if status != "completed":
                     break
         except SimulationDiverged as err:

@@ -103,12 +103,17 @@ def _dirichlet_layer(shape, axis, index, dtype):
 
 
 class CoupledSolution(NamedTuple):
+    """phi_s, phi_e (V), voltage V (V), total interface current (A), CG iterations,
+    relative residual, and ``warm``: the (2, 2, *grid) pair (φ⁰, φ¹) of stacked fields
+    (scaled units) to pass as ``warm_start`` to the next, similar solve."""
+
     phi_s: jax.Array
     phi_e: jax.Array
     voltage: jax.Array
     current: jax.Array
     iterations: jax.Array
     residual: jax.Array
+    warm: jax.Array
 
 
 def solve_coupled(
@@ -126,6 +131,7 @@ def solve_coupled(
     rtol=1e-6,
     maxiter=500,
     preconditioner="multigrid",
+    warm_start=None,
 ):
     """Solve the linearised coupled potentials under current or voltage control.
 
@@ -139,6 +145,9 @@ def solve_coupled(
         stack_axis: axis normal to collector and anode (static).
         current: applied total current I (A, > 0 = charge) for galvanostatic control;
         voltage: collector potential V (V) for potentiostatic control (exactly one).
+        preconditioner: "multigrid" or "jacobi" (static).
+        warm_start: optional ``warm`` of a previous solution (initial CG guesses; they
+            change the iteration count, not the result, and carry no gradient).
 
     Returns:
         :class:`CoupledSolution` (potentials, V, the total interface current, CG
@@ -203,21 +212,33 @@ def solve_coupled(
     b_src = jnp.stack([src_s * ms, src_e * me + gb_e * phi_anode])
     b_unit = jnp.stack([gb_s, jnp.zeros(shape, dtype)])
 
-    def solve(mv, rhs):
-        x, (k, rel, _conv) = _pcg(lambda v: mv(v.reshape(rhs.shape)).reshape(-1), rhs.reshape(-1),
-                                  jnp.zeros(rhs.size, rhs.dtype),
-                                  lambda v: precond(v.reshape(rhs.shape)).reshape(-1), rtol, 0.0, maxiter)
-        return x.reshape(rhs.shape), (k, rel)
+    def make_solve(guess):
+        def solve(mv, rhs):
+            x0 = jnp.zeros(rhs.size, rhs.dtype) if guess is None else guess.reshape(-1)
+            x, (k, rel, _conv) = _pcg(lambda v: mv(v.reshape(rhs.shape)).reshape(-1), rhs.reshape(-1), x0,
+                                      lambda v: precond(v.reshape(rhs.shape)).reshape(-1), rtol, 0.0, maxiter)
+            return x.reshape(rhs.shape), (k, rel)
 
-    def lin_solve(rhs):
-        return jax.lax.custom_linear_solve(matvec, rhs, solve, solve, symmetric=True, has_aux=True)
+        return solve
+
+    cold = make_solve(None)
+    warm = None if warm_start is None else jax.lax.stop_gradient(jnp.asarray(warm_start, dtype))
+
+    def lin_solve(rhs, guess):
+        solve = cold if guess is None else make_solve(guess)
+        return jax.lax.custom_linear_solve(matvec, rhs, solve, cold, symmetric=True, has_aux=True)
 
     if voltage is not None:
-        (phi_s, phi_e), (iters, rel) = lin_solve(b_src + voltage * b_unit)
         v = jnp.asarray(voltage, dtype)
+        u, (iters, rel) = lin_solve(b_src + voltage * b_unit, None if warm is None else warm[0] + v * warm[1])
+        phi_s, phi_e = u[0], u[1]
+        unit = jnp.zeros_like(u) if warm is None else warm[1]
+        next_warm = jnp.stack([u - v * unit, unit])
     else:
-        (p0s, p0e), (it0, rel0) = lin_solve(b_src)
-        (p1s, p1e), (it1, rel1) = lin_solve(b_unit)
+        u0, (it0, rel0) = lin_solve(b_src, None if warm is None else warm[0])
+        u1, (it1, rel1) = lin_solve(b_unit, None if warm is None else warm[1])
+        (p0s, p0e), (p1s, p1e) = (u0[0], u0[1]), (u1[0], u1[1])
+        next_warm = jnp.stack([u0, u1])
         zero = [jnp.zeros_like(c) for c in c_if]
         i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
         i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
@@ -226,4 +247,4 @@ def solve_coupled(
         iters, rel = it0 + it1, jnp.maximum(rel0, rel1)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
-    return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel)
+    return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel, jax.lax.stop_gradient(next_warm))
