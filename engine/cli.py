@@ -12,10 +12,11 @@ DESCRIPTION = """\
 ssbx: differentiable voxel simulations of solid-state battery cathode particles.
 
 Without a scenario file, `ssbx run` runs the built-in default: a 10 µm NCM622
-secondary particle of 100 Voronoi grains (random orientations, D = 5e-15, 5e-15,
+secondary particle of 400 Voronoi grains (random orientations, D = 5e-15, 5e-15,
 1e-20 m²/s along [100], [010], [001]), delithiated at 1C through its whole surface
-for 30 minutes (0.25 µm voxels). examples/default.toml is the same scenario with
-every key commented.
+for 24 minutes (0.2 µm voxels), with the stress from chemical expansion at seven
+snapshots. examples/default.toml is the same scenario with every key commented;
+examples/ncm111_llzo_single_particle.toml cycles a particle in a cell.
 """
 
 
@@ -121,11 +122,16 @@ def main(argv=None) -> int:
     from .tortuosity import add_parser as tortuosity_parser, run as tortuosity_run
 
     tortuosity_parser(sub)
+    from . import fit_cli
+
+    fit_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "tortuosity":
         return tortuosity_run(args)
+    if args.command == "fit":
+        return fit_cli.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 
