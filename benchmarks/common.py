@@ -86,3 +86,26 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}_{device_slug(payload['device'])}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def benchmark_particle(n: int, n_grains: int, voxel_size_m: float = 1e-7):
+    """A polycrystalline NCM622 particle filling an n³ box (radius n/2 − 2.5 voxels),
+    1C delithiation flux: (micro, geometry, params) in float32, for the benchmarks."""
+    import jax.numpy as jnp
+
+    from ssbx.engine.microstructure import polycrystalline_particle
+    from ssbx.engine.model import ParticleGeometry, TransportParams, galvanostatic_flux
+
+    micro = polycrystalline_particle(radius_m=(n / 2 - 2.5) * voxel_size_m, voxel_size_m=voxel_size_m,
+                                     n_grains=n_grains, seed=0)
+    assert micro.labels.shape == (n, n, n), micro.labels.shape
+    geometry = ParticleGeometry.from_microstructure(micro, jnp.float32)
+    c_max = 49214.0
+    flux = galvanostatic_flux(1.0, -1.0, c_max, micro.active_volume_m3(), float(geometry.reactive_area_m2))
+    params = TransportParams(
+        diffusivity_m2_s=jnp.asarray([5e-15, 5e-15, 1e-20], jnp.float32),
+        orientations=jnp.asarray(micro.orientations, jnp.float32),
+        flux_mol_m2_s=jnp.asarray(flux, jnp.float32),
+        c_max_mol_m3=jnp.asarray(c_max, jnp.float32),
+    )
+    return micro, geometry, params

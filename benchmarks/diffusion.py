@@ -24,10 +24,15 @@ import equinox as eqx
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, measured_copy_bandwidth_GBs, time_call, write_result  # noqa: E402
+from common import (  # noqa: E402
+    benchmark_particle,
+    device_info,
+    measured_copy_bandwidth_GBs,
+    time_call,
+    write_result,
+)
 
-from ssbx.engine.microstructure import polycrystalline_particle  # noqa: E402
-from ssbx.engine.model import ParticleGeometry, TransportParams, galvanostatic_flux, rollout  # noqa: E402
+from ssbx.engine.model import rollout  # noqa: E402
 from ssbx.kernels.diffusion import stable_time_step  # noqa: E402
 
 BYTES_PER_VOXEL_STEP = 16
@@ -35,19 +40,7 @@ BYTES_PER_VOXEL_STEP = 16
 
 def bench_size(n: int, steps: int, grains_per_64: int = 100) -> dict:
     h = 1e-7
-    micro = polycrystalline_particle(
-        radius_m=(n / 2 - 2.5) * h, voxel_size_m=h, n_grains=max(1, grains_per_64 * (n // 64) ** 3), seed=0
-    )
-    assert micro.labels.shape == (n, n, n), micro.labels.shape
-    geometry = ParticleGeometry.from_microstructure(micro, jnp.float32)
-    c_max = 49214.0
-    flux = galvanostatic_flux(1.0, -1.0, c_max, micro.active_volume_m3(), float(geometry.reactive_area_m2))
-    params = TransportParams(
-        diffusivity_m2_s=jnp.asarray([5e-15, 5e-15, 1e-20], jnp.float32),
-        orientations=jnp.asarray(micro.orientations, jnp.float32),
-        flux_mol_m2_s=jnp.asarray(flux, jnp.float32),
-        c_max_mol_m3=jnp.asarray(c_max, jnp.float32),
-    )
+    micro, geometry, params = benchmark_particle(n, max(1, grains_per_64 * (n // 64) ** 3), h)
     dt = stable_time_step(5e-15, h, 3)
     block = min(16, steps)
     advance = eqx.filter_jit(lambda g, p, x: rollout(g, p, x, steps, dt, checkpoint_every=block)[0])

@@ -27,7 +27,6 @@ benchmarks/results/gradient_<device>.json.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -35,32 +34,16 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, time_call, write_result  # noqa: E402
+from common import benchmark_particle, device_info, time_call, write_result  # noqa: E402
 
 from ssbx.engine.fitting import checkpoint_plan  # noqa: E402
-from ssbx.engine.microstructure import polycrystalline_particle  # noqa: E402
-from ssbx.engine.model import (  # noqa: E402
-    ParticleGeometry,
-    TransportParams,
-    component_table,
-    galvanostatic_flux,
-    rollout,
-)
+from ssbx.engine.model import TransportParams, component_table, rollout  # noqa: E402
 from ssbx.kernels import diffusion as kdiff  # noqa: E402
 
 
 def setup(n: int):
     h = 1e-7
-    micro = polycrystalline_particle(radius_m=(n / 2 - 2.5) * h, voxel_size_m=h, n_grains=max(4, n), seed=0)
-    geometry = ParticleGeometry.from_microstructure(micro, jnp.float32)
-    c_max = 49214.0
-    flux = galvanostatic_flux(1.0, -1.0, c_max, micro.active_volume_m3(), float(geometry.reactive_area_m2))
-    params = TransportParams(
-        diffusivity_m2_s=jnp.asarray([5e-15, 5e-15, 1e-20], jnp.float32),
-        orientations=jnp.asarray(micro.orientations, jnp.float32),
-        flux_mol_m2_s=jnp.asarray(flux, jnp.float32),
-        c_max_mol_m3=jnp.asarray(c_max, jnp.float32),
-    )
+    micro, geometry, params = benchmark_particle(n, max(4, n), h)
     x0 = jnp.where(geometry.grain_id >= 0, jnp.float32(0.95), jnp.float32(0.0))
     dt = kdiff.stable_time_step(5e-15, h, 3)
     return micro, geometry, params, x0, dt

@@ -57,7 +57,7 @@ from .config import Scenario
 from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
-from .microstructure import ACTIVE, ECBD, ION_CONDUCTORS, SOLID_ELECTROLYTE, Microstructure
+from .microstructure import ECBD, ION_CONDUCTORS, SOLID_ELECTROLYTE, Microstructure
 from .model import component_table, TransportParams
 from .protocol import parse_protocol
 
@@ -340,7 +340,6 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     phi_s = jnp.zeros_like(x)
     phi_e = jnp.zeros_like(phi_s)
     li_of = lambda x: model.c_max * h**micro.ndim * float(np.sum(np.asarray(x, np.float64)[active]))  # noqa: E731
-    li0 = li_of(x)
     t = 0.0
     n_done = 0
     charge_in = 0.0  # ∫ I dt, C

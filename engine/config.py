@@ -363,17 +363,21 @@ _OPTIONAL_KEYS = {
 }
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario TOML file."""
+def read_toml(path: str | Path, what: str = "scenario file") -> dict[str, Any]:
+    """Parse a TOML file; ConfigError if it is missing or not valid TOML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"scenario file {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"scenario file {str(path)!r} is not valid TOML: {err}") from err
-    return scenario_from_dict(data)
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {err}") from err
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file."""
+    return scenario_from_dict(read_toml(path, "scenario file"))
 
 
 def _unknown(what: str, name: str, valid) -> str:

@@ -15,12 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
-
-from .config import SECTIONS, Scenario, load_scenario, scenario_from_dict
+from .config import SECTIONS, Scenario, load_scenario, read_toml, scenario_from_dict
 from .errors import ConfigError
 from .fitting import METHODS
 from .measurements import FORMATS, MeasuredMaps, load_measurement
@@ -207,14 +202,7 @@ def fit_config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Fi
 def load_fit_config(path: str | Path) -> FitConfig:
     """Read and validate a fit TOML file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"fit file {str(path)!r} does not exist")
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"fit file {str(path)!r} is not valid TOML: {err}") from err
-    return fit_config_from_dict(data, path.resolve().parent)
+    return fit_config_from_dict(read_toml(path, "fit file"), path.resolve().parent)
 
 
 def _is_number(v) -> bool:

@@ -5,7 +5,6 @@ import argparse
 import json
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
