@@ -331,7 +331,9 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     h = micro.voxel_size_m
     active = micro.active
     volume = micro.active_volume_m3()
-    one_c = FARADAY * model.c_max * volume / 3600.0  # A
+    one_c = FARADAY * model.c_max * volume / 3600.0  # A, theoretical capacity in one hour
+    if scenario.cell.capacity_Ah is not None:
+        one_c = scenario.cell.capacity_Ah  # 1C = capacity / 1 h: Ah -> A numerically
     dt_stable = kdiff.stable_time_step(max(mat.resolved_diffusivity()), h, micro.ndim,
                                        scenario.numerics.time_step_safety)
 

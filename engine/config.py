@@ -183,6 +183,7 @@ class CellConfig:
     separator_thickness_m: float = 10e-6
     separator: str = "solid_electrolyte"  # label of the separator phase
     composite_margin_voxels: int = 2  # ECBD voxels between particle and collector/separator
+    capacity_Ah: float | None = None  # capacity that defines 1C; None: theoretical F c_max V_active
 
     def validate(self):
         if not isinstance(self.enabled, bool):
@@ -190,6 +191,8 @@ class CellConfig:
         _positive("cell.areal_capacity_mAh_cm2", self.areal_capacity_mAh_cm2)
         _positive("cell.separator_thickness_m", self.separator_thickness_m)
         _choice("cell.separator", self.separator, ("solid_electrolyte",))
+        if self.capacity_Ah is not None:
+            _positive("cell.capacity_Ah", self.capacity_Ah)
         if not _is_int(self.composite_margin_voxels) or self.composite_margin_voxels < 1:
             raise ConfigError(
                 f"cell.composite_margin_voxels = {self.composite_margin_voxels!r}: must be an integer ≥ 1"
@@ -359,7 +362,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 # Keys that accept ``false`` in TOML (which has no null) to mean "not set".
 _OPTIONAL_KEYS = {
     "n_grains", "mean_grain_size_m", "diffusivity_m2_s", "c_max_mol_m3", "max_time_step_s",
-    "expansion", "x_ref",
+    "expansion", "x_ref", "capacity_Ah",
 }
 
 

@@ -179,6 +179,18 @@ def test_bad_protocols(steps, words):
         assert word in str(err.value)
 
 
+def test_user_capacity_sets_the_c_rate(tmp_path):
+    """With cell.capacity_Ah given, 1C is that capacity per hour."""
+    data = dict(SMALL, cell=dict(SMALL["cell"], capacity_Ah=2e-11),
+                protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 1 min"]})
+    out = tmp_path / "user_c.h5"
+    cellmod.run_cell(scenario_from_dict(data), out, progress=False)
+    run = load_run(out)
+    np.testing.assert_allclose(run.timeseries["current_A"], 4e-11, rtol=1e-4)
+    with pytest.raises(ConfigError, match="cell.capacity_Ah = -1"):
+        scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], capacity_Ah=-1)))
+
+
 def test_bad_cell_inputs():
     with pytest.raises(ConfigError, match="electrochemistry.ocv = 'LCO'"):
         scenario_from_dict(dict(SMALL, electrochemistry={"ocv": "LCO"}))
