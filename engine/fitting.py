@@ -82,6 +82,7 @@ from .microstructure import Microstructure
 from .model import ParticleGeometry, TransportParams, galvanostatic_flux, initial_state, rollout
 from .observation import ObservationOperator
 from .parameters import PARAMETERS, FreeParameter, ModelInputs, apply_values, get_spec
+from .simulation import jnp_dtype
 
 METHODS = ("adam", "lbfgs", "adam+lbfgs")
 
@@ -216,15 +217,6 @@ def make_setup(
     )
 
 
-def _dtype_of(name: str):
-    if name == "float64" and not jax.config.jax_enable_x64:
-        raise ConfigError(
-            "run.dtype = 'float64' needs 64-bit JAX: use `with jax.enable_x64(True):`, set "
-            "JAX_ENABLE_X64=1, or pass --float64 to `ssbx fit`"
-        )
-    return {"float32": jnp.float32, "float64": jnp.float64}[name]
-
-
 def forward_setup(
     scenario: Scenario,
     t_s: Sequence[float],
@@ -244,7 +236,7 @@ def forward_setup(
     """
     from .simulation import build_microstructure
 
-    dtype = _dtype_of(scenario.run.dtype)
+    dtype = jnp_dtype(scenario.run.dtype)
     micro = microstructure if microstructure is not None else build_microstructure(scenario)
     geometry = ParticleGeometry.from_microstructure(micro, dtype)
     mat = scenario.material

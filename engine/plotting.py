@@ -91,12 +91,7 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
             fig.colorbar(im, ax=ax, shrink=0.8)
             ax.set_title(f"{label}, t = {t_snap[last]:.0f} s", fontsize=9)
             ax.set_xlabel("x (µm)")
-    status = "" if run.status == "completed" else f"  [{run.status}]"
-    fig.suptitle(f"{run.config['run']['name']}{status}")
-    png_path = Path(png_path)
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return png_path
+    return _finish(fig, run, png_path)
 
 
 def cell_summary_figure(run: RunData, png_path: str | Path) -> Path:
@@ -146,6 +141,11 @@ def cell_summary_figure(run: RunData, png_path: str | Path) -> Path:
         ax.set_xlabel("x (µm)")
         ax.set_ylabel("z (µm), collector at 0")
         ax.set_title(f"{label}, t = {run.fields['t_s'][last]:.0f} s")
+    return _finish(fig, run, png_path)
+
+
+def _finish(fig, run: RunData, png_path) -> Path:
+    """Title with the run name (and its status unless completed), save, close."""
     status = "" if run.status == "completed" else f"  [{run.status}]"
     fig.suptitle(f"{run.config['run']['name']}{status}")
     png_path = Path(png_path)

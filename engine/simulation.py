@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .config import Scenario
-from .errors import SimulationDiverged
+from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
 from .mechanics import StressSolver, stress_outputs
@@ -80,10 +80,11 @@ def time_grid(scenario: Scenario, max_diffusivity: float, voxel_size_m: float, n
 
 
 def jnp_dtype(name: str):
+    """jnp dtype of run.dtype; float64 needs 64-bit JAX to be enabled."""
     if name == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "run.dtype = 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 in the environment "
-            "(the CLI does this for you)"
+        raise ConfigError(
+            "run.dtype = 'float64' needs 64-bit JAX: use `with jax.enable_x64(True):`, set "
+            "JAX_ENABLE_X64=1, or pass --float64 on the command line"
         )
     return {"float32": jnp.float32, "float64": jnp.float64}[name]
 
