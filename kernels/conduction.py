@@ -643,6 +643,15 @@ def solve_potential(
 # ----------------------------------------------------------------------------------
 
 
+def _current_inputs(phi, sigma, voxel_size_m, axis, connected):
+    """(phi, sigma masked by ``connected``, h, n along axis) in phi's dtype."""
+    phi = jnp.asarray(phi)
+    sigma = jnp.asarray(sigma, phi.dtype)
+    if connected is not None:
+        sigma = sigma * connected
+    return phi, sigma, jnp.asarray(voxel_size_m, phi.dtype), phi.shape[axis]
+
+
 def boundary_currents(phi, sigma, voxel_size_m, *, axis=0, value_lo=0.0, value_hi=0.0,
                       connected=None):
     """Currents entering the domain through the two Dirichlet faces of ``axis``.
@@ -657,12 +666,7 @@ def boundary_currents(phi, sigma, voxel_size_m, *, axis=0, value_lo=0.0, value_h
         value_lo, value_hi: the Dirichlet values used in the solve (V).
         connected: optional mask from the solve (dead voxels carry no current).
     """
-    phi = jnp.asarray(phi)
-    sigma = jnp.asarray(sigma, phi.dtype)
-    if connected is not None:
-        sigma = sigma * connected
-    h = jnp.asarray(voxel_size_m, phi.dtype)
-    n = phi.shape[axis]
+    phi, sigma, h, n = _current_inputs(phi, sigma, voxel_size_m, axis, connected)
     area = h ** (phi.ndim - 1)
     first = jax.lax.index_in_dim(phi, 0, axis, keepdims=False)
     last = jax.lax.index_in_dim(phi, n - 1, axis, keepdims=False)
@@ -677,12 +681,7 @@ def plane_currents(phi, sigma, voxel_size_m, *, axis=0, connected=None):
     """Current through each interior plane of faces normal to ``axis``, in the +axis
     direction: ``I_k = Σ σ_{k,k+1} (φ_k − φ_{k+1}) / h · h^(d−1)``, k = 0..n−2
     (A in 3D, A/m in 2D)."""
-    phi = jnp.asarray(phi)
-    sigma = jnp.asarray(sigma, phi.dtype)
-    if connected is not None:
-        sigma = sigma * connected
-    h = jnp.asarray(voxel_size_m, phi.dtype)
-    n = phi.shape[axis]
+    phi, sigma, h, n = _current_inputs(phi, sigma, voxel_size_m, axis, connected)
     a = jax.lax.slice_in_dim(phi, 0, n - 1, axis=axis)
     b = jax.lax.slice_in_dim(phi, 1, n, axis=axis)
     sa = jax.lax.slice_in_dim(sigma, 0, n - 1, axis=axis)
