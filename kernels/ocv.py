@@ -23,22 +23,41 @@ Available (``get_ocv(name)``, case-insensitive; "NMC" spellings are aliases):
   of LiNi1/3Mn1/3Co1/3O2 (≈ 4.77 g/cm³) and its molar mass (96.46 g/mol); override it
   for a specific material.
 
-Not provided: NCM622. No published analytic NCM622 OCP fit could be verified while
-writing this module (the fits that circulate under "NMC" names in open parameter sets
-are NMC532, NMC811, LiNiCoO2 or LiCoO2 fits); rather than ship a mislabelled curve,
-``get_ocv("NCM622")`` raises ``ValueError``. :func:`tabulated_ocv` turns digitised
-(x, U) data (e.g. a half-cell GITT curve) into a monotone piecewise-linear OCVModel.
+* ``"NCM622"`` — the multi-species, multi-reaction (MSMR) thermodynamic model of
+  Verbrugge et al., J. Electrochem. Soc. 164, E3243 (2017), Table 1, NMC622 parameters
+  (four galleries j with standard potential U0_j, site fraction X_j, ideality ω_j;
+  Σ X_j = 1). The four parameter triples were checked against two independent
+  transcriptions of Table 1 (the PyBaMM "MSMR_example_set" and a MATLAB MSMR class);
+  the fit itself was not re-derived here. U(x) is the inverse of the explicit x(U),
+  see :func:`msmr_fraction` / :func:`msmr_potential`. Valid range: x over 3.3–4.4 V.
+
+  Normalisation caveat: the MSMR x is the filled fraction of the host sites of the fit
+  (Σ X_j = 1), not Li per formula unit. ssbx uses it with x = c / c_max and, by
+  default, the lattice c_max of ``engine/materials.py`` (the fit gives none). With that
+  choice 4.3 V sits at x ≈ 0.13, i.e. ≈ 240 mAh/g removed, more than the ≈ 180–200
+  mAh/g NCM622 delivers up to 4.3 V. This suggests the fit's host-site basis is the
+  accessible capacity (≈ 0.8 of the lattice value). To match a measured capacity, set
+  ``material.c_max_mol_m3`` to the accessible site concentration.
+
+:func:`tabulated_ocv` turns digitised (x, U) data (e.g. a half-cell GITT curve) into a
+monotone piecewise-linear OCVModel, and :func:`msmr_ocv` builds an OCVModel from any
+MSMR parameter table.
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+FARADAY = 96485.33212  # C/mol
+GAS_CONSTANT = 8.314462618  # J/(mol K)
+
 __all__ = ["OCVModel", "ocv_ncm811_chen2020", "ocv_ncm111_wu2012", "get_ocv", "available_ocv",
-           "tabulated_ocv"]
+           "tabulated_ocv", "msmr_fraction", "msmr_potential", "msmr_ocv",
+           "NCM622_MSMR_VERBRUGGE2017"]
 
 
 class OCVModel(NamedTuple):
@@ -102,6 +121,99 @@ def ocv_ncm111_wu2012(x):
     )
 
 
+# ----------------------------------------------------------------------------------
+# MSMR (multi-species, multi-reaction) thermodynamics
+# ----------------------------------------------------------------------------------
+
+#: NMC622 gallery parameters (U0_j in V, X_j, ω_j) of Verbrugge et al., J. Electrochem.
+#: Soc. 164, E3243 (2017), Table 1, fitted at 25 °C.
+NCM622_MSMR_VERBRUGGE2017 = (
+    (3.62274, 0.13442, 0.96710),
+    (3.72645, 0.32460, 1.39712),
+    (3.90575, 0.21118, 3.50500),
+    (4.22955, 0.32980, 5.52757),
+)
+
+
+def _msmr_arrays(galleries):
+    table = np.asarray(galleries, dtype=float)
+    if table.ndim != 2 or table.shape[1] != 3 or table.shape[0] < 1:
+        raise ValueError(
+            f"MSMR galleries shape = {table.shape}; valid: (n, 3) rows of (U0_V, X, omega)"
+        )
+    if not np.all(np.isfinite(table)):
+        raise ValueError("MSMR galleries contain NaN or Inf; valid: finite numbers")
+    if np.any(table[:, 1] <= 0) or np.any(table[:, 2] <= 0):
+        raise ValueError(
+            f"MSMR X_j = {table[:, 1].tolist()}, omega_j = {table[:, 2].tolist()}; valid: all > 0"
+        )
+    return table[:, 0], table[:, 1], table[:, 2]
+
+
+def msmr_fraction(u, galleries, temperature_K=298.15):
+    """Li site fraction x(U) of the MSMR model (Verbrugge et al. 2017, their Eq. 2–3).
+
+    x(U) = Σ_j X_j / (1 + exp(f (U − U0_j) / ω_j)),  f = F / (R T),
+
+    with U in V vs Li/Li⁺. Strictly decreasing in U, from Σ X_j (U → −∞) to 0.
+    """
+    u0, big_x, omega = (jnp.asarray(a) for a in _msmr_arrays(galleries))
+    f = FARADAY / (GAS_CONSTANT * temperature_K)
+    u = jnp.asarray(u)[..., None]
+    return jnp.sum(big_x * jax.nn.sigmoid(-f * (u - u0) / omega), axis=-1)
+
+
+def msmr_potential(x, galleries, temperature_K=298.15, bracket_V=(2.0, 5.5), bisections=40):
+    """Invert the MSMR model: U such that x(U) = x (V vs Li/Li⁺).
+
+    Bisection on the monotone x(U) inside ``bracket_V`` (without gradients), then two
+    Newton steps that carry the derivative, so dU/dx = 1 / x'(U) exactly as the implicit
+    function theorem gives and jax.grad/jacfwd work. x outside (x(U_hi), x(U_lo)) returns
+    the bracket ends. Cost: ``bisections`` + 2 evaluations of x(U) per point.
+    """
+    x = jnp.asarray(x)
+    lo0 = jnp.full_like(x, bracket_V[0])
+    hi0 = jnp.full_like(x, bracket_V[1])
+    x_const = jax.lax.stop_gradient(x)
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        too_high = msmr_fraction(mid, galleries, temperature_K) < x_const  # U too high
+        return jnp.where(too_high, lo, mid), jnp.where(too_high, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, bisections, bisect, (lo0, hi0))
+    u = jax.lax.stop_gradient(0.5 * (lo + hi))
+    dfdu = jax.grad(lambda v: msmr_fraction(v, galleries, temperature_K))
+    for _ in range(2):
+        slope = jnp.vectorize(dfdu)(u)
+        step = (msmr_fraction(u, galleries, temperature_K) - x) / slope
+        u = jnp.clip(u - step, bracket_V[0], bracket_V[1])
+    return u
+
+
+def msmr_ocv(galleries, c_max_mol_m3, name="msmr", reference="user MSMR parameters",
+             temperature_K=298.15, window_V=(3.0, 4.4)):
+    """OCVModel from an MSMR gallery table ((U0_V, X, ω) rows).
+
+    The valid x range is the one spanned by ``window_V`` (upper potential → x_min).
+    """
+    _msmr_arrays(galleries)
+    if not c_max_mol_m3 > 0:
+        raise ValueError(f"c_max_mol_m3 = {c_max_mol_m3}; valid: > 0")
+    if not window_V[0] < window_V[1]:
+        raise ValueError(f"window_V = {window_V}; valid: lower < upper potential")
+    table = tuple(tuple(float(v) for v in row) for row in galleries)
+    u0, big_x, omega = _msmr_arrays(table)
+    f = FARADAY / (GAS_CONSTANT * temperature_K)
+    x_lo, x_hi = (float(np.sum(big_x / (1.0 + np.exp(f * (v - u0) / omega))))
+                  for v in window_V[::-1])  # float64 metadata, independent of jax's dtype
+    return OCVModel(
+        name, lambda x: msmr_potential(x, table, temperature_K), float(c_max_mol_m3),
+        x_lo, x_hi, reference,
+    )
+
+
 _REGISTRY = {
     "NCM811": OCVModel(
         "NCM811",
@@ -121,6 +233,14 @@ _REGISTRY = {
         "Wu et al., J. Electrochem. Soc. 159, A438 (2012): LiNi1/3Mn1/3Co1/3O2 OCP fit; "
         "c_max derived from density 4.77 g/cm3 and M = 96.46 g/mol (not from the paper)",
     ),
+    "NCM622": msmr_ocv(
+        NCM622_MSMR_VERBRUGGE2017,
+        49214.0,
+        name="NCM622",
+        window_V=(3.3, 4.4),
+        reference="Verbrugge et al., J. Electrochem. Soc. 164, E3243 (2017), Table 1: NMC622 "
+        "MSMR parameters at 25 C; c_max from the NCM622 lattice (engine/materials.py)",
+    ),
 }
 
 _ALIASES = {
@@ -130,6 +250,8 @@ _ALIASES = {
     "NCM333": "NCM111",
     "NMC333": "NCM111",
     "NCM111_WU2012": "NCM111",
+    "NMC622": "NCM622",
+    "NCM622_VERBRUGGE2017": "NCM622",
 }
 
 

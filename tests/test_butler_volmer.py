@@ -169,10 +169,60 @@ def test_ncm111_values():
 
 
 def test_get_ocv_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="NCM111, NCM811"):
-        get_ocv("NCM622")
+    with pytest.raises(ValueError, match="NCM111, NCM622, NCM811"):
+        get_ocv("NCM523")
     with pytest.raises(ValueError, match="'LCO'"):
         get_ocv("LCO")
+
+
+def test_ncm622_msmr_inverse_matches_independent_root_finder(x64):
+    """U(x) of the MSMR model vs scipy's brentq on x(U) − x (float64), and dU/dx = 1/x'(U)."""
+    from scipy.optimize import brentq
+
+    from ssbx.kernels.ocv import NCM622_MSMR_VERBRUGGE2017 as table
+
+    f = 96485.33212 / (8.314462618 * 298.15)
+
+    def x_of_u(u):  # Verbrugge et al. (2017), Eq. for x(U), written out independently
+        return sum(big_x / (1.0 + np.exp(f * (u - u0) / w)) for u0, big_x, w in table)
+
+    model = get_ocv("nmc622")
+    xs = np.linspace(model.x_min, model.x_max, 37)
+    expected = np.array([brentq(lambda u: x_of_u(u) - x, 2.5, 5.0, xtol=1e-14) for x in xs])
+    got = np.asarray(model(jnp.asarray(xs)))
+    np.testing.assert_allclose(got, expected, atol=1e-10)
+    # the fit spans its galleries: Σ X_j = 1 and the window is 3.3–4.4 V
+    assert abs(sum(row[1] for row in table) - 1.0) < 1e-12
+    np.testing.assert_allclose(x_of_u(np.array([4.4, 3.3])), [model.x_min, model.x_max], rtol=1e-12)
+    # implicit derivative vs central differences of the independent inverse
+    for x in (0.2, 0.5, 0.9):
+        eps = 1e-6
+        fd = (brentq(lambda u: x_of_u(u) - x - eps, 2.5, 5.0, xtol=1e-15)
+              - brentq(lambda u: x_of_u(u) - x + eps, 2.5, 5.0, xtol=1e-15)) / (2 * eps)
+        assert abs(float(jax.grad(model.fn)(x)) - fd) < 1e-5 * abs(fd)
+
+
+def test_ncm622_msmr_float32_round_trip():
+    from ssbx.kernels.ocv import NCM622_MSMR_VERBRUGGE2017, msmr_fraction
+
+    model = get_ocv("NCM622")
+    with jax.enable_x64(False):  # this module runs in float64 otherwise
+        x = jnp.linspace(model.x_min, 0.99, 101, dtype=jnp.float32)
+        u = model(x)
+        assert u.dtype == jnp.float32
+        back = msmr_fraction(u, NCM622_MSMR_VERBRUGGE2017)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(x), atol=2e-6)
+
+
+def test_msmr_rejects_malformed_tables():
+    from ssbx.kernels.ocv import msmr_ocv
+
+    with pytest.raises(ValueError, match="shape"):
+        msmr_ocv([(3.7, 1.0)], 50000.0)
+    with pytest.raises(ValueError, match="omega_j"):
+        msmr_ocv([(3.7, 1.0, -1.0)], 50000.0)
+    with pytest.raises(ValueError, match="window_V"):
+        msmr_ocv([(3.7, 1.0, 1.0)], 50000.0, window_V=(4.4, 3.3))
 
 
 def test_tabulated_ocv_interpolates_and_validates():
