@@ -29,18 +29,24 @@ Sources (each value also in the material's ``source``)
 * LLZO (cubic garnet Li7La3Zr2O12, isotropic): E = 149.8 GPa (resonant ultrasound,
   3 % porosity), ν = 0.257 — Ni, Case, Sakamoto et al., J. Mater. Sci. 47, 7978
   (2012), "Room temperature elastic moduli and Vickers hardness of hot-pressed LLZO
-  cubic garnet" (E verified against the abstract; ν from the same study, to be
-  re-checked).
+  cubic garnet". The paper's moduli G = 59.6 GPa and B = 102.8 GPa give
+  ν = (3B − 2G) / (2(3B + G)) = 0.257 and E = 9BG / (3B + G) = 149.8 GPa, so E and ν
+  are consistent with it.
 * Li6PS5Cl (argyrodite, isotropic): E = 28 GPa, ν = 0.27 as used for the SE in
-  physics.md scenario S3; reported values range 20–30 GPa (physics.md §4; DFT:
-  Deng et al., J. Electrochem. Soc. 163, A67 (2016) gives ≈ 22 GPa for Li6PS5Cl) —
-  **to be verified** against the primary source of S3.
+  physics.md scenario S3. E matches nanoindentation of dense Li6PS5Cl (28 ± 1.8 GPa,
+  Ning et al., Nature 2023, as quoted by later work; not read in the original).
+  ν = 0.27 is the spec's value. The DFT alternative of Deng et al., J. Electrochem.
+  Soc. 163, A67 (2016) is E = 22.1 GPa, ν = 0.37 (B = 28.7, G = 8.1 GPa); porous
+  pellets are much softer, so sweep E for a specific separator.
 * Carbon (additive, isotropic): E = 20 GPa, ν = 0.25 — **placeholder** for a porous
-  carbon-black/fibre aggregate; expose and sweep.
+  carbon-black/fibre aggregate; expose and sweep. For scale: nanoindentation of a
+  carbon-black/PVDF binder domain gives E ≈ 1.8 GPa (Xu et al., J. Electrochem. Soc.
+  164, A3333 (2017)).
 * ECBD (homogenised SE + carbon, isotropic): E = 25 GPa, ν = 0.27 — **placeholder**
   close to the sulfide SE that dominates it by volume.
-* Li metal: E = 7.8 GPa, ν = 0.38 — Masias et al., J. Mater. Sci. 54, 2585 (2019)
-  (polycrystalline Li, elastic; **to be verified**).
+* Li metal: E = 7.82 GPa, ν = 0.381 (G = 2.83 GPa), polycrystalline Li by ultrasound,
+  Masias et al., J. Mater. Sci. 54, 2585 (2019). Li creeps at sub-MPa stresses (yield
+  ≈ 0.8 MPa in the same study); the elastic model ignores that.
 * Al current collector: E = 70 GPa, ν = 0.33 (handbook value for Al alloys).
 * Pore: zero stiffness (the kernel adds a floor, see ssbx.kernels.elasticity).
 """
@@ -189,12 +195,13 @@ MECHANICS_MATERIALS: dict[str, ElasticMaterial] = {
     ),
     "Li6PS5Cl": isotropic_material(
         "Li6PS5Cl", 28e9, 0.27,
-        "physics.md S3 (E = 28 GPa, nu = 0.27); 20-30 GPa range; to be verified",
+        "physics.md S3 (E = 28 GPa, nu = 0.27); E as nanoindentation (Ning et al. 2023); "
+        "DFT alternative Deng et al., JES 163, A67 (2016): E = 22.1 GPa, nu = 0.37",
     ),
     "carbon": isotropic_material("carbon", 20e9, 0.25, "placeholder, to be swept"),
     "ECBD": isotropic_material("ECBD", 25e9, 0.27, "placeholder close to sulfide SE"),
     "Li": isotropic_material(
-        "Li", 7.8e9, 0.38, "Masias et al., J. Mater. Sci. 54, 2585 (2019); to be verified"
+        "Li", 7.82e9, 0.381, "Masias et al., J. Mater. Sci. 54, 2585 (2019)"
     ),
     "Al": isotropic_material("Al", 70e9, 0.33, "handbook value, Al alloys"),
     "pore": ElasticMaterial("pore", np.zeros((6, 6)), np.zeros((6, 6)), (0.0, 0.0, 0.0),
