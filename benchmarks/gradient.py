@@ -12,15 +12,17 @@ ways of storing the forward pass for reverse mode are compared:
 * ``fixed16`` — model.rollout with blocks of k = 16 steps under ``jax.checkpoint``
   (the engine's default): memory O((n/16 + 16) · S);
 * ``auto`` — model.rollout with k = round(√(n/R)), R = 6 residual states per step
-  (fitting.checkpoint_plan, what the fitting code uses): memory ≈ 2√(nR) · S.
+  (fitting.checkpoint_plan, what the fitting code uses): memory ≈ 2√(nR) · S;
+* ``auto-autodiff`` — the same with ``adjoint="autodiff"``: JAX transposes every step
+  instead of the hand-written symmetric VJP (kernels.diffusion.symmetric_operator)
+  that the other checkpointed schemes use. The difference is what that VJP buys.
 
 S = n³ · 4 B is one float32 state. Peak memory is XLA's compile-time estimate of the
 temporary buffers (``jit(...).lower(...).compile().memory_analysis().temp_size_in_bytes``),
 which works on CPU; it is reported in bytes and in units of S. Time: best of
 ``--repeats`` warm calls (time_call) of the forward loss and of value_and_grad; the
 ratio is the cost of a gradient in forward runs (target ≤ 5). The gradient with respect
-to the flux alone is timed too: the difference is the per-step scatter-add that
-transposes the per-grain tensor gather inside kernels.diffusion. Results go to
+to the flux alone is timed too (no cotangent for the tensor components). Results go to
 benchmarks/results/gradient_<device>.json.
 """
 
@@ -71,7 +73,8 @@ def make_loss(scheme: str, geometry, x0, n_steps: int, dt: float):
         if scheme == "unchecked":
             return unchecked_final(geometry, p, x0, n_steps, dt)
         k = 16 if scheme == "fixed16" else checkpoint_plan(n_steps)[1]
-        return rollout(geometry, p, x0, n_steps, dt, checkpoint_every=k)[0]
+        adjoint = "autodiff" if scheme == "auto-autodiff" else "symmetric"
+        return rollout(geometry, p, x0, n_steps, dt, checkpoint_every=k, adjoint=adjoint)[0]
 
     def loss(d, j, params):
         x = final(d, j, params)
@@ -100,8 +103,8 @@ def main(argv=None):
     d, j = params.diffusivity_m2_s, params.flux_mol_m2_s
     rows = []
     for n_steps in args.steps:
-        for scheme in ("unchecked", "fixed16", "auto"):
-            steps = n_steps if scheme != "auto" else checkpoint_plan(n_steps)[0]
+        for scheme in ("unchecked", "fixed16", "auto", "auto-autodiff"):
+            steps = checkpoint_plan(n_steps)[0] if scheme.startswith("auto") else n_steps
             if scheme == "fixed16" and steps % 16:
                 continue
             loss = make_loss(scheme, geometry, x0, steps, dt)
@@ -110,6 +113,7 @@ def main(argv=None):
                 "scheme": scheme,
                 "n_steps": steps,
                 "checkpoint_every": None if scheme == "unchecked" else (16 if scheme == "fixed16" else checkpoint_plan(steps)[1]),
+                "adjoint": "symmetric" if scheme in ("fixed16", "auto") else "autodiff",
                 "forward_temp_bytes": temp_bytes(loss, d, j, params),
                 "gradient_temp_bytes": temp_bytes(grad, d, j, params),
             }
@@ -130,7 +134,7 @@ def main(argv=None):
             ratio = f"{row['gradient_over_forward']:.2f}×" if "gradient_over_forward" in row else "(not timed)"
             if "gradient_flux_only_over_forward" in row:
                 ratio += f" (flux only {row['gradient_flux_only_over_forward']:.2f}×)"
-            print(f"{scheme:9s} {steps:6d} steps: gradient temp {row['gradient_temp_bytes'] / 2**20:8.2f} MiB "
+            print(f"{scheme:13s} {steps:6d} steps: gradient temp {row['gradient_temp_bytes'] / 2**20:8.2f} MiB "
                   f"= {row['gradient_temp_states']:7.1f} states; gradient/forward {ratio}", flush=True)
     payload = {
         "benchmark": "gradient",

@@ -146,10 +146,21 @@ class MechanicsConfig:
     stack_pressure_Pa: float = 0.0
     tol: float = 1e-4
     maxiter: int = 1000
+    # stress-assisted Li transport (physics.md §1): re-solve the stress every N steps
+    couple_diffusion: bool = False
+    coupling_every_steps: int = 10
 
     def validate(self):
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"mechanics.enabled = {self.enabled!r}: valid values are true or false")
+        if not isinstance(self.couple_diffusion, bool):
+            raise ConfigError(
+                f"mechanics.couple_diffusion = {self.couple_diffusion!r}: valid values are true or false")
+        if self.couple_diffusion and not self.enabled:
+            raise ConfigError("mechanics.couple_diffusion = true needs mechanics.enabled = true")
+        if not _is_int(self.coupling_every_steps) or self.coupling_every_steps < 1:
+            raise ConfigError(
+                f"mechanics.coupling_every_steps = {self.coupling_every_steps!r}: must be an integer ≥ 1")
         from .mechanics import check_material_name
 
         check_material_name("mechanics.active_material", self.active_material)

@@ -44,10 +44,12 @@ memory O(r · n^{1/r}) for r-fold recomputation — binomial "revolve" checkpoin
 optimal for a fixed number of stored states). ``checkpoint_every`` may also be
 given as an integer. benchmarks/gradient.py measures both cost and memory: on a
 24³ grid (2-core CPU, float32) the gradient's temporary memory at 4108 steps is 341
-states with the automatic k (379 with k = 16, 24 598 unchecked), and a gradient with
-respect to the flux costs ≈ 2.4 forward runs; with respect to the diffusivities
-≈ 6.5, the excess being the scatter-add that transposes the per-grain tensor gather
-inside every step of kernels.diffusion (see the benchmark's JSON).
+states with the automatic k (379 with k = 16, 24 598 unchecked). The steps use
+kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the symmetry of
+the operator: a gradient with respect to diffusivities and flux costs ≈ 4.2 forward
+runs (≈ 6.5 when JAX transposes the step itself, ``adjoint="autodiff"``; see the
+benchmark's JSON). Forward-mode derivatives (the Laplace step) use the autodiff
+variant, since a custom VJP has no JVP.
 
 Identifiability
 ---------------
@@ -78,6 +80,7 @@ import optax
 from .config import Scenario
 from .errors import ConfigError
 from .measurements import MeasuredMaps
+from .mechanics import scenario_stress_coupling
 from .microstructure import Microstructure
 from .model import ParticleGeometry, TransportParams, galvanostatic_flux, initial_state, rollout
 from .observation import ObservationOperator
@@ -170,12 +173,15 @@ def make_setup(
     time_step_safety: float = 0.9,
     checkpoint_every="auto",
     max_time_step_s: float | None = None,
+    mechanics=None,
 ) -> ForwardSetup:
     """A :class:`ForwardSetup` from a geometry and transport parameters.
 
     The time step is stable for D_max = max(fixed principal diffusivities, upper
     bounds of free diffusivity parameters): Δt ≤ safety · h² / (2 d D_max)
-    (kernels.diffusion.stable_time_step).
+    (kernels.diffusion.stable_time_step). With a StressCoupling ``mechanics`` the
+    limit uses D_max (1 + θ_max), θ_max = local_theta at the largest |β| the bounds of
+    free expansion parameters allow; its stress is re-solved every checkpoint block.
     """
     from ssbx.kernels.diffusion import stable_time_step
 
@@ -189,6 +195,17 @@ def make_setup(
             for i in idx:
                 d[i] = p.upper
     d_max = max(d)
+    if mechanics is not None:
+        beta = [abs(float(b)) for b in np.asarray(mechanics.beta)]
+        for p in free:
+            if p.spec.expansion:
+                for i in ((0, 1) if p.name == "beta_in_plane" else (2,)):
+                    beta[i] = max(abs(p.lower), abs(p.upper))
+        # θ grows with |β|; take the worst sign pattern of the allowed magnitudes
+        theta = max(float(eqx.tree_at(lambda m: m.beta, mechanics, jnp.asarray(
+            [beta[0] * s0, beta[1] * s0, beta[2] * s2], mechanics.beta.dtype)).local_theta(
+                float(params.c_max_mol_m3))) for s0 in (1, -1) for s2 in (1, -1))
+        d_max = d_max * (1 + theta)
     dt_max = stable_time_step(d_max, geometry.voxel_size_m, geometry.ndim, time_step_safety)
     if max_time_step_s is not None:
         dt_max = min(dt_max, max_time_step_s)
@@ -205,7 +222,7 @@ def make_setup(
     active = np.asarray(geometry.grain_id) >= 0
     return ForwardSetup(
         geometry=geometry,
-        base=ModelInputs(transport=params),
+        base=ModelInputs(transport=params, mechanics=mechanics),
         x0=jnp.asarray(x0),
         t_s=t,
         segments=tuple(segments),
@@ -253,18 +270,21 @@ def forward_setup(
         geometry, params, initial_state(geometry, mat.x_initial, dtype), t_s, operator, free,
         time_step_safety=scenario.numerics.time_step_safety, checkpoint_every=checkpoint_every,
         max_time_step_s=scenario.numerics.max_time_step_s,
+        mechanics=scenario_stress_coupling(scenario, micro, dtype),
     )
 
 
-def _fields(geometry, transport, x0, segments, uniform=False):
-    """x at each observation time, (n_times, *grid)."""
+
+def _fields(geometry, transport, x0, segments, uniform=False, adjoint="symmetric", coupling=None):
+    """x at each observation time, (n_times, *grid); ``adjoint``/``coupling`` as in model.rollout."""
     if uniform:
         lead = segments[0][0] == 0  # an observation at t = 0
         moving = segments[1:] if lead else segments
         n, _, k = moving[0]
 
         def segment(x, dt):
-            x, _ = rollout(geometry, transport, x, n, dt, checkpoint_every=k)
+            x, _ = rollout(geometry, transport, x, n, dt, checkpoint_every=k, adjoint=adjoint,
+                           coupling=coupling)
             return x, x
 
         _, xs = jax.lax.scan(segment, x0, jnp.asarray([s[1] for s in moving], x0.dtype))
@@ -272,13 +292,15 @@ def _fields(geometry, transport, x0, segments, uniform=False):
     x, out = x0, []
     for n, dt, k in segments:
         if n:
-            x, _ = rollout(geometry, transport, x, n, dt, checkpoint_every=k)
+            x, _ = rollout(geometry, transport, x, n, dt, checkpoint_every=k, adjoint=adjoint,
+                           coupling=coupling)
         out.append(x)
     return jnp.stack(out)
 
 
-def _maps(setup: ForwardSetup, geometry, inputs, x0):
-    fields = _fields(geometry, inputs.transport, x0, setup.segments, setup.uniform)
+def _maps(setup: ForwardSetup, geometry, inputs, x0, adjoint="symmetric"):
+    fields = _fields(geometry, inputs.transport, x0, setup.segments, setup.uniform, adjoint,
+                     inputs.mechanics)
     active = jnp.asarray(setup.active, x0.dtype)
     return jax.vmap(lambda f: setup.operator(f, active))(fields)
 
@@ -286,7 +308,8 @@ def _maps(setup: ForwardSetup, geometry, inputs, x0):
 def simulate_fields(setup: ForwardSetup, values: dict | None = None):
     """Simulated SOC fields at the observation times for physical ``values`` by name."""
     inputs = _checked_inputs(setup, values or {})
-    return eqx.filter_jit(lambda g, i, x0: _fields(g, i.transport, x0, setup.segments, setup.uniform))(
+    return eqx.filter_jit(lambda g, i, x0: _fields(g, i.transport, x0, setup.segments, setup.uniform,
+                                                   coupling=i.mechanics))(
         setup.geometry, inputs, setup.x0)
 
 
@@ -390,13 +413,14 @@ class FitProblem:
         return jnp.asarray([p.to_unconstrained(values[p.name]) for p in self.free], self.setup.x0.dtype)
 
     # model
-    def _simulate(self, u):
+    def _simulate(self, u, adjoint="symmetric"):
         v = self.physical(u)
         inputs = apply_values(self.setup.base, {name: v[i] for i, name in enumerate(self.names)})
-        return _maps(self.setup, self.setup.geometry, inputs, self.setup.x0)
+        return _maps(self.setup, self.setup.geometry, inputs, self.setup.x0, adjoint)
 
-    def _residuals_impl(self, u):
-        sim = self._simulate(u).reshape(-1)[self.index]
+    def _residuals_impl(self, u, adjoint="symmetric"):
+        """Residuals; ``adjoint="autodiff"`` for forward-mode derivatives (jacfwd)."""
+        sim = self._simulate(u, adjoint).reshape(-1)[self.index]
         return (sim - self._data) / self.sigma
 
     def _loss_impl(self, u):
@@ -616,7 +640,8 @@ def laplace_uncertainty(problem: FitProblem, u, rel_std_threshold: float = 1.0,
     """
     u = jnp.asarray(u, problem.setup.x0.dtype)
     r = np.asarray(problem.residuals(u), np.float64)
-    J = np.asarray(jax.jit(jax.jacfwd(problem._residuals_impl))(u), np.float64)
+    residuals_fm = lambda v: problem._residuals_impl(v, adjoint="autodiff")  # noqa: E731
+    J = np.asarray(jax.jit(jax.jacfwd(residuals_fm))(u), np.float64)
     n, p = J.shape
     estimated = problem.measured.noise_std is None
     s2 = float(np.sum(r**2) / max(n - p, 1)) if estimated else 1.0

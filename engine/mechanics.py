@@ -8,8 +8,10 @@ pressure p along the stack axis (z in 3D, y in 2D; σ̄ = −p). With the defaul
 mechanical surrounding "pore" the particle is free (S1); to embed it, name a solid
 (e.g. "ECBD", "LLZO") and give the box enough margin that periodic images are far.
 
-Mechanics is one-way coupled here: stress does not yet feed back into diffusion
-(the Ω∇σ_h term of physics.md §1 is off).
+With ``mechanics.couple_diffusion = true`` the stress also feeds back into Li
+transport (:class:`StressCoupling`, the Ω∇σ_h term of physics.md §1 in its tensor
+form): the stepper re-solves the stress every ``coupling_every_steps`` steps and
+drives Li along the gradient of χ = σ : B / (c_max R T).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssbx.kernels import elasticity as kel
+from ssbx.kernels.stiffness import grain_expansion_table
 
 from .errors import ConfigError
 from .mechanics_materials import (
@@ -32,6 +36,7 @@ from .mechanics_materials import (
 from .microstructure import ACTIVE, Microstructure
 
 STACK_COMPONENT = {3: 2, 2: 1}  # σ_zz in 3D, σ_yy in the 2D (xx, yy, xy) layout
+GAS_CONSTANT = 8.314462618  # J/(mol K)
 
 
 def check_material_name(field: str, name: str) -> None:
@@ -67,11 +72,7 @@ class StressSolver:
 
     @classmethod
     def build(cls, micro: Microstructure, cfg, x_ref: float, dtype) -> "StressSolver":
-        materials = {ACTIVE: active_material(cfg.active_material, cfg.expansion)}
-        for label in np.unique(micro.labels):
-            if label != ACTIVE:
-                materials[int(label)] = cfg.surrounding_material
-        tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, materials)
+        tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, _materials(micro, cfg))
         return cls(
             phase_index=tables.phase_index,
             table0=jnp.asarray(tables.table0, dtype),
@@ -86,14 +87,146 @@ class StressSolver:
 
     def solve(self, x) -> kel.ElasticityResult:
         """Stress for the Li field ``x`` (non-active voxels may hold anything finite)."""
-        n = 6 if self.ndim == 3 else 3
-        stress = np.zeros(n)
-        stress[STACK_COMPONENT[self.ndim]] = -self.stack_pressure_Pa
+        stress = _macro_stress(self.ndim, self.stack_pressure_Pa)
         return _solve_jit(
             self.table0, self.table1, self.phase_index, jnp.nan_to_num(x),
             self.expansion, jnp.asarray(self.x_ref, x.dtype), jnp.asarray(stress, x.dtype),
             self.tol, self.maxiter,
         )
+
+
+def voigt_moduli(stiffness):
+    """Voigt-average bulk and shear moduli (Pa) of a (6, 6) Voigt stiffness."""
+    c = np.asarray(stiffness, np.float64)
+    bulk = (c[0, 0] + c[1, 1] + c[2, 2] + 2 * (c[0, 1] + c[0, 2] + c[1, 2])) / 9
+    shear = (c[0, 0] + c[1, 1] + c[2, 2] - (c[0, 1] + c[0, 2] + c[1, 2])
+             + 3 * (c[3, 3] + c[4, 4] + c[5, 5])) / 15
+    return float(bulk), float(shear)
+
+
+def _macro_stress(ndim, stack_pressure_Pa):
+    stress = np.zeros(6 if ndim == 3 else 3)
+    stress[STACK_COMPONENT[ndim]] = -stack_pressure_Pa
+    return stress
+
+
+def _materials(micro: Microstructure, cfg):
+    materials = {ACTIVE: active_material(cfg.active_material, cfg.expansion)}
+    for label in np.unique(micro.labels):
+        if label != ACTIVE:
+            materials[int(label)] = cfg.surrounding_material
+    return materials
+
+
+class StressCoupling(eqx.Module):
+    """Stress-assisted Li transport (physics.md §1): the stress potential χ(x).
+
+    The Li chemical potential gains −σ : ∂ε*/∂c = −σ : B / c_max per mole (Larché–Cahn;
+    B = R diag(β) Rᵀ is the grain's expansion per unit x), so the flux is
+    J / c_max = −D (∇x − x ∇χ) with χ = σ : B / (c_max R T). For an isotropic
+    B = (Ω c_max / 3) I this is the Ω σ_h / (R T) of physics.md §1 (Zhang, Shyy &
+    Sastry, J. Electrochem. Soc. 154, A910 (2007)); the x-dependence of the stiffness
+    adds a term quadratic in the elastic strain that is left out. β is a pytree leaf,
+    so it can be fitted (engine.parameters).
+
+    Attributes:
+        phase_index, table0, table1: elasticity phase tables (build_phase_tables).
+        beta: (3,) principal chemical expansion of the active material per unit x.
+        label_expansion: (7, 6) expansion rows of the non-active label phases.
+        x_ref: stress-free Li content.
+        macro_stress: mean stress components (Pa; all stress controlled).
+        temperature_K, tol, maxiter: static.
+    """
+
+    phase_index: jax.Array
+    table0: jax.Array
+    table1: jax.Array
+    beta: jax.Array
+    label_expansion: jax.Array
+    x_ref: jax.Array
+    macro_stress: jax.Array
+    bulk_Pa: jax.Array
+    shear_Pa: jax.Array
+    temperature_K: float = eqx.field(static=True)
+    tol: float = eqx.field(static=True)
+    maxiter: int = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, micro: Microstructure, cfg, x_ref: float, temperature_K: float, dtype) -> "StressCoupling":
+        materials = _materials(micro, cfg)
+        tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, materials)
+        n_grains = int(np.asarray(micro.orientations).shape[0])
+        act = materials[ACTIVE]
+        c_ref = np.asarray(act.stiffness_delithiated) + x_ref * (
+            np.asarray(act.stiffness_lithiated) - np.asarray(act.stiffness_delithiated))
+        bulk, shear = voigt_moduli(c_ref)
+        return cls(
+            phase_index=jnp.asarray(tables.phase_index),
+            table0=jnp.asarray(tables.table0, dtype),
+            table1=jnp.asarray(tables.table1, dtype),
+            beta=jnp.asarray(materials[ACTIVE].expansion, dtype),
+            label_expansion=jnp.asarray(tables.expansion[n_grains:], dtype),
+            x_ref=jnp.asarray(x_ref, dtype),
+            macro_stress=jnp.asarray(_macro_stress(micro.ndim, cfg.stack_pressure_Pa), dtype),
+            bulk_Pa=jnp.asarray(bulk, dtype),
+            shear_Pa=jnp.asarray(shear, dtype),
+            temperature_K=float(temperature_K),
+            tol=float(cfg.tol),
+            maxiter=int(cfg.maxiter),
+        )
+
+    def local_theta(self, c_max_mol_m3):
+        """θ = −∂χ/∂x of a voxel's own Li content, from a spherical Eshelby inclusion.
+
+        A local change δx of the eigenstrain B δx in an isotropic medium (K, μ: the
+        Voigt averages of the active stiffness at x_ref) responds with
+        δσ = −[3K(1 − a) (tr B/3) I + 2μ(1 − e) B_dev] δx, a = (1 + ν)/(3(1 − ν)),
+        e = 2(4 − 5ν)/(15(1 − ν)) (Eshelby, Proc. R. Soc. A 241, 376 (1957)), so
+
+            θ = [K (1 − a) (tr B)² + 2μ (1 − e) B_dev : B_dev] / (c_max R T),
+
+        the same for every grain (rotation invariants of B). For a homogeneous
+        isotropic body and a one-dimensional Li profile this is exact: θ =
+        2 E b² / ((1 − ν) c_max R T) for B = b I (Zhang, Shyy & Sastry 2007). The
+        stepper uses θ to carry χ between stress solves (see model.rollout) and the
+        time step uses D (1 + θ).
+        """
+        k, mu = self.bulk_Pa, self.shear_Pa
+        nu = (3 * k - 2 * mu) / (2 * (3 * k + mu))
+        a = (1 + nu) / (3 * (1 - nu))
+        e = 2 * (4 - 5 * nu) / (15 * (1 - nu))
+        trace = jnp.sum(self.beta)
+        dev2 = jnp.sum((self.beta - trace / 3) ** 2)
+        return (k * (1 - a) * trace**2 + 2 * mu * (1 - e) * dev2) / (
+            c_max_mol_m3 * GAS_CONSTANT * self.temperature_K)
+
+    def expansion_table(self, orientations):
+        """(n_grains + 7, 6) sample-frame expansion per unit x (tensor components)."""
+        grains = grain_expansion_table(orientations, self.beta)
+        return jnp.concatenate([grains.astype(self.table0.dtype), self.label_expansion])
+
+    def potential(self, orientations, c_max_mol_m3, x, active):
+        """χ = σ : B / (c_max R T) on active voxels (0 elsewhere), dimensionless."""
+        table = self.expansion_table(orientations)
+        result = kel.solve_elasticity(
+            self.table0, self.table1, self.phase_index, x,
+            expansion_table=table, x_ref=self.x_ref,
+            macro_stress=self.macro_stress, stress_mask=jnp.ones(self.macro_stress.shape, bool),
+            tol=self.tol, maxiter=self.maxiter,
+        )
+        b = jnp.moveaxis(table[self.phase_index], -1, 0)  # (6, *grid)
+        shear_twice = jnp.asarray([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], x.dtype)  # tensor (not Voigt) shear
+        work = jnp.tensordot(shear_twice, result.stress * b, axes=1)
+        return jnp.where(active, work / (c_max_mol_m3 * GAS_CONSTANT * self.temperature_K), 0.0)
+
+
+def scenario_stress_coupling(scenario, micro: Microstructure, dtype):
+    """The scenario's StressCoupling, or None unless mechanics.couple_diffusion is on."""
+    mech = scenario.mechanics
+    if not (mech.enabled and mech.couple_diffusion):
+        return None
+    x_ref = scenario.material.x_initial if mech.x_ref is None else mech.x_ref
+    return StressCoupling.build(micro, mech, x_ref, scenario.electrochemistry.temperature_K, dtype)
 
 
 @eqx.filter_jit

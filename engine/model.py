@@ -126,8 +126,25 @@ def rollout(
     dt_s: float,
     checkpoint_every: int = 16,
     guard: bool = False,
+    adjoint: str = "symmetric",
+    coupling=None,
 ):
     """Advance ``n_steps`` explicit steps; returns ``(x_final, per_step)``.
+
+    ``adjoint`` chooses how reverse mode goes through a step: ``"symmetric"`` (default)
+    uses kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the
+    symmetry of the operator and gathers the per-grain tensor once per rollout;
+    ``"autodiff"`` lets JAX transpose the step, which also supports forward mode
+    (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical.
+
+    ``coupling`` (an engine.mechanics.StressCoupling) turns on stress-assisted
+    transport. The stress potential χ is solved at the start of every block of
+    ``checkpoint_every`` steps, χ_s = χ(x_s), and carried through the block with the
+    voxel's own response, χ ≈ χ_s − θ (x − x_s) (θ: StressCoupling.local_theta).
+    Holding χ fixed instead would apply the stress feedback k steps late, which is
+    unstable for high-frequency modes once k Δt θ D 4d/h² > 2. With the local update
+    the lag only affects the non-local rest, and the result is exact for homogeneous
+    isotropic bodies. The caller keeps Δt below the limit for D (1 + θ).
 
     ``per_step`` is a dict of (n_steps,) arrays: ``mean_x`` (mean over active voxels
     after each step) and ``status``. With ``guard=True`` a step that would leave
@@ -142,16 +159,33 @@ def rollout(
         raise ValueError(
             f"n_steps = {n_steps} must be a multiple of checkpoint_every = {checkpoint_every}"
         )
+    if adjoint not in ("symmetric", "autodiff"):
+        raise ValueError(f"adjoint = {adjoint!r}; valid: 'symmetric' or 'autodiff'")
     table = component_table(params, geometry.ndim)
     source = kdiff.surface_flux_rate(
         params.flux_mol_m2_s, geometry.face_count, params.c_max_mol_m3, geometry.voxel_size_m
     )
     active = geometry.grain_id >= 0
     n_active = jnp.maximum(jnp.sum(active), 1)
+    symmetric = adjoint == "symmetric"
+    inv_h = 1.0 / geometry.voxel_size_m
+    comps = kdiff.voxel_components(table, geometry.grain_id) if (symmetric or coupling is not None) else None
+    if symmetric:
+        source = jnp.where(active, source, 0.0)
 
-    def step(carry, _):
+        def advance(x):
+            return x + dt_s * (kdiff.symmetric_operator(x, comps, active, inv_h) + source)
+    else:
+        def advance(x):
+            return kdiff.explicit_step(x, dt_s, geometry.grain_id, table, geometry.voxel_size_m, source)
+
+    def step(carry, frozen):
         x, status = carry
-        x_new = kdiff.explicit_step(x, dt_s, geometry.grain_id, table, geometry.voxel_size_m, source)
+        x_new = advance(x)
+        if coupling is not None:
+            chi_s, x_s, theta = frozen
+            chi = jnp.where(active, chi_s - theta * (x - x_s), 0.0)
+            x_new = x_new + dt_s * kdiff.stress_drift_rate(x, chi, comps, active, inv_h, symmetric)
         if guard:
             new_status = jnp.where(status == STATUS_RUNNING, _status_of(x_new, active), status)
             x_new = jnp.where(new_status == STATUS_RUNNING, x_new, x)
@@ -162,7 +196,13 @@ def rollout(
 
     @jax.checkpoint
     def block(carry, _):
-        return jax.lax.scan(step, carry, None, length=checkpoint_every)
+        if coupling is None:
+            frozen = None
+        else:
+            x_s = carry[0]
+            frozen = (coupling.potential(params.orientations, params.c_max_mol_m3, x_s, active), x_s,
+                      coupling.local_theta(params.c_max_mol_m3))
+        return jax.lax.scan(lambda c, _: step(c, frozen), carry, None, length=checkpoint_every)
 
     init = (x0, jnp.asarray(STATUS_RUNNING, jnp.int32))
     (x_final, _), per_block = jax.lax.scan(block, init, None, length=n_steps // checkpoint_every)

@@ -22,12 +22,12 @@ Adding a parameter
 Each entry of :data:`PARAMETERS` says how a value enters the model: ``apply(inputs, v)``
 returns a new :class:`ModelInputs` (an equinox pytree). The forward model only ever
 sees ``ModelInputs``, so a new fittable quantity is one table entry — plus, for a new
-physics block, a field in ``ModelInputs``. Chemical expansion β and interfacial
-strength σc are already in the table as *hooks*: their ``requires`` names the missing
-coupling, and selecting them raises a ConfigError until mechanics / debonding are
-coupled into the stepper. Then: add ``mechanics: MechanicsParams`` (and/or
-``interface: CohesiveParams``) to :class:`ModelInputs`, give the entries an ``apply``
-(e.g. ``eqx.tree_at(lambda m: m.mechanics.beta, inputs, ...)``) and drop ``requires``.
+physics block, a field in ``ModelInputs``. The chemical expansion β (``beta_in_plane``,
+``beta_c``) acts through ``ModelInputs.mechanics``, the StressCoupling of a scenario with
+``mechanics.couple_diffusion = true``; without it β does not reach the SOC maps and
+selecting it raises ConfigError. The interfacial strength σc is a *hook*: its
+``requires`` names the missing debonding model, and selecting it raises ConfigError
+until an ``interface`` block exists.
 """
 
 from __future__ import annotations
@@ -49,10 +49,13 @@ class ModelInputs(eqx.Module):
 
     Attributes:
         transport: diffusivities, orientations, surface flux, c_max (model.py).
-    Later: ``mechanics`` (β, stiffness) and ``interface`` (σc, Gc) blocks.
+        mechanics: the StressCoupling (β, stiffness tables) when the scenario couples
+            stress into diffusion (mechanics.couple_diffusion), else None.
+    Later: an ``interface`` (σc, Gc) block.
     """
 
     transport: TransportParams
+    mechanics: object = None  # engine.mechanics.StressCoupling when stress is coupled
 
 
 def _set_in_plane(inputs: ModelInputs, v):
@@ -63,6 +66,25 @@ def _set_in_plane(inputs: ModelInputs, v):
 def _set_c_axis(inputs: ModelInputs, v):
     d = inputs.transport.diffusivity_m2_s
     return eqx.tree_at(lambda m: m.transport.diffusivity_m2_s, inputs, d.at[2].set(v))
+
+
+def _mechanics(inputs: ModelInputs, name: str):
+    if inputs.mechanics is None:
+        raise ConfigError(
+            f"parameters: {name!r} changes the stress, which reaches the SOC maps only with "
+            "mechanics.enabled = true and mechanics.couple_diffusion = true in the scenario"
+        )
+    return inputs.mechanics.beta
+
+
+def _set_beta_in_plane(inputs: ModelInputs, v):
+    beta = _mechanics(inputs, "beta_in_plane")
+    return eqx.tree_at(lambda m: m.mechanics.beta, inputs, beta.at[0].set(v).at[1].set(v))
+
+
+def _set_beta_c(inputs: ModelInputs, v):
+    beta = _mechanics(inputs, "beta_c")
+    return eqx.tree_at(lambda m: m.mechanics.beta, inputs, beta.at[2].set(v))
 
 
 def _scale_flux(inputs: ModelInputs, v):
@@ -87,6 +109,8 @@ class ParameterSpec:
             [v0 / f, v0 · f]: an upper bound is needed to fix a stable time step.
         requires: if set, the coupling this parameter needs and that is not in the
             model yet (selecting it raises ConfigError).
+        expansion: a chemical expansion coefficient; bounds are required, because
+            |β| sets the stress coupling strength θ ∝ β² and so the stable time step.
     """
 
     name: str
@@ -97,6 +121,7 @@ class ParameterSpec:
     diffusivity: bool = False
     default_bounds_factor: float | None = None
     requires: str | None = None
+    expansion: bool = False
 
 
 PARAMETERS: dict[str, ParameterSpec] = {
@@ -110,9 +135,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
                       "Butler–Volmer rate constant k), physics.md §3 / S1", apply=_scale_flux),
         # Hooks: fittable once mechanics / debonding are coupled into the stepper.
         ParameterSpec("beta_in_plane", "1/(unit x)", "chemical expansion β1 = β2 per unit normalised Li "
-                      "(physics.md §4)", positive=False, requires="mechanics coupling (physics.md §4)"),
+                      "(physics.md §4; enters through stress-assisted transport, §1)", positive=False,
+                      apply=_set_beta_in_plane, expansion=True),
         ParameterSpec("beta_c", "1/(unit x)", "chemical expansion β3 along [001] per unit normalised Li "
-                      "(physics.md §4)", positive=False, requires="mechanics coupling (physics.md §4)"),
+                      "(physics.md §4; enters through stress-assisted transport, §1)", positive=False,
+                      apply=_set_beta_c, expansion=True),
         ParameterSpec("interface_strength_Pa", "Pa", "cohesive strength σc of active|SE interfaces "
                       "(physics.md §5)", requires="interface debonding (physics.md §5)"),
     )
@@ -160,6 +187,8 @@ class FreeParameter:
             f = spec.default_bounds_factor
             lower = start / f if lower is None else lower
             upper = start * f if upper is None else upper
+        if spec.expansion and (lower is None or upper is None):
+            raise ConfigError(f"{field}: give lower and upper bounds (|β| sets the stable time step)")
         if (lower is None) != (upper is None):
             if not spec.positive or upper is not None:
                 raise ConfigError(f"{field}: give both lower and upper bounds, or neither")

@@ -22,7 +22,7 @@ from .config import Scenario
 from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
-from .mechanics import StressSolver, stress_outputs
+from .mechanics import StressSolver, scenario_stress_coupling, stress_outputs
 from .microstructure import ECBD, LABEL_NAMES, Microstructure, polycrystalline_particle
 from .model import (
     STATUS_NOT_FINITE,
@@ -112,13 +112,22 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
         flux_mol_m2_s=jnp.asarray(flux, dtype),
         c_max_mol_m3=jnp.asarray(c_max, dtype),
     )
-    dt, steps_per_interval, chunk = time_grid(scenario, max(diffusivity), micro.voxel_size_m, micro.ndim)
+    coupling = scenario_stress_coupling(scenario, micro, dtype)
+    d_eff = max(diffusivity)
+    if coupling is not None:  # stress-assisted transport: stable for D (1 + θ)
+        d_eff *= 1 + float(coupling.local_theta(c_max))
+    dt, steps_per_interval, chunk = time_grid(scenario, d_eff, micro.voxel_size_m, micro.ndim)
     n_intervals = scenario.output.n_snapshots - 1
     every = scenario.output.timeseries_every
     current_A = -FARADAY * flux * area  # positive on charge (delithiation), physics.md §3
+    # stress re-solved every `block` steps: the largest divisor of the chunk ≤ the request
+    block = chunk
+    if coupling is not None:
+        block = max(b for b in range(1, chunk + 1)
+                    if chunk % b == 0 and b <= scenario.mechanics.coupling_every_steps)
 
     advance = eqx.filter_jit(
-        lambda g, p, x: rollout(g, p, x, chunk, dt, checkpoint_every=chunk, guard=True)
+        lambda g, p, x: rollout(g, p, x, chunk, dt, checkpoint_every=block, guard=True, coupling=coupling)
     )
 
     x = initial_state(geometry, mat.x_initial, dtype)

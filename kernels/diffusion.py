@@ -46,6 +46,9 @@ D/h² (1/s) once, which keeps float32 well conditioned.
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 
 from .rotations import rotate_principal_tensor
@@ -98,10 +101,131 @@ def tensor_components(tensors):
     return jnp.stack(diag + off, axis=-1)
 
 
-def _gather_components(table, grain_id):
-    """Per-voxel tensor components from a per-grain table (grain id −1 -> grain 0, masked later)."""
+def voxel_components(component_table, grain_id):
+    """Per-voxel tensor components (d(d+1)/2, *grid) from a per-grain table, m²/s.
+
+    Grain id −1 (non-active) reads grain 0; those voxels have no open faces, so the
+    value never enters the rate.
+    """
     safe_id = jnp.maximum(grain_id, 0)
-    return [table[:, m][safe_id] for m in range(table.shape[1])]
+    return jnp.stack([component_table[:, m][safe_id] for m in range(component_table.shape[1])])
+
+
+def _unpack(comps, ndim):
+    diag = [comps[k] for k in range(ndim)]
+    off = {}
+    m = ndim
+    for k in range(ndim):
+        for l in range(k + 1, ndim):
+            off[(k, l)] = off[(l, k)] = comps[m]
+            m += 1
+    return diag, off
+
+
+def _differences(x, active, inv_h):
+    """Masked forward differences d_k+ (one per axis, on face i+½) and centred g_k."""
+    ndim = x.ndim
+    open_face, face_diff = [], []
+    for k in range(ndim):
+        is_open = active & _shift(active, k, 1)
+        open_face.append(is_open)
+        face_diff.append(jnp.where(is_open, _shift(x, k, 1) - x, 0.0) * inv_h)
+    centred = [0.5 * (face_diff[k] + _shift(face_diff[k], k, -1)) for k in range(ndim)]
+    return open_face, face_diff, centred
+
+
+def _operator(x, comps, active, inv_h):
+    """∇·(D∇x) on the active voxels for per-voxel components (see module docstring)."""
+    ndim = x.ndim
+    diag, off = _unpack(comps, ndim)
+    open_face, face_diff, centred = _differences(x, active, inv_h)
+    rate = jnp.zeros_like(x)
+    for k in range(ndim):
+        cross = sum(off[(k, l)] * centred[l] for l in range(ndim) if l != k)
+        face_dkk = 0.5 * (diag[k] + _shift(diag[k], k, 1))
+        flux = face_dkk * face_diff[k]
+        if ndim > 1:
+            flux = flux + 0.5 * (cross + _shift(cross, k, 1))
+        flux = jnp.where(open_face[k], flux, 0.0)  # = −J_k on face i+½
+        rate = rate + (flux - _shift(flux, k, -1)) * inv_h
+    return jnp.where(active, rate, 0.0)
+
+
+def _component_cotangent(g, x, active, inv_h):
+    """∂(gᵀ A(D) x)/∂D per voxel component, from the energy form of the operator.
+
+    A(D) = −Hess Ẽ with Ẽ(x) = ½ B(x, x) and, per cell,
+
+        B(u, v) = ½ Σ_k D_kk (du_k+ dv_k+ + du_k− dv_k−) + Σ_{k<l} D_kl (gu_k gv_l + gu_l gv_k),
+
+    so gᵀ A x = −B(g, x) is linear in each cell's components and the cotangent of a
+    component is minus its coefficient: products of the same masked differences the
+    forward pass forms. Layout as :func:`tensor_components`.
+    """
+    ndim = x.ndim
+    _, dg, cg = _differences(g, active, inv_h)
+    _, dx, cx = _differences(x, active, inv_h)
+    out = []
+    for k in range(ndim):
+        plus = dg[k] * dx[k]
+        out.append(-0.5 * (plus + _shift(plus, k, -1)))  # faces i+½ and i−½ of cell i
+    for k in range(ndim):
+        for l in range(k + 1, ndim):
+            out.append(-(cg[k] * cx[l] + cg[l] * cx[k]))
+    return jnp.stack(out)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def symmetric_operator(x, comps, active, inv_h):
+    """∇·(D∇x) from per-voxel components with a hand-written reverse mode.
+
+    Same values as the operator inside :func:`diffusion_rate`. Reverse mode uses the
+    symmetry of the operator, x̄ = A ḡ (one more operator application), and the energy
+    form for the components (:func:`_component_cotangent`), instead of transposing every
+    shift, mask and product; the fitting gradients use it. Forward mode (jvp/jacfwd) is
+    not defined for it: use :func:`diffusion_rate` there.
+
+    Args:
+        x: (*grid) state; comps: (d(d+1)/2, *grid) components in m²/s as
+            :func:`voxel_components` gives them; active: bool grid; inv_h: 1/h in 1/m
+            (a static python float).
+    """
+    return _operator(x, comps, active, inv_h)
+
+
+def _symmetric_operator_fwd(x, comps, active, inv_h):
+    return _operator(x, comps, active, inv_h), (x, comps, active)
+
+
+def _symmetric_operator_bwd(inv_h, residuals, g):
+    x, comps, active = residuals
+    g = jnp.where(active, g, 0.0)
+    return (_operator(g, comps, active, inv_h), _component_cotangent(g, x, active, inv_h),
+            None)
+
+
+symmetric_operator.defvjp(_symmetric_operator_fwd, _symmetric_operator_bwd)
+
+
+def stress_drift_rate(x, potential, comps, active, inv_h, symmetric=True):
+    """Stress-driven part of ∂x/∂t, −∇·(D x ∇χ), 1/s (physics.md §1).
+
+    With the flux J / c_max = −D (∇x − x ∇χ) and the dimensionless stress potential
+    χ = σ : B / (c_max R T) (B: chemical expansion per unit x; for an isotropic
+    B = (Ω c_max / 3) I this is Ω σ_h / (R T)), the rate is ∇·(D∇x) − ∇·(D x ∇χ).
+    The second term is the operator of :func:`diffusion_rate` applied to χ with the
+    cell tensors scaled by the cell's x, so it is conservative and, for x ≥ 0, uses a
+    positive semi-definite weight.
+
+    Args:
+        x: (*grid) Li content; potential: (*grid) χ (dimensionless, only active voxels
+            matter); comps: per-voxel components (m²/s) as :func:`voxel_components`;
+            active: bool grid; inv_h: 1/h in 1/m (static float).
+        symmetric: use :func:`symmetric_operator` (hand-written VJP, no forward mode)
+            or the plain operator (all JAX transformations).
+    """
+    op = symmetric_operator if symmetric else _operator
+    return -op(potential, comps * x[None], active, inv_h)
 
 
 def diffusion_rate(x, grain_id, component_table, voxel_size_m, source_rate=None):
@@ -121,38 +245,11 @@ def diffusion_rate(x, grain_id, component_table, voxel_size_m, source_rate=None)
         ∂x/∂t with the shape of ``x``; zero on non-active voxels (plus ``source_rate``
         there, which the caller keeps zero).
     """
-    ndim = x.ndim
     active = grain_id >= 0
-    inv_h = 1.0 / voxel_size_m
-    comps = _gather_components(component_table, grain_id)
-    diag = comps[:ndim]
-    off = {}
-    m = ndim
-    for k in range(ndim):
-        for l in range(k + 1, ndim):
-            off[(k, l)] = off[(l, k)] = comps[m]
-            m += 1
-
-    open_face = []
-    face_diff = []
-    for k in range(ndim):
-        is_open = active & _shift(active, k, 1)
-        open_face.append(is_open)
-        face_diff.append(jnp.where(is_open, _shift(x, k, 1) - x, 0.0) * inv_h)
-    centred = [0.5 * (face_diff[k] + _shift(face_diff[k], k, -1)) for k in range(ndim)]
-
-    rate = jnp.zeros_like(x)
-    for k in range(ndim):
-        cross = sum(off[(k, l)] * centred[l] for l in range(ndim) if l != k)
-        face_dkk = 0.5 * (diag[k] + _shift(diag[k], k, 1))
-        flux = face_dkk * face_diff[k]
-        if ndim > 1:
-            flux = flux + 0.5 * (cross + _shift(cross, k, 1))
-        flux = jnp.where(open_face[k], flux, 0.0)  # = −J_k on face i+½
-        rate = rate + (flux - _shift(flux, k, -1)) * inv_h
+    rate = _operator(x, voxel_components(component_table, grain_id), active, 1.0 / voxel_size_m)
     if source_rate is not None:
-        rate = rate + source_rate
-    return jnp.where(active, rate, 0.0)
+        rate = jnp.where(active, rate + source_rate, 0.0)
+    return rate
 
 
 def surface_flux_rate(flux_mol_m2_s, face_count, c_max_mol_m3, voxel_size_m):

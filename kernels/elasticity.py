@@ -586,7 +586,8 @@ def solve_elasticity(
     check_stiffness_table(stiffness_table0, "stiffness_table0")
     check_stiffness_table(stiffness_table1, "stiffness_table1")
     if _is_concrete(idx) and idx.size:
-        lo, hi = int(jnp.min(idx)), int(jnp.max(idx))
+        idx_np = np.asarray(idx)  # numpy: jnp.min would be traced inside checkpoint/scan
+        lo, hi = int(idx_np.min()), int(idx_np.max())
         if lo < 0 or hi >= n_phases:
             raise ElasticParameterError(
                 f"phase_index: values span [{lo}, {hi}]; valid range is "

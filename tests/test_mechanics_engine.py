@@ -84,6 +84,8 @@ def test_run_writes_stress_fields(tmp_path):
         ({"mechanics": {"expansion": [0.1, 0.1]}}, ["mechanics.expansion", "3 numbers"]),
         ({"mechanics": {"stack_pressure_Pa": -5e6}}, ["mechanics.stack_pressure_Pa", "-5000000"]),
         ({"mechanics": {"tol": 0}}, ["mechanics.tol"]),
+        ({"mechanics": {"enabled": False, "couple_diffusion": True}}, ["mechanics.couple_diffusion", "enabled"]),
+        ({"mechanics": {"coupling_every_steps": 0}}, ["mechanics.coupling_every_steps", "0"]),
     ],
 )
 def test_bad_mechanics_input(data, words):
