@@ -235,7 +235,7 @@ def test_problem_rejects_mismatched_shape_and_pixel_size():
 def test_parameter_names_are_checked():
     with pytest.raises(ConfigError, match=r"unknown parameter 'D4'; valid: \['D1', 'D3', 'beta_c'"):
         FreeParameter("D4", 1e-15)
-    with pytest.raises(ConfigError, match="needs mechanics coupling"):
+    with pytest.raises(ConfigError, match="give lower and upper bounds"):
         FreeParameter("beta_c", -0.04)
     with pytest.raises(ConfigError, match="needs interface debonding"):
         FreeParameter("interface_strength_Pa", 1e8)
