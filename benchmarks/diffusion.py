@@ -43,7 +43,9 @@ def bench_size(n: int, steps: int, grains_per_64: int = 100) -> dict:
     micro, geometry, params = benchmark_particle(n, max(1, grains_per_64 * (n // 64) ** 3), h)
     dt = stable_time_step(5e-15, h, 3)
     block = min(16, steps)
-    advance = eqx.filter_jit(lambda g, p, x: rollout(g, p, x, steps, dt, checkpoint_every=block)[0])
+    # the forward-only path of `ssbx run` (gathers the per-grain tensor inside each step)
+    advance = eqx.filter_jit(
+        lambda g, p, x: rollout(g, p, x, steps, dt, checkpoint_every=block, adjoint="autodiff")[0])
     x0 = jnp.where(geometry.grain_id >= 0, jnp.float32(0.9), jnp.float32(0.0))
     seconds = time_call(advance, geometry, params, x0)
     updates = n**3 * steps / seconds

@@ -135,7 +135,10 @@ def rollout(
     uses kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the
     symmetry of the operator and gathers the per-grain tensor once per rollout;
     ``"autodiff"`` lets JAX transpose the step, which also supports forward mode
-    (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical.
+    (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical. The
+    symmetric path keeps the six tensor components per voxel for the whole rollout;
+    ``"autodiff"`` reads only the grain id and gathers from the per-grain table every
+    step, so forward-only runs (``ssbx run``) use it to keep memory at one int per voxel.
 
     ``coupling`` (an engine.mechanics.StressCoupling) turns on stress-assisted
     transport. The stress potential χ is solved at the start of every block of

@@ -127,7 +127,9 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
                     if chunk % b == 0 and b <= scenario.mechanics.coupling_every_steps)
 
     advance = eqx.filter_jit(
-        lambda g, p, x: rollout(g, p, x, chunk, dt, checkpoint_every=block, guard=True, coupling=coupling)
+        # forward only: adjoint="autodiff" keeps one grain id per voxel, no per-voxel tensors
+        lambda g, p, x: rollout(g, p, x, chunk, dt, checkpoint_every=block, guard=True,
+                                coupling=coupling, adjoint="autodiff")
     )
 
     x = initial_state(geometry, mat.x_initial, dtype)

@@ -136,10 +136,15 @@ def _differences(x, active, inv_h):
 
 def _operator(x, comps, active, inv_h):
     """∇·(D∇x) on the active voxels for per-voxel components (see module docstring)."""
-    ndim = x.ndim
+    return _divergence(_differences(x, active, inv_h), comps, active, inv_h)
+
+
+def _divergence(differences, comps, active, inv_h):
+    """The operator from precomputed :func:`_differences` of its argument."""
+    open_face, face_diff, centred = differences
+    ndim = len(face_diff)
     diag, off = _unpack(comps, ndim)
-    open_face, face_diff, centred = _differences(x, active, inv_h)
-    rate = jnp.zeros_like(x)
+    rate = jnp.zeros_like(face_diff[0])
     for k in range(ndim):
         cross = sum(off[(k, l)] * centred[l] for l in range(ndim) if l != k)
         face_dkk = 0.5 * (diag[k] + _shift(diag[k], k, 1))
@@ -151,7 +156,7 @@ def _operator(x, comps, active, inv_h):
     return jnp.where(active, rate, 0.0)
 
 
-def _component_cotangent(g, x, active, inv_h):
+def _component_cotangent(g_differences, x, active, inv_h):
     """∂(gᵀ A(D) x)/∂D per voxel component, from the energy form of the operator.
 
     A(D) = −Hess Ẽ with Ẽ(x) = ½ B(x, x) and, per cell,
@@ -160,10 +165,11 @@ def _component_cotangent(g, x, active, inv_h):
 
     so gᵀ A x = −B(g, x) is linear in each cell's components and the cotangent of a
     component is minus its coefficient: products of the same masked differences the
-    forward pass forms. Layout as :func:`tensor_components`.
+    forward pass forms. ``g_differences`` are :func:`_differences` of g (the backward
+    pass shares them with x̄ = A g). Layout as :func:`tensor_components`.
     """
     ndim = x.ndim
-    _, dg, cg = _differences(g, active, inv_h)
+    _, dg, cg = g_differences
     _, dx, cx = _differences(x, active, inv_h)
     out = []
     for k in range(ndim):
@@ -199,9 +205,9 @@ def _symmetric_operator_fwd(x, comps, active, inv_h):
 
 def _symmetric_operator_bwd(inv_h, residuals, g):
     x, comps, active = residuals
-    g = jnp.where(active, g, 0.0)
-    return (_operator(g, comps, active, inv_h), _component_cotangent(g, x, active, inv_h),
-            None)
+    g_differences = _differences(jnp.where(active, g, 0.0), active, inv_h)
+    return (_divergence(g_differences, comps, active, inv_h),
+            _component_cotangent(g_differences, x, active, inv_h), None)
 
 
 symmetric_operator.defvjp(_symmetric_operator_fwd, _symmetric_operator_bwd)

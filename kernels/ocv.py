@@ -157,10 +157,16 @@ def msmr_fraction(u, galleries, temperature_K=298.15):
 
     with U in V vs Li/Li⁺. Strictly decreasing in U, from Σ X_j (U → −∞) to 0.
     """
+    return _msmr_fraction_and_slope(u, galleries, temperature_K)[0]
+
+
+def _msmr_fraction_and_slope(u, galleries, temperature_K):
+    """x(U) and dx/dU = −Σ_j X_j (f/ω_j) s_j (1 − s_j), s_j the gallery occupancy."""
     u0, big_x, omega = (jnp.asarray(a) for a in _msmr_arrays(galleries))
     f = FARADAY / (GAS_CONSTANT * temperature_K)
-    u = jnp.asarray(u)[..., None]
-    return jnp.sum(big_x * jax.nn.sigmoid(-f * (u - u0) / omega), axis=-1)
+    occupancy = jax.nn.sigmoid(-f * (jnp.asarray(u)[..., None] - u0) / omega)
+    return (jnp.sum(big_x * occupancy, axis=-1),
+            -jnp.sum(big_x * (f / omega) * occupancy * (1 - occupancy), axis=-1))
 
 
 def msmr_potential(x, galleries, temperature_K=298.15, bracket_V=(2.0, 5.5), bisections=40):
@@ -184,11 +190,9 @@ def msmr_potential(x, galleries, temperature_K=298.15, bracket_V=(2.0, 5.5), bis
 
     lo, hi = jax.lax.fori_loop(0, bisections, bisect, (lo0, hi0))
     u = jax.lax.stop_gradient(0.5 * (lo + hi))
-    dfdu = jax.grad(lambda v: msmr_fraction(v, galleries, temperature_K))
     for _ in range(2):
-        slope = jnp.vectorize(dfdu)(u)
-        step = (msmr_fraction(u, galleries, temperature_K) - x) / slope
-        u = jnp.clip(u - step, bracket_V[0], bracket_V[1])
+        fraction, slope = _msmr_fraction_and_slope(u, galleries, temperature_K)
+        u = jnp.clip(u - (fraction - x) / slope, bracket_V[0], bracket_V[1])
     return u
 
 
@@ -204,10 +208,8 @@ def msmr_ocv(galleries, c_max_mol_m3, name="msmr", reference="user MSMR paramete
     if not window_V[0] < window_V[1]:
         raise ValueError(f"window_V = {window_V}; valid: lower < upper potential")
     table = tuple(tuple(float(v) for v in row) for row in galleries)
-    u0, big_x, omega = _msmr_arrays(table)
-    f = FARADAY / (GAS_CONSTANT * temperature_K)
-    x_lo, x_hi = (float(np.sum(big_x / (1.0 + np.exp(f * (v - u0) / omega))))
-                  for v in window_V[::-1])  # float64 metadata, independent of jax's dtype
+    with jax.enable_x64(True):  # float64 metadata, whatever precision the caller runs in
+        x_lo, x_hi = (float(msmr_fraction(v, table, temperature_K)) for v in window_V[::-1])
     return OCVModel(
         name, lambda x: msmr_potential(x, table, temperature_K), float(c_max_mol_m3),
         x_lo, x_hi, reference,
