@@ -46,8 +46,8 @@ given as an integer. benchmarks/gradient.py measures both cost and memory: on a
 24³ grid (2-core CPU, float32) the gradient's temporary memory at 4108 steps is 341
 states with the automatic k (379 with k = 16, 24 598 unchecked). The steps use
 kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the symmetry of
-the operator: a gradient with respect to diffusivities and flux costs ≈ 4.2 forward
-runs (≈ 6.5 when JAX transposes the step itself, ``adjoint="autodiff"``; see the
+the operator: a gradient with respect to diffusivities and flux costs ≈ 4.5 forward
+runs (≈ 6.7 when JAX transposes the step itself, ``adjoint="autodiff"``; see the
 benchmark's JSON). Forward-mode derivatives (the Laplace step) use the autodiff
 variant, since a custom VJP has no JVP.
 
