@@ -45,6 +45,7 @@ import numpy as np
 
 from ssbx.kernels import butler_volmer as kbv
 from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels.conduction import log_interpolated_conductivity
 from ssbx.kernels.electrode import (
     face_potential_drop,
     interface_faces,
@@ -109,7 +110,7 @@ class CellModel(eqx.Module):
     """Static data of a cell and the per-step solvers (all arrays, jit-friendly)."""
 
     grain_id: jax.Array
-    sigma_s: jax.Array
+    sigma_s: jax.Array  # S/m; in active voxels the constant value, or unused under a law
     sigma_e: jax.Array
     area_m2: jax.Array  # per active voxel: the area of each of its interface faces
     component_table: jax.Array
@@ -130,6 +131,8 @@ class CellModel(eqx.Module):
     newton_iterations: int = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True)
+    # x-dependent active-material conductivity: (x points, S/m points), or None
+    active_sigma_law: tuple | None = eqx.field(static=True, default=None)
 
     @property
     def stack_axis(self) -> int:
@@ -142,6 +145,14 @@ class CellModel(eqx.Module):
 
     def ocv(self, x):
         return get_ocv(self.ocv_name)(x)
+
+    def electronic_conductivity(self, x):
+        """σ_s per voxel (S/m): the static map, with the active voxels' value taken from
+        the law σ(x) when one is set (interpolated in log σ, kernels.conduction)."""
+        if self.active_sigma_law is None:
+            return self.sigma_s
+        law = log_interpolated_conductivity(x, *self.active_sigma_law)
+        return jnp.where(self.grain_id >= 0, law.astype(self.sigma_s.dtype), self.sigma_s)
 
     def exchange_current(self, x):
         x = jnp.clip(x, 1e-6, 1 - 1e-6)
@@ -160,7 +171,9 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
     ec = scenario.electrochemistry
     labels = micro.labels
     active = micro.active
-    sigma_s = np.where(active, ec.active_electronic_S_m, 0.0) + np.where(labels == ECBD, ec.ecbd_electronic_S_m, 0.0)
+    law = ec.active_conductivity_table()
+    sigma_active = ec.active_electronic_S_m if law is None else max(law[1])  # placeholder under a law
+    sigma_s = np.where(active, sigma_active, 0.0) + np.where(labels == ECBD, ec.ecbd_electronic_S_m, 0.0)
     sigma_e = np.where(labels == ECBD, ec.ecbd_ionic_S_m, 0.0) + np.where(
         labels == SOLID_ELECTROLYTE, ec.separator_ionic_S_m, 0.0)
     stack = micro.ndim - 1
@@ -202,6 +215,7 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
         newton_iterations=ec.newton_iterations,
         rtol=ec.solver_rtol,
         preconditioner=ec.preconditioner,
+        active_sigma_law=law,
     )
 
 
@@ -219,7 +233,8 @@ def _linearised_kinetics(model: CellModel, x, drop, v_ref):
     i0 = model.exchange_current(x)
     out_g, out_c, out_i = [], [], []
     h = model.voxel_size_m
-    inv_s = jnp.where(model.sigma_s > 0, 1.0 / jnp.where(model.sigma_s > 0, model.sigma_s, 1.0), 0.0)
+    sigma_s = model.electronic_conductivity(x)
+    inv_s = jnp.where(sigma_s > 0, 1.0 / jnp.where(sigma_s > 0, sigma_s, 1.0), 0.0)
     inv_e = jnp.where(model.sigma_e > 0, 1.0 / jnp.where(model.sigma_e > 0, model.sigma_e, 1.0), 0.0)
     for mask, d, ax, dr, d_n in zip(model.faces, drop, model.axes, model.directions,
                                     model.face_diffusivity):
@@ -263,7 +278,7 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
         g, c, _ = _linearised_kinetics(model, x, drop, v_ref)
         kwargs = {"voltage": target - v_ref} if voltage_control else {"current": target}
         sol = solve_coupled(
-            model.sigma_s, model.sigma_e, model.voxel_size_m, faces, g, c,
+            model.electronic_conductivity(x), model.sigma_e, model.voxel_size_m, faces, g, c,
             model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol,
             preconditioner=model.preconditioner, maxiter=5000, warm_start=warm, **kwargs,
         )
@@ -359,6 +374,9 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                 "phi_s_V": np.where(np.asarray(model.sigma_s) > 0, np.asarray(phi_s, np.float64) + v_ref, np.nan),
                 "phi_e_V": np.where(np.asarray(model.sigma_e) > 0, np.asarray(phi_e), np.nan),
                 "interface_current_A_m2": density,
+                **({} if model.active_sigma_law is None else {
+                    "sigma_s_S_m": np.where(np.asarray(model.sigma_s) > 0,
+                                            np.asarray(model.electronic_conductivity(x), np.float64), np.nan)}),
             },
             {},
             {"mean_soc": float(xa[active].mean())},

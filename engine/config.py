@@ -221,7 +221,9 @@ class ElectrochemistryConfig:
     interface_resistance_ohm_m2: float = 0.0
     anode_exchange_current_A_m2: float = 10.0
     temperature_K: float = 298.15
-    active_electronic_S_m: float = 0.1
+    # a constant (S/m), the name of a sourced law in ELECTRONIC_CONDUCTIVITY_LAWS, or a
+    # table [[x, σ], ...] of Li fraction and S/m, interpolated in log σ
+    active_electronic_S_m: float | str | tuple = 0.1
     ecbd_electronic_S_m: float = 10.0
     ecbd_ionic_S_m: float = 0.02
     separator_ionic_S_m: float = 0.04
@@ -236,8 +238,9 @@ class ElectrochemistryConfig:
         names = [n.upper() for n in available_ocv()]
         if str(self.ocv).upper() not in names:
             raise ConfigError(f"electrochemistry.ocv = {self.ocv!r}: valid names are {sorted(available_ocv())}")
+        self.active_conductivity_table()
         for name in ("exchange_current_A_m2", "anode_exchange_current_A_m2", "temperature_K",
-                     "active_electronic_S_m", "ecbd_electronic_S_m", "ecbd_ionic_S_m",
+                     "ecbd_electronic_S_m", "ecbd_ionic_S_m",
                      "separator_ionic_S_m", "time_step_s"):
             _positive(f"electrochemistry.{name}", getattr(self, name))
         for name in ("alpha_a", "alpha_c"):
@@ -252,6 +255,37 @@ class ElectrochemistryConfig:
         _choice("electrochemistry.preconditioner", self.preconditioner, ("jacobi", "multigrid"))
         if not _is_number(self.solver_rtol) or not 0 < self.solver_rtol < 1:
             raise ConfigError(f"electrochemistry.solver_rtol = {self.solver_rtol!r}: valid range is (0, 1)")
+
+    def active_conductivity_table(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(x points, σ points in S/m) of an x-dependent active-material conductivity, or
+        None for a constant; ConfigError naming the entry if the value is not valid."""
+        from .materials import ELECTRONIC_CONDUCTIVITY_LAWS
+
+        field = "electrochemistry.active_electronic_S_m"
+        value = self.active_electronic_S_m
+        if _is_number(value):
+            _positive(field, value)
+            return None
+        if isinstance(value, str):
+            if value.lower() not in ELECTRONIC_CONDUCTIVITY_LAWS:
+                raise ConfigError(
+                    f"{field} = {value!r}: unknown conductivity law; valid: a number (S/m), "
+                    f"a table [[x, S/m], ...] or one of {sorted(ELECTRONIC_CONDUCTIVITY_LAWS)}")
+            return ELECTRONIC_CONDUCTIVITY_LAWS[value.lower()]
+        if not isinstance(value, (list, tuple)) or len(value) < 2:
+            raise ConfigError(
+                f"{field} = {value!r}: valid values are a number (S/m), a law name, or a table "
+                "[[x, S/m], ...] of at least two points")
+        for k, point in enumerate(value):
+            if (not isinstance(point, (list, tuple)) or len(point) != 2
+                    or not all(_is_number(v) for v in point)):
+                raise ConfigError(f"{field}[{k}] = {point!r}: each table entry is a pair [x, S/m]")
+            _in_range(f"{field}[{k}][0] (Li fraction)", point[0], 0.0, 1.0)
+            _positive(f"{field}[{k}][1] (S/m)", point[1])
+        xs = tuple(float(p[0]) for p in value)
+        if any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ConfigError(f"{field}: the Li fractions {list(xs)} must increase strictly")
+        return xs, tuple(float(p[1]) for p in value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,6 +397,9 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         for key in ("diffusivity_m2_s", "expansion", "steps"):
             if isinstance(cleaned.get(key), list):
                 cleaned[key] = tuple(cleaned[key])
+        if isinstance(cleaned.get("active_electronic_S_m"), list):  # table rows as pairs
+            cleaned["active_electronic_S_m"] = tuple(
+                tuple(row) if isinstance(row, list) else row for row in cleaned["active_electronic_S_m"])
         try:
             sections[section] = cls(**cleaned)
         except TypeError as err:  # pragma: no cover - guarded by the key check above

@@ -16,6 +16,16 @@ Sources
   121 (2013); re-derive if you use another composition).
 * NCM111: D = (1e-14, 1e-14, 1e-20) m²/s, physics.md scenario S2. c_max from the
   R-3m cell a = 2.860 Å, c = 14.23 Å (Noh et al. 2013, x = 1/3): 49 420 mol/m³.
+
+Electronic conductivity of the active material vs Li fraction x
+(``ELECTRONIC_CONDUCTIVITY_LAWS``, tables of (x, σ in S/m) interpolated in log σ):
+
+* ``"amin_chiang_2016"``: Li(1−y)Ni1/3Mn1/3Co1/3O2 (NMC333) measured by DC
+  polarisation and impedance, Amin & Chiang, J. Electrochem. Soc. 163, A1512 (2016):
+  σ_e rises "from ∼10⁻⁷ S cm⁻¹ to ∼10⁻² S cm⁻¹" as y goes from 0 to 0.75, i.e.
+  10⁻⁵ S/m at x = 1 and 1 S/m at x = 0.25 (held beyond). Only these end points, as
+  stated in the abstract, enter the table; the measured curve between them is not
+  reproduced (log-linear in between is this code's assumption).
 """
 
 from __future__ import annotations
@@ -59,6 +69,11 @@ ACTIVE_MATERIALS = {
         (1e-14, 1e-14, 1e-20),
         "physics.md S2; c_max from Noh et al., JPS 233, 121 (2013) lattice",
     ),
+}
+
+
+ELECTRONIC_CONDUCTIVITY_LAWS = {
+    "amin_chiang_2016": ((0.25, 1.0), (1.0, 1e-5)),
 }
 
 

@@ -169,6 +169,34 @@ def _check_options(ndim, axis, lo, hi, lateral, preconditioner):
 
 
 # ----------------------------------------------------------------------------------
+# Composition-dependent conductivity
+# ----------------------------------------------------------------------------------
+
+
+def log_interpolated_conductivity(x, x_points, sigma_points):
+    """σ(x) interpolated linearly in log σ between tabulated points (S/m).
+
+    ``log σ(x) = log σ_k + (x − x_k)/(x_{k+1} − x_k) · (log σ_{k+1} − log σ_k)`` for
+    x_k ≤ x ≤ x_{k+1}, held at the end values outside the table. Layered-oxide
+    electronic conductivities change by orders of magnitude with the Li fraction x
+    (e.g. ~10⁻⁵ to ~1 S/m for NMC333 between x = 1 and 0.25, Amin & Chiang, JES 163,
+    A1512 (2016)), so the interpolation is geometric, not linear.
+
+    Args:
+        x: Li fraction per voxel (any shape).
+        x_points: increasing table abscissae (static sequence).
+        sigma_points: conductivities at x_points (S/m, > 0, static sequence).
+
+    Returns:
+        σ with the shape and dtype of ``x``; differentiable in x (piecewise).
+    """
+    x = jnp.asarray(x)
+    xp = jnp.asarray(x_points, x.dtype)
+    log_sp = jnp.log(jnp.asarray(sigma_points, x.dtype))
+    return jnp.exp(jnp.interp(x, xp, log_sp))
+
+
+# ----------------------------------------------------------------------------------
 # Stencil pieces
 # ----------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from ssbx.engine.errors import ConfigError, SimulationDiverged
 from ssbx.engine.io import load_run
 from ssbx.engine.materials import FARADAY
 from ssbx.engine.protocol import parse_protocol, parse_step
+from ssbx.engine.materials import ELECTRONIC_CONDUCTIVITY_LAWS
+from ssbx.kernels.conduction import log_interpolated_conductivity
 from ssbx.kernels.electrode import interface_faces, solve_coupled
 
 
@@ -63,6 +65,39 @@ def test_coupled_solve_is_differentiable(x64):
     grad = jax.grad(voltage)(0.05)
     exact = -2e-9 * (n - k - 0.5) * h / (4 * h * h) / 0.05**2
     assert float(grad) == pytest.approx(exact, rel=1e-6)
+
+
+def test_log_interpolated_conductivity(x64):
+    """Exact at the table points, geometric mean half-way, held outside the table, and
+    dσ/dx = σ ln(σ₂/σ₁)/(x₂ − x₁) inside a segment."""
+    xs, sig = (0.25, 0.6, 1.0), (1.0, 3e-3, 1e-5)
+    law = lambda x: log_interpolated_conductivity(x, xs, sig)  # noqa: E731
+    np.testing.assert_allclose(law(jnp.asarray(xs)), sig, rtol=1e-12)
+    assert float(law(0.8)) == pytest.approx(np.sqrt(3e-3 * 1e-5), rel=1e-12)
+    assert float(law(0.1)) == pytest.approx(1.0) and float(law(1.0)) == pytest.approx(1e-5)
+    x = 0.4
+    assert float(jax.grad(law)(x)) == pytest.approx(float(law(x)) * np.log(3e-3 / 1.0) / 0.35, rel=1e-10)
+
+
+def test_x_dependent_conductivity_column_resistance(x64):
+    """An active column whose Li fraction falls linearly from the collector to the
+    interface, with σ(x) of Amin & Chiang (2016): the voltage is I times the series sum
+    h/(2σ_0) + Σ_j (h/2σ_j + h/2σ_(j+1)) + 1/g + L_e/σ_e over the cross-section."""
+    n, k, h, g_kin, sigma_e = 12, 5, 1e-6, 40.0, 0.05
+    s, e, _, faces, g, c, _ = _slab(n, k, h, 1.0, sigma_e, g_kin)
+    x_col = np.linspace(0.95, 0.3, k)
+    x = np.zeros((2, 2, n))
+    x[..., :k] = x_col
+    law = ELECTRONIC_CONDUCTIVITY_LAWS["amin_chiang_2016"]
+    sigma_col = np.asarray(log_interpolated_conductivity(jnp.asarray(x_col), *law))
+    s = jnp.where(jnp.asarray(x) > 0, log_interpolated_conductivity(jnp.asarray(x), *law), 0.0)
+    area = 4 * h * h
+    r_s = (np.sum(h / sigma_col) - 0.5 * h / sigma_col[-1]) / area
+    resistance = r_s + 1 / (g_kin * area) + (n - k - 0.5) * h / (sigma_e * area)
+    current = 2e-9
+    sol = solve_coupled(s, e, h, faces, g, c, 0.0, stack_axis=2, current=current, rtol=1e-13, maxiter=2000)
+    assert float(sol.voltage) == pytest.approx(current * resistance, rel=1e-8)
+    assert r_s > 0.5 * resistance  # the poorly conducting lithiated end dominates the drop
 
 
 SMALL = {
@@ -130,6 +165,40 @@ def test_protocol_steps_and_outputs(small_run):
     assert np.all(ts["bv_residual"][1:] < 1e-2)
 
 
+def test_lithium_dependent_active_conductivity_run(tmp_path, x64):
+    """With σ_s(x) of Amin & Chiang (2016) in the particle: the stored σ_s equals the law
+    at the stored Li fraction, delithiation raises it, and the cell solve at a uniform x
+    is the constant-σ solve at σ(x) (the law is what enters the potentials)."""
+    law_name = "amin_chiang_2016"
+    data = dict(SMALL, electrochemistry={"time_step_s": 60.0, "active_electronic_S_m": law_name},
+                protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 3 min"]})
+    scenario = scenario_from_dict(data)
+    out = tmp_path / "law.h5"
+    cellmod.run_cell(scenario, out, progress=False, dtype=jnp.float64)
+    run = load_run(out)
+    soc, sig = run.fields["soc"][-1], run.fields["sigma_s_S_m"][-1]
+    active = np.isfinite(soc)
+    expected = np.asarray(log_interpolated_conductivity(jnp.asarray(soc[active]),
+                                                        *ELECTRONIC_CONDUCTIVITY_LAWS[law_name]))
+    # fields are stored in float32: δx ~ 6e-8 moves σ by d ln σ/dx · δx ≈ 15 · 6e-8
+    np.testing.assert_allclose(sig[active], expected, rtol=1e-5)
+    assert np.nanmax(sig[active]) > np.nanmax(run.fields["sigma_s_S_m"][0][active])
+
+    micro, info = cellmod.cell_microstructure(scenario)
+    x0 = 0.9
+    const = scenario.replace(electrochemistry={
+        "active_electronic_S_m": float(log_interpolated_conductivity(x0, *ELECTRONIC_CONDUCTIVITY_LAWS[law_name]))})
+    volts = []
+    for sc in (scenario, const):
+        model = cellmod.build_cell_model(sc, micro, info, jnp.float64)
+        x = jnp.where(model.grain_id >= 0, x0, 0.0)
+        zero = jnp.zeros_like(x)
+        out = cellmod.electrochemical_solve(model, x, zero, zero, jnp.zeros((2, 2) + x.shape), 3.7, 1e-10,
+                                            1e-10, False)
+        volts.append(float(out[2]))
+    assert volts[0] == pytest.approx(volts[1], abs=1e-9)
+
+
 def test_nan_stops_with_step_and_time(tmp_path, monkeypatch):
     original = cellmod.electrochemical_solve
     calls = {"n": 0}
@@ -189,6 +258,25 @@ def test_user_capacity_sets_the_c_rate(tmp_path):
     np.testing.assert_allclose(run.timeseries["current_A"], 4e-11, rtol=1e-4)
     with pytest.raises(ConfigError, match="cell.capacity_Ah = -1"):
         scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], capacity_Ah=-1)))
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("copper", ["active_electronic_S_m = 'copper'", "amin_chiang_2016"]),
+        ([[0.2, 1.0]], ["at least two points"]),
+        ([[0.5, 1.0], [0.2, 1e-3]], ["must increase strictly"]),
+        ([[0.2, 1.0], [1.2, 1e-3]], ["[1][0] (Li fraction) = 1.2", "[0.0, 1.0]"]),
+        ([[0.2, 1.0], [0.9, -1e-3]], ["[1][1] (S/m) = -0.001", "> 0"]),
+        ([[0.2, 1.0], [0.9]], ["[1] = [0.9]", "pair"]),
+        (-0.1, ["active_electronic_S_m = -0.1", "> 0"]),
+    ],
+)
+def test_bad_active_conductivity(value, words):
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict(dict(SMALL, electrochemistry={"active_electronic_S_m": value}))
+    for word in words:
+        assert word in str(err.value)
 
 
 def test_bad_cell_inputs():
