@@ -279,7 +279,8 @@ class ElectrochemistryConfig:
         for k, point in enumerate(value):
             if (not isinstance(point, (list, tuple)) or len(point) != 2
                     or not all(_is_number(v) for v in point)):
-                raise ConfigError(f"{field}[{k}] = {point!r}: each table entry is a pair [x, S/m]")
+                shown = list(point) if isinstance(point, tuple) else point
+                raise ConfigError(f"{field}[{k}] = {shown!r}: each table entry is a pair [x, S/m]")
             _in_range(f"{field}[{k}][0] (Li fraction)", point[0], 0.0, 1.0)
             _positive(f"{field}[{k}][1] (S/m)", point[1])
         xs = tuple(float(p[0]) for p in value)

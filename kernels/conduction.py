@@ -487,14 +487,17 @@ def _make_multigrid(g, gb, omega=0.6, nu=2):
         if level == len(levels) - 1:
             return (coarse_inv @ r.reshape(-1)).reshape(r.shape)
         dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
-        x = omega * dinv * r
-        for _ in range(nu - 1):
-            x = x + omega * dinv * (r - apply_operator(x, lg, lgb))
+
+        def sweep(_, x):
+            return x + omega * dinv * (r - apply_operator(x, lg, lgb))
+
+        # the sweeps run in a loop, not unrolled: XLA's CPU backend fuses an unrolled chain
+        # of stencils into one kernel that recomputes every neighbour of every earlier
+        # sweep (measured 10x slower at 77x77x107)
+        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
         rc = _restrict(r - apply_operator(x, lg, lgb), caxes)
         x = x + _prolong(vcycle(level + 1, rc), r.shape, caxes)
-        for _ in range(nu):
-            x = x + omega * dinv * (r - apply_operator(x, lg, lgb))
-        return x
+        return jax.lax.fori_loop(0, nu, sweep, x)
 
     return lambda r: vcycle(0, r)
 
