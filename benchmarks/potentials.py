@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/potentials.py [--sizes 32 64 128] [--contrasts 1 1e2 1e4 1e6]
                                      [--preconditioners jacobi fft multigrid]
-                                     [--multigrid-max-n 64]
+                                     [--multigrid-max-n 256]
 
 Problem: a two-phase voxel structure n³ (volume fraction 1/2) made by thresholding a
 Gaussian-filtered white noise (correlation length ~2 voxels, periodic filter, seed 0),
@@ -93,13 +93,13 @@ def bench(n, contrasts, preconditioners, repeats, maxiter):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--contrasts", type=float, nargs="+", default=[1.0, 1e2, 1e4, 1e6])
     p.add_argument("--preconditioners", nargs="+", default=["jacobi", "fft", "multigrid"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--maxiter", type=int, default=20000)
-    p.add_argument("--multigrid-max-n", type=int, default=64,
-                   help="skip the multigrid preconditioner above this n (slow V-cycle on CPU)")
+    p.add_argument("--multigrid-max-n", type=int, default=256,
+                   help="skip the multigrid preconditioner above this n")
     args = p.parse_args(argv)
     info = device_info()
     rows = []
