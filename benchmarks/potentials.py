@@ -112,7 +112,7 @@ def main(argv=None):
         "dtype": "float32",
         "rtol": 1e-6,
         "structure": "thresholded Gaussian-filtered noise (sigma 2 voxels), volume fraction 0.5",
-        "note": "CPU runs share 2 cores with other jobs; times are indicative",
+        "note": "CPU runs share 2 cores with other jobs; times are indicative" if info["platform"] == "cpu" else "",
         "results": rows,
     }
     path = write_result("potentials", payload)

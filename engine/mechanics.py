@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssbx.kernels import elasticity as kel
+from ssbx.kernels.rotations import HIGHEST
 from ssbx.kernels.stiffness import grain_expansion_table
 
 from .errors import ConfigError
@@ -216,7 +217,7 @@ class StressCoupling(eqx.Module):
         )
         b = jnp.moveaxis(table[self.phase_index], -1, 0)  # (6, *grid)
         shear_twice = jnp.asarray([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], x.dtype)  # tensor (not Voigt) shear
-        work = jnp.tensordot(shear_twice, result.stress * b, axes=1)
+        work = jnp.tensordot(shear_twice, result.stress * b, axes=1, precision=HIGHEST)
         return jnp.where(active, work / (c_max_mol_m3 * GAS_CONSTANT * self.temperature_K), 0.0)
 
 

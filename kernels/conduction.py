@@ -109,6 +109,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import fft as jfft
 
+from .rotations import HIGHEST
+
 __all__ = [
     "PotentialSolution",
     "solve_potential",
@@ -475,7 +477,7 @@ def _dense_inverse(g, gb, diag):
     w, v = jnp.linalg.eigh(mat)
     cutoff = jnp.max(jnp.abs(w)) * n * jnp.finfo(gb.dtype).eps
     winv = jnp.where(w > cutoff, 1.0 / jnp.where(w > cutoff, w, 1.0), 0.0)
-    return (v * winv) @ v.T
+    return jnp.matmul(v * winv, v.T, precision=HIGHEST)
 
 
 def _make_multigrid(g, gb, omega=0.6, nu=2):
@@ -485,7 +487,7 @@ def _make_multigrid(g, gb, omega=0.6, nu=2):
     def vcycle(level, r):
         lg, lgb, diag, caxes = levels[level]
         if level == len(levels) - 1:
-            return (coarse_inv @ r.reshape(-1)).reshape(r.shape)
+            return jnp.matmul(coarse_inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
         dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
 
         def sweep(_, x):

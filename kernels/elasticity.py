@@ -130,6 +130,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .rotations import HIGHEST
 from .stiffness import (
     SQRT2,
     ElasticParameterError,
@@ -452,7 +453,7 @@ def _solve(t0, t1, idx, x, expansion, eig_field, x_ref, e_strain, s_stress, mask
 
     def precond(v):
         u, e = v
-        return (precond_u(u), m_e_inv @ e)
+        return (precond_u(u), jnp.matmul(m_e_inv, e, precision=HIGHEST))
 
     def solve(mv, rhs):
         return _pcg(mv, rhs, precond, tol, maxiter)

@@ -8,7 +8,12 @@ frame, and a crystal-frame tensor T_c becomes T = R T_c Rᵀ in the sample frame
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+
+# Contractions in full float32: on Ampere/Hopper GPUs XLA's default precision contracts
+# float32 in TF32 (about 1e-3 relative), which would perturb tensors and solver residuals.
+HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def quaternion_to_matrix(q):
@@ -79,4 +84,4 @@ def rotate_principal_tensor(rotations, principal):
         (n, 3, 3) symmetric tensors in the sample frame.
     """
     principal = jnp.broadcast_to(jnp.asarray(principal), rotations.shape[:-1])
-    return jnp.einsum("nik,nk,njk->nij", rotations, principal, rotations)
+    return jnp.einsum("nik,nk,njk->nij", rotations, principal, rotations, precision=HIGHEST)

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .rotations import quaternion_to_matrix
+from .rotations import HIGHEST, quaternion_to_matrix
 
 #: Component order of symmetric tensors (Voigt order).
 COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -135,7 +135,7 @@ def mandel_rotation(rotations):
         else:
             basis[k, i, j] = basis[k, j, i] = 1.0 / SQRT2
     basis = jnp.asarray(basis, dtype=rotations.dtype)
-    rotated = jnp.einsum("...ia,kab,...jb->...kij", rotations, basis, rotations)
+    rotated = jnp.einsum("...ia,kab,...jb->...kij", rotations, basis, rotations, precision=HIGHEST)
     # Mandel vector of each rotated basis tensor: diagonal, then √2 × off-diagonal
     cols = jnp.stack(
         [
@@ -167,7 +167,7 @@ def rotate_stiffness(c_voigt, rotations):
     rotations = jnp.asarray(rotations)
     q = mandel_rotation(rotations)
     c_m = voigt_to_mandel_stiffness(jnp.broadcast_to(jnp.asarray(c_voigt), q.shape))
-    return mandel_to_voigt_stiffness(jnp.einsum("nij,njk,nlk->nil", q, c_m, q))
+    return mandel_to_voigt_stiffness(jnp.einsum("nij,njk,nlk->nil", q, c_m, q, precision=HIGHEST))
 
 
 # ----------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def grain_expansion_table(quaternions, beta):
     """
     r = quaternion_to_matrix(quaternions)
     beta = jnp.broadcast_to(jnp.asarray(beta, dtype=r.dtype), r.shape[:-1])
-    t = jnp.einsum("nik,nk,njk->nij", r, beta, r)
+    t = jnp.einsum("nik,nk,njk->nij", r, beta, r, precision=HIGHEST)
     return tensor_to_components(t, axis=-1)
 
 
