@@ -3,6 +3,7 @@
 Run:  python benchmarks/cell_resolution.py [--voxel-sizes 1e-6 4e-7 2e-7 1e-7]
                                           [--minutes 10] [--preconditioner multigrid]
       python benchmarks/cell_resolution.py --full --voxel-sizes 1e-7 [--wall-limit-s 600]
+      python benchmarks/cell_resolution.py --replot benchmarks/results/s2_full_run_<device>.json
 
 Takes ``examples/ncm111_llzo_single_particle.toml`` (physics.md S2: NCM111 particle of
 radius 5 µm, 53 grains, in ECBD, LLZO separator, Li anode) and runs the first
@@ -21,13 +22,14 @@ reported separately.
 ``--full`` runs the example's whole protocol (1C charge to 4.3 V, rest, 1C discharge to
 3.0 V) instead, and adds the status, capacities, Coulombic efficiency and the charge
 balance ∫ I dt vs F ΔM_Li to each row; results go to
-benchmarks/results/s2_full_run_<device>.json. ``--wall-limit-s`` stops a run cleanly
+benchmarks/results/s2_full_run_<device>.json with a voltage/current figure beside it. ``--wall-limit-s`` stops a run cleanly
 after that much wall time (the rows then say where it stopped).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -154,6 +156,31 @@ def full_run_summary(path: Path, ts: dict, status: str, x_initial: float) -> dic
     }
 
 
+def plot_full_run(payload: dict, path: Path) -> None:
+    """Voltage and current against time for each whole-protocol run in ``payload``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_v, ax_i) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[3, 1])
+    for r in payload["results"]:
+        t_min = np.asarray(r["t_s"]) / 60.0
+        grid = "x".join(map(str, r["grid"]))
+        label = (f"{r['voxel_size_m'] * 1e9:.0f} nm ({grid}), CE {r['cycles']['coulombic_efficiency'][0]:.3f}"
+                 if r.get("cycles") else f"{r['voxel_size_m'] * 1e9:.0f} nm ({grid})")
+        ax_v.plot(t_min, r["voltage_V"], label=label)
+        ax_i.plot(t_min, 1e9 * np.asarray(r["current_A"]))
+    ax_v.set_ylabel("cell voltage (V)")
+    ax_v.legend(loc="lower center")
+    ax_v.set_title(f"{payload['scenario']}: {payload['device']['device_kind']}", fontsize=10)
+    ax_i.set_ylabel("current (nA)")
+    ax_i.set_xlabel("time (min)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def compare(rows: list[dict], minutes: float) -> list[dict]:
     """Voltage of each grid at common times (after the first minute) vs the finest grid."""
     finest = min(rows, key=lambda r: r["voxel_size_m"])
@@ -175,7 +202,11 @@ def main(argv=None):
     p.add_argument("--preconditioner", default="multigrid", choices=["jacobi", "multigrid"])
     p.add_argument("--full", action="store_true", help="run the example's whole protocol")
     p.add_argument("--wall-limit-s", type=float, default=None, help="stop each run cleanly after this wall time")
+    p.add_argument("--replot", type=Path, default=None, help="only redraw the figure of a --full results file")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        plot_full_run(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        return
     info = device_info()
     minutes = None if args.full else args.minutes
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +224,8 @@ def main(argv=None):
         payload["voltage_convergence"] = compare(rows, args.minutes)
     path = write_result(payload["benchmark"], payload)
     print(f"wrote {path}")
+    if args.full:
+        plot_full_run(payload, Path(path).with_suffix(".png"))
     for r in rows if args.full else []:
         print(f"h={r['voxel_size_m']:.1e}: {r['status']} t_end={r['t_end_s']:.0f} s cycles={r['cycles']} "
               f"charge balance {r['charge_balance_rel']:.1e}")
