@@ -58,7 +58,8 @@ from .config import Scenario
 from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
-from .microstructure import ECBD, ION_CONDUCTORS, SOLID_ELECTROLYTE, Microstructure
+from .microstructure import (ACTIVE, CARBON, COLLECTOR, ECBD, ION_CONDUCTORS, LABEL_NAMES, LI_METAL,
+                             SOLID_ELECTROLYTE, Microstructure)
 from .model import component_table, TransportParams
 from .protocol import parse_protocol
 
@@ -170,15 +171,41 @@ class CellModel(eqx.Module):
         return -eta
 
 
+def phase_conductivities(labels: np.ndarray, ec) -> tuple[np.ndarray, np.ndarray]:
+    """Electronic and ionic conductivity maps σ_s, σ_e (S/m) of a label volume.
+
+    Electron conductors (physics.md §2): active NCM (``active_electronic_S_m``; under an
+    x-dependent law this map holds the law's largest value and the step re-evaluates
+    the active voxels), carbon and the ECBD. Ion conductors: solid electrolyte
+    (``separator_ionic_S_m``, the separator and any SE voxel of the composite) and the
+    ECBD. Pores conduct neither; the collector and the Li metal are the stack's end
+    faces, not voxels, so a volume that still holds them is refused.
+    """
+    labels = np.asarray(labels)
+    for label in (LI_METAL, COLLECTOR):
+        if np.any(labels == label):
+            raise ConfigError(
+                f"cell geometry: {int(np.sum(labels == label))} voxels are labelled {LABEL_NAMES[label]!r} "
+                f"({label}); the collector and the Li anode are the stack's end faces, not voxels")
+    law = ec.active_conductivity_table()
+    sigma_active = ec.active_electronic_S_m if law is None else max(law[1])
+    electronic = {ACTIVE: sigma_active, CARBON: ec.carbon_electronic_S_m, ECBD: ec.ecbd_electronic_S_m}
+    ionic = {SOLID_ELECTROLYTE: ec.separator_ionic_S_m, ECBD: ec.ecbd_ionic_S_m}
+    sigma_s = np.zeros(labels.shape)
+    sigma_e = np.zeros(labels.shape)
+    for label, value in electronic.items():
+        sigma_s[labels == label] = value
+    for label, value in ionic.items():
+        sigma_e[labels == label] = value
+    return sigma_s, sigma_e
+
+
 def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtype) -> CellModel:
     ec = scenario.electrochemistry
     labels = micro.labels
     active = micro.active
     law = ec.active_conductivity_table()
-    sigma_active = ec.active_electronic_S_m if law is None else max(law[1])  # placeholder under a law
-    sigma_s = np.where(active, sigma_active, 0.0) + np.where(labels == ECBD, ec.ecbd_electronic_S_m, 0.0)
-    sigma_e = np.where(labels == ECBD, ec.ecbd_ionic_S_m, 0.0) + np.where(
-        labels == SOLID_ELECTROLYTE, ec.separator_ionic_S_m, 0.0)
+    sigma_s, sigma_e = phase_conductivities(labels, ec)
     stack = micro.ndim - 1
     faces = interface_faces(active, np.isin(labels, ION_CONDUCTORS), stack)
     counts = micro.reactive_face_count()
@@ -367,10 +394,14 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                                        scenario.numerics.time_step_safety)
 
     x = jnp.where(jnp.asarray(active), jnp.asarray(mat.x_initial, dtype), jnp.asarray(0.0, dtype))
+    # host-side checks and sums look at the particle's bounding box only (every active
+    # voxel and every interface current is inside it): at 100 nm that is a fifth of the grid
+    box = tuple(slice(a, b) for a, b in model.active_box)
+    active_box = active[box]
     v_ref = float(get_ocv(ec.ocv)(mat.x_initial))  # φ_s is stored as φ_s − v_ref
     phi_s = jnp.zeros_like(x)
     phi_e = jnp.zeros_like(phi_s)
-    li_of = lambda x: model.c_max * h**micro.ndim * float(np.sum(np.asarray(x, np.float64)[active]))  # noqa: E731
+    li_of = lambda xa: model.c_max * h**micro.ndim * float(np.sum(xa, dtype=np.float64))  # noqa: E731
     t = 0.0
     n_done = 0
     charge_in = 0.0  # ∫ I dt, C
@@ -429,8 +460,8 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                         )
                     current = current_now
                     # adaptive step: no voxel covers more than half its distance to 0 or 1
-                    rate = -np.asarray(voxel_current, np.float64)[active] / (FARADAY * model.c_max * h**micro.ndim)
-                    xa = np.asarray(x, np.float64)[active]
+                    rate = -np.asarray(voxel_current[box], np.float64)[active_box] / (FARADAY * model.c_max * h**micro.ndim)
+                    xa = np.asarray(x[box], np.float64)[active_box]
                     room = np.where(rate < 0, xa, 1.0 - xa)
                     with np.errstate(divide="ignore"):
                         limit = np.min(np.where(rate != 0, 0.5 * room / np.abs(rate), np.inf))
@@ -445,7 +476,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                         break
                     n_sub = max(1, math.ceil(dt / dt_stable))
                     x = diffuse(model, x, voxel_current, jnp.asarray(dt, dtype), jnp.asarray(n_sub, jnp.int32))
-                    xa = np.asarray(x)[active]
+                    xa = np.asarray(x[box])[active_box]
                     if not np.all(np.isfinite(xa)):
                         raise SimulationDiverged(f"step {k + 1} ({step.text!r}) at t = {t + dt:.6g} s: x became NaN/Inf")
                     if xa.min() < 0 or xa.max() > 1:
@@ -458,7 +489,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                     charge_in += current * dt
                     writer.append_timeseries({
                         "t_s": np.array([t]), "voltage_V": np.array([voltage]), "current_A": np.array([current]),
-                        "li_mol": np.array([li_of(x)]), "mean_soc": np.array([float(xa.mean())]),
+                        "li_mol": np.array([li_of(xa)]), "mean_soc": np.array([float(xa.mean())]),
                         "charge_Ah": np.array([charge_in / 3600.0]), "step_index": np.array([k]),
                         "cycle_index": np.array([k // cycle_len]), "cg_iterations": np.array([int(iters)]),
                         "bv_residual": np.array([float(bv_res)]),

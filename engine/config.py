@@ -224,6 +224,7 @@ class ElectrochemistryConfig:
     # a constant (S/m), the name of a sourced law in ELECTRONIC_CONDUCTIVITY_LAWS, or a
     # table [[x, σ], ...] of Li fraction and S/m, interpolated in log σ
     active_electronic_S_m: float | str | tuple = 0.1
+    carbon_electronic_S_m: float = 1000.0  # 10 S/cm, mid-range of carbon additives (physics.md §2: 1–100 S/cm)
     ecbd_electronic_S_m: float = 10.0
     ecbd_ionic_S_m: float = 0.02
     separator_ionic_S_m: float = 0.04
@@ -240,7 +241,7 @@ class ElectrochemistryConfig:
             raise ConfigError(f"electrochemistry.ocv = {self.ocv!r}: valid names are {sorted(available_ocv())}")
         self.active_conductivity_table()
         for name in ("exchange_current_A_m2", "anode_exchange_current_A_m2", "temperature_K",
-                     "ecbd_electronic_S_m", "ecbd_ionic_S_m",
+                     "carbon_electronic_S_m", "ecbd_electronic_S_m", "ecbd_ionic_S_m",
                      "separator_ionic_S_m", "time_step_s"):
             _positive(f"electrochemistry.{name}", getattr(self, name))
         for name in ("alpha_a", "alpha_c"):

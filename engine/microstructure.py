@@ -323,11 +323,16 @@ def _uniform_in_ball(n: int, radius: float, ndim: int, rng: np.random.Generator)
 
 
 def _power_assignment(points: np.ndarray, seeds: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Index of the seed with the smallest power distance |p − s|² − w, chunked."""
-    bias = np.sum(seeds**2, axis=1) - weights  # |s|² − w; |p|² is common to all seeds
-    out = np.empty(points.shape[0], dtype=np.int64)
-    chunk = max(1, 4_000_000 // max(1, seeds.shape[0]))
-    for start in range(0, points.shape[0], chunk):
-        p = points[start : start + chunk]
-        out[start : start + chunk] = np.argmin(bias[None, :] - 2.0 * p @ seeds.T, axis=1)
-    return out
+    """Index of the seed with the smallest power distance |p − s|² − w (Laguerre cells).
+
+    Exact nearest-neighbour search one dimension up: with W = max w, the lifted seed
+    (s, √(W − w)) and point (p, 0) are |p − s|² + W − w apart, so the nearest lifted
+    seed owns p in the power diagram (Aurenhammer, SIAM J. Comput. 16, 78 (1987)). A k-d
+    tree makes this O(N log n) rather than O(N n): a 256³ box with 6400 grains takes
+    seconds instead of minutes.
+    """
+    from scipy.spatial import cKDTree
+
+    lifted = np.column_stack([seeds, np.sqrt(np.max(weights) - weights)])
+    _, owner = cKDTree(lifted).query(np.column_stack([points, np.zeros(len(points))]), workers=-1)
+    return np.asarray(owner, dtype=np.int64)

@@ -14,6 +14,7 @@ from ssbx.engine.io import load_run
 from ssbx.engine.materials import FARADAY
 from ssbx.engine.protocol import parse_protocol, parse_step
 from ssbx.engine.materials import ELECTRONIC_CONDUCTIVITY_LAWS
+from ssbx.engine.microstructure import ACTIVE, CARBON, ION_CONDUCTORS, LI_METAL, SOLID_ELECTROLYTE
 from ssbx.kernels.conduction import log_interpolated_conductivity
 from ssbx.kernels.electrode import interface_faces, solve_coupled
 
@@ -98,6 +99,33 @@ def test_x_dependent_conductivity_column_resistance(x64):
     sol = solve_coupled(s, e, h, faces, g, c, 0.0, stack_axis=2, current=current, rtol=1e-13, maxiter=2000)
     assert float(sol.voltage) == pytest.approx(current * resistance, rel=1e-8)
     assert r_s > 0.5 * resistance  # the poorly conducting lithiated end dominates the drop
+
+
+def test_carbon_and_electrolyte_phases_in_a_series_column(x64):
+    """Collector | 3 carbon | 2 active ‖ 7 solid electrolyte | anode, conductivities
+    from the labels (cell.phase_conductivities): V = I [3h/σ_C + 1.5h/σ_A + 1/g +
+    6.5h/σ_SE]/A, since a face between two voxels has the harmonic-mean conductance
+    (a carbon|active face adds h/2σ_C + h/2σ_A) and only the active|SE face reacts."""
+    n, h, g_kin, current = 12, 1e-6, 40.0, 2e-9
+    sig_c, sig_a, sig_se = 50.0, 0.5, 0.04
+    labels = np.full((2, 2, n), SOLID_ELECTROLYTE, np.uint8)
+    labels[..., :3] = CARBON
+    labels[..., 3:5] = ACTIVE
+    ec = scenario_from_dict(dict(SMALL, electrochemistry={
+        "carbon_electronic_S_m": sig_c, "active_electronic_S_m": sig_a, "separator_ionic_S_m": sig_se})).electrochemistry
+    sigma_s, sigma_e = cellmod.phase_conductivities(labels, ec)
+    assert set(np.unique(sigma_s)) == {0.0, sig_a, sig_c} and set(np.unique(sigma_e)) == {0.0, sig_se}
+    faces = interface_faces(labels == ACTIVE, np.isin(labels, ION_CONDUCTORS), stack_axis=2)
+    area = 4 * h * h
+    conductance = tuple(jnp.where(m, g_kin * h * h, 0.0) for m in faces.masks)
+    offset = tuple(jnp.zeros(labels.shape) for _ in faces.masks)
+    resistance = (3 * h / sig_c + 1.5 * h / sig_a + 1 / g_kin + (n - 5 - 0.5) * h / sig_se) / area
+    sol = solve_coupled(jnp.asarray(sigma_s), jnp.asarray(sigma_e), h, faces, conductance, offset, 0.0,
+                        stack_axis=2, current=current, rtol=1e-13, maxiter=2000)
+    assert float(sol.voltage) == pytest.approx(current * resistance, rel=1e-9)
+    labels[0, 0, -1] = LI_METAL
+    with pytest.raises(ConfigError, match=r"1 voxels are labelled 'li_metal' \(5\)"):
+        cellmod.phase_conductivities(labels, ec)
 
 
 SMALL = {
