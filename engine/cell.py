@@ -139,6 +139,11 @@ class CellModel(eqx.Module):
     active_box: tuple = eqx.field(static=True, default=())
 
     @property
+    def box(self) -> tuple:
+        """Slices of the active voxels' bounding box (every interface current is inside)."""
+        return tuple(slice(a, b) for a, b in self.active_box)
+
+    @property
     def stack_axis(self) -> int:
         return self.grain_id.ndim - 1
 
@@ -355,7 +360,7 @@ def diffuse(model: CellModel, x, voxel_current, dt_s, n_sub):
     h = model.voxel_size_m
     # only the particle's bounding box: the stencil has no flux out of active voxels and
     # pads with zeros at the box edge, so the result is that of the whole grid
-    box = tuple(slice(a, b) for a, b in model.active_box)
+    box = model.box
     source = -voxel_current[box] / (FARADAY * model.c_max * h ** x.ndim)
     grain_id = model.grain_id[box]
     dt = dt_s / n_sub
@@ -396,7 +401,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     x = jnp.where(jnp.asarray(active), jnp.asarray(mat.x_initial, dtype), jnp.asarray(0.0, dtype))
     # host-side checks and sums look at the particle's bounding box only (every active
     # voxel and every interface current is inside it): at 100 nm that is a fifth of the grid
-    box = tuple(slice(a, b) for a, b in model.active_box)
+    box = model.box
     active_box = active[box]
     v_ref = float(get_ocv(ec.ocv)(mat.x_initial))  # φ_s is stored as φ_s − v_ref
     phi_s = jnp.zeros_like(x)
