@@ -63,7 +63,15 @@ from .microstructure import (ACTIVE, CARBON, COLLECTOR, ECBD, ION_CONDUCTORS, LA
 from .model import component_table, TransportParams
 from .protocol import parse_protocol
 
-GAS_CONSTANT = 8.314462618
+from ssbx.kernels.constants import GAS_CONSTANT  # noqa: E402
+
+
+def cell_capacity_Ah(scenario: Scenario, active_volume_m3: float) -> float:
+    """The capacity that sets both the cell's cross-section (through the areal capacity)
+    and 1C: ``cell.capacity_Ah`` when given, else the theoretical F·c_max·V_active."""
+    if scenario.cell.capacity_Ah is not None:
+        return float(scenario.cell.capacity_Ah)
+    return FARADAY * scenario.material.resolved_c_max() * active_volume_m3 / 3600.0
 
 
 def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
@@ -77,8 +85,7 @@ def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
     h = p.voxel_size_m
     ndim = particle.ndim
     block = particle.labels.shape[0]
-    c_max = scenario.material.resolved_c_max()
-    capacity_Ah = FARADAY * c_max * particle.active_volume_m3() / 3600.0  # (per m depth in 2D)
+    capacity_Ah = cell_capacity_Ah(scenario, particle.active_volume_m3())  # (per m depth in 2D)
     area = capacity_Ah * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)  # m² (m in 2D)
     lateral = round(area ** (1.0 / (ndim - 1)) / h)
     if lateral < block:
@@ -392,9 +399,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     h = micro.voxel_size_m
     active = micro.active
     volume = micro.active_volume_m3()
-    one_c = FARADAY * model.c_max * volume / 3600.0  # A, theoretical capacity in one hour
-    if scenario.cell.capacity_Ah is not None:
-        one_c = scenario.cell.capacity_Ah  # 1C = capacity / 1 h: Ah -> A numerically
+    one_c = info["capacity_Ah"]  # 1C = capacity / 1 h: Ah -> A numerically
     dt_stable = kdiff.stable_time_step(max(mat.resolved_diffusivity()), h, micro.ndim,
                                        scenario.numerics.time_step_safety)
 

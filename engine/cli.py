@@ -86,10 +86,13 @@ def cmd_run(args) -> int:
         t0 = time.perf_counter()
         try:
             if scenario.cell.enabled:
-                from .cell import run_cell
+                if scenario.numerics.cell_driver == "host":
+                    from .cell import run_cell as run_cell_driver
+                else:
+                    from .solve.cell_run import run_cell_device as run_cell_driver
 
-                result = run_cell(scenario, out, progress=not args.quiet,
-                                  dtype=jnp_dtype(scenario.run.dtype))
+                result = run_cell_driver(scenario, out, progress=not args.quiet,
+                                         dtype=jnp_dtype(scenario.run.dtype))
             else:
                 result = run_scenario(scenario, out, progress=not args.quiet)
         except SimulationDiverged as err:

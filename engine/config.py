@@ -100,6 +100,9 @@ class MaterialConfig:
         return float(self.c_max_mol_m3 or get_active_material(self.name).c_max_mol_m3)
 
 
+MAX_CYCLES = 100_000  # the device stepper counts protocol steps in int32
+
+
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
     """``prescribed_flux``: uniform surface flux at ``c_rate`` for ``duration_s``.
@@ -118,17 +121,17 @@ class ProtocolConfig:
         _choice("protocol.direction", self.direction, ("delithiation", "lithiation"))
         _positive("protocol.c_rate", self.c_rate)
         _positive("protocol.duration_s", self.duration_s)
-        if not _is_int(self.cycles) or self.cycles < 1:
-            raise ConfigError(f"protocol.cycles = {self.cycles!r}: must be an integer ≥ 1")
+        if not _is_int(self.cycles) or not 1 <= self.cycles <= MAX_CYCLES:
+            raise ConfigError(f"protocol.cycles = {self.cycles!r}: must be an integer in [1, {MAX_CYCLES}]")
         if self.kind == "cycling":
             if not self.steps:
                 raise ConfigError(
                     'protocol.steps = []: a cycling protocol needs steps, e.g. '
                     '["charge at 1C until 4.3 V", "rest 10 min", "discharge at 1C until 3.0 V"]'
                 )
-            from .protocol import parse_protocol
+            from .protocol import parse_cycle
 
-            parse_protocol(self.steps, self.cycles)
+            parse_cycle(self.steps)
 
     @property
     def sign(self) -> float:
@@ -295,6 +298,11 @@ class NumericsConfig:
     time_step_safety: float = 0.9
     max_time_step_s: float | None = None
     checkpoint_every: int = 16
+    # cell runs: steps per device call (the host writes records once per chunk), and
+    # which driver runs them ("device": engine.solve; "host": the legacy loop of
+    # engine/cell.py, kept until the device stepper has replaced it everywhere)
+    chunk_steps: int = 256
+    cell_driver: str = "device"
 
     def validate(self):
         if not 0 < self.time_step_safety <= 1:
@@ -307,6 +315,9 @@ class NumericsConfig:
             raise ConfigError(
                 f"numerics.checkpoint_every = {self.checkpoint_every!r}: must be an integer ≥ 1"
             )
+        if not _is_int(self.chunk_steps) or not 1 <= self.chunk_steps <= 100_000:
+            raise ConfigError(f"numerics.chunk_steps = {self.chunk_steps!r}: must be an integer in [1, 100000]")
+        _choice("numerics.cell_driver", self.cell_driver, ("device", "host"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,8 +35,7 @@ import math
 
 from .errors import ConfigError
 
-AVOGADRO = 6.02214076e23
-FARADAY = 96485.33212  # C/mol
+from ssbx.kernels.constants import AVOGADRO, FARADAY  # noqa: F401
 
 
 def layered_oxide_c_max(a_angstrom: float, c_angstrom: float, formula_units: int = 3) -> float:

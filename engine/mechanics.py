@@ -37,7 +37,7 @@ from .mechanics_materials import (
 from .microstructure import ACTIVE, Microstructure
 
 STACK_COMPONENT = {3: 2, 2: 1}  # σ_zz in 3D, σ_yy in the 2D (xx, yy, xy) layout
-GAS_CONSTANT = 8.314462618  # J/(mol K)
+from ssbx.kernels.constants import GAS_CONSTANT  # noqa: E402
 
 
 def check_material_name(field: str, name: str) -> None:

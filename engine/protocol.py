@@ -86,8 +86,10 @@ def parse_step(text: str, field: str = "protocol step") -> Step:
     return step
 
 
-def parse_protocol(steps, cycles: int = 1) -> list[Step]:
-    """All steps, repeated ``cycles`` times; checks that the voltage window is sane."""
+def parse_cycle(steps) -> list[Step]:
+    """The steps of one cycle; checks that the voltage window is sane."""
+    if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
+        raise ConfigError(f"protocol.steps = {steps!r}: must be a list of step strings such as [{GRAMMAR}]")
     parsed = [parse_step(s, f"protocol.steps[{i}]") for i, s in enumerate(steps)]
     charge = [s.voltage_V for s in parsed if s.mode == "cc" and s.sign > 0]
     discharge = [s.voltage_V for s in parsed if s.mode == "cc" and s.sign < 0]
@@ -96,4 +98,10 @@ def parse_protocol(steps, cycles: int = 1) -> list[Step]:
             f"protocol.steps: the lower cut-off {max(discharge)} V must be below the upper "
             f"cut-off {min(charge)} V"
         )
-    return parsed * int(cycles)
+    return parsed
+
+
+def parse_protocol(steps, cycles: int = 1) -> list[Step]:
+    """All steps, repeated ``cycles`` times (the expanded list of the host-side driver;
+    the device stepper keeps one cycle and a cycle counter, engine.solve.protocol)."""
+    return parse_cycle(steps) * int(cycles)

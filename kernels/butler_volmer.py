@@ -53,8 +53,7 @@ __all__ = [
     "interface_resistance_from_gap",
 ]
 
-FARADAY = 96485.33212  # C/mol (CODATA 2018, exact by SI definition)
-GAS_CONSTANT = 8.314462618  # J/(mol K) (CODATA 2018, exact by SI definition)
+from .constants import FARADAY, GAS_CONSTANT
 
 _NEWTON_STEPS = 30
 

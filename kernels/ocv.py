@@ -52,8 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FARADAY = 96485.33212  # C/mol
-GAS_CONSTANT = 8.314462618  # J/(mol K)
+from .constants import FARADAY, GAS_CONSTANT
 
 __all__ = ["OCVModel", "ocv_ncm811_chen2020", "ocv_ncm111_wu2012", "get_ocv", "available_ocv",
            "tabulated_ocv", "msmr_fraction", "msmr_potential", "msmr_ocv",

@@ -15,6 +15,9 @@ from ssbx.engine.materials import FARADAY
 from ssbx.engine.protocol import parse_protocol, parse_step
 from ssbx.engine.materials import ELECTRONIC_CONDUCTIVITY_LAWS
 from ssbx.engine.microstructure import ACTIVE, CARBON, ION_CONDUCTORS, LI_METAL, SOLID_ELECTROLYTE
+from ssbx.engine.solve import cell_step as stepmod
+from ssbx.engine.solve.cell_run import run_cell_device
+from ssbx.engine.solve.resolve import resolve_cell
 from ssbx.kernels.conduction import log_interpolated_conductivity
 from ssbx.kernels.electrode import interface_faces, solve_coupled
 
@@ -143,8 +146,9 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
+    """SMALL cycled by the device-resident stepper (the default driver)."""
     out = tmp_path_factory.mktemp("cell") / "cell.h5"
-    result = cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+    result = run_cell_device(scenario_from_dict(SMALL), out, progress=False)
     return result, load_run(out)
 
 
@@ -202,7 +206,7 @@ def test_lithium_dependent_active_conductivity_run(tmp_path, x64):
                 protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 3 min"]})
     scenario = scenario_from_dict(data)
     out = tmp_path / "law.h5"
-    cellmod.run_cell(scenario, out, progress=False, dtype=jnp.float64)
+    run_cell_device(scenario, out, progress=False, dtype=jnp.float64)
     run = load_run(out)
     soc, sig = run.fields["soc"][-1], run.fields["sigma_s_S_m"][-1]
     active = np.isfinite(soc)
@@ -212,36 +216,36 @@ def test_lithium_dependent_active_conductivity_run(tmp_path, x64):
     np.testing.assert_allclose(sig[active], expected, rtol=1e-5)
     assert np.nanmax(sig[active]) > np.nanmax(run.fields["sigma_s_S_m"][0][active])
 
-    micro, info = cellmod.cell_microstructure(scenario)
     x0 = 0.9
     const = scenario.replace(electrochemistry={
         "active_electronic_S_m": float(log_interpolated_conductivity(x0, *ELECTRONIC_CONDUCTIVITY_LAWS[law_name]))})
     volts = []
     for sc in (scenario, const):
-        model = cellmod.build_cell_model(sc, micro, info, jnp.float64)
-        x = jnp.where(model.grain_id >= 0, x0, 0.0)
+        r = resolve_cell(sc, jnp.float64)
+        x = jnp.where(r.geometry.active, x0, 0.0)
         zero = jnp.zeros_like(x)
-        out = cellmod.electrochemical_solve(model, x, zero, zero, jnp.zeros((2, 2) + x.shape), 3.7, 1e-10,
-                                            1e-10, False)
-        volts.append(float(out[2]))
+        derived = stepmod.derive(r.geometry, r.params, r.numerics)
+        sol = stepmod.potentials(r.geometry, r.params, r.numerics, derived, x, zero, zero,
+                                 jnp.zeros((2, 2) + x.shape), 3.7, False, 1e-10, 1e-10)
+        volts.append(float(sol.voltage))
     assert volts[0] == pytest.approx(volts[1], abs=1e-9)
 
 
-def test_nan_stops_with_step_and_time(tmp_path, monkeypatch):
-    original = cellmod.electrochemical_solve
-    calls = {"n": 0}
+def test_nan_stops_with_step_and_time(tmp_path):
+    """A potential solve that returns NaN on the third step: the run stops there, names
+    the protocol step and time, and the file keeps the two good steps."""
 
-    def poisoned(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            return (out[0], out[1], jnp.asarray(jnp.nan), *out[3:])  # V = NaN
-        return out
+    def poisoned(geometry, params, numerics, protocol, derived, state, x_initial):
+        def solve(*args, **kwargs):
+            sol = stepmod.potentials(*args, **kwargs)
+            return sol._replace(voltage=jnp.where(state.n_taken == 2, jnp.nan, sol.voltage))
 
-    monkeypatch.setattr(cellmod, "electrochemical_solve", poisoned)
+        return stepmod.cell_step(geometry, params, numerics, protocol, derived, state, x_initial, solve=solve)
+
     out = tmp_path / "nan.h5"
     with pytest.raises(SimulationDiverged, match=r"step 1 \('charge at 2C until 4.3 V or 10 min'\) at t = ") as err:
-        cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+        run_cell_device(scenario_from_dict(SMALL), out, progress=False, step=poisoned)
+    assert "V = nan" in str(err.value)
     t_fail = float(str(err.value).split("at t = ")[1].split(" s")[0])
     with h5py.File(out) as f:
         assert f.attrs["status"] == "diverged"
@@ -276,14 +280,21 @@ def test_bad_protocols(steps, words):
         assert word in str(err.value)
 
 
-def test_user_capacity_sets_the_c_rate(tmp_path):
-    """With cell.capacity_Ah given, 1C is that capacity per hour."""
+def test_user_capacity_sets_the_c_rate_and_the_area(tmp_path):
+    """With cell.capacity_Ah given, 1C is that capacity per hour, and the cross-section
+    is that capacity over the areal capacity (one number for both)."""
     data = dict(SMALL, cell=dict(SMALL["cell"], capacity_Ah=2e-11),
                 protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 1 min"]})
     out = tmp_path / "user_c.h5"
-    cellmod.run_cell(scenario_from_dict(data), out, progress=False)
+    run_cell_device(scenario_from_dict(data), out, progress=False)
     run = load_run(out)
     np.testing.assert_allclose(run.timeseries["current_A"], 4e-11, rtol=1e-4)
+    with h5py.File(out) as f:
+        area = f["geometry"].attrs["cell_area_m2"]
+    lateral = run.geometry["labels"].shape[0]
+    expected = 2e-11 * 1e3 / (SMALL["cell"]["areal_capacity_mAh_cm2"] * 1e4)  # m²
+    assert lateral == round(np.sqrt(expected) / run.voxel_size_m)
+    assert area == pytest.approx((lateral * run.voxel_size_m) ** 2)
     with pytest.raises(ConfigError, match="cell.capacity_Ah = -1"):
         scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], capacity_Ah=-1)))
 
@@ -317,3 +328,34 @@ def test_bad_cell_inputs():
     big = scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], areal_capacity_mAh_cm2=5.0)))
     with pytest.raises(ConfigError, match="cell.areal_capacity_mAh_cm2 = 5.0"):
         cellmod.cell_microstructure(big)
+
+
+def _compare_runs(new, old, cycles=True):
+    """The device stepper against the host loop: same accepted steps, V to 1e-4 V, I,
+    M_Li and time to 1e-5 relative, the same capacities and CE; fields to float32
+    round-off of the Li fraction."""
+    a, b = new.timeseries, old.timeseries
+    assert a["t_s"].shape == b["t_s"].shape
+    np.testing.assert_array_equal(a["step_index"], b["step_index"])
+    np.testing.assert_allclose(a["t_s"], b["t_s"], rtol=1e-5)
+    np.testing.assert_allclose(a["voltage_V"], b["voltage_V"], atol=1e-4)
+    scale = np.max(np.abs(b["current_A"]))
+    np.testing.assert_allclose(a["current_A"], b["current_A"], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(a["li_mol"], b["li_mol"], rtol=1e-5)
+    np.testing.assert_allclose(a["charge_Ah"], b["charge_Ah"], rtol=1e-5, atol=1e-5 * np.max(np.abs(b["charge_Ah"])))
+    assert new.status == old.status
+    np.testing.assert_allclose(new.fields["soc"], old.fields["soc"], atol=1e-5)
+    if cycles:
+        for name in ("charge_Ah", "discharge_Ah", "coulombic_efficiency"):
+            with h5py.File(new.path) as fa, h5py.File(old.path) as fb:
+                np.testing.assert_allclose(fa["cycles"][name][()], fb["cycles"][name][()], rtol=1e-5)
+
+
+def test_device_stepper_matches_the_host_loop(small_run, tmp_path):
+    """SMALL (CC with a time cap, CV to a current cut-off, rest, CC discharge) through
+    the legacy host loop of engine/cell.py and through engine.solve: the same steps and
+    answers. The differences left (≈1e-7 V) are float32 round-off: the host loop chose
+    Δt in float64 from float32 fields, the device chooses it in float32."""
+    out = tmp_path / "host.h5"
+    cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
+    _compare_runs(small_run[1], load_run(out))

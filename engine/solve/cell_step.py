@@ -1,0 +1,333 @@
+"""One electrochemical step of a cell, as a pure function of (geometry, params, state).
+
+:func:`cell_step` does on the device what the host-side loop of engine/cell.run_cell
+did in NumPy between kernel calls, with the same rules (engine/cell.py documents the
+physics in full):
+
+1. Control from the protocol table at ``state.pointer``: a CC step applies
+   sign · C-rate · I_1C, a rest 0 A (both current control), a CV step holds its voltage
+   (voltage control). Newton iterations on the Butler–Volmer current of every reactive
+   active | ion-conductor face, each a linearised coupled potential solve
+   (kernels.electrode.solve_coupled), warm-started from the previous step.
+2. The adaptive step Δt = min(Δt_user, Δt_x, τ_min, time left in the protocol step):
+   Δt_x lets no surface voxel cover more than half its distance to x = 0 or 1 under its
+   current, τ_min = min F c_max h^d / (Σ_f G_f |U'(x)|) is the kinetic relaxation time
+   beyond which frozen currents overshoot. Δt < 10⁻³ Δt_user stops the run (a voxel
+   is about to empty or fill before the step's limit is reached).
+3. Li diffusion over Δt in ⌈Δt/Δt_stable⌉ explicit sub-steps on the particle's
+   bounding box, the face currents entering as the surface source.
+4. Events: NaN/Inf in V, I or x (the step is not taken), x leaving [0, 1] (the step is
+   taken, then the run stops), the cut-offs that end a protocol step (CC: V reaches its
+   limit; CV: |I| ≤ the cut-off rate; any step: its time cap), and the end of the
+   protocol. The pointer moves on; nothing returns to the host.
+
+Every physical parameter comes from :class:`~.resolve.CellParams` (array leaves).
+Units: SI; x = c/c_max; φ_s is carried shifted by the reference voltage ``v_ref``
+(φ_s − v_ref, re-centred on each new cell voltage) so that float32 resolves
+overpotentials of a 4 V cell.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ssbx.kernels import butler_volmer as kbv
+from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels.constants import FARADAY, GAS_CONSTANT
+from ssbx.kernels.conduction import log_interpolated_conductivity
+from ssbx.kernels.electrode import face_potential_drop, neighbour, solve_coupled
+from ssbx.kernels.ocv import get_ocv
+from ssbx.kernels.rotations import quaternion_to_matrix
+
+from .protocol import CC, CV, ProtocolTable
+from .resolve import CellGeometry, CellNumerics, CellParams
+
+RUNNING = 0
+FINISHED = 1
+STOP_TIME_STEP = 2  # Δt fell below 1e-3 of the user step (not taken)
+STOP_X_BOUNDS = 3  # x left [0, 1] in an active voxel (taken, then stop)
+DIVERGED_SOLVE = 4  # the potential solve gave NaN/Inf (not taken)
+DIVERGED_X = 5  # x became NaN/Inf (not taken)
+
+# record names written per accepted step; dx_sum is Σ (x − x_initial) over active voxels
+RECORD_FLOAT = ("dt_s", "voltage_V", "current_A", "dx_sum", "bv_residual")
+RECORD_INT = ("step_index", "cycle_index", "cg_iterations")
+
+
+class CellState(eqx.Module):
+    """Everything that changes during a cell run.
+
+    Grids: ``x`` (Li fraction, 0 outside the active phase), ``phi_s`` (φ_s − v_ref, V),
+    ``phi_e`` (V), ``voxel_current`` (A per active voxel, > 0 = delithiation) and
+    ``warm`` ((2, 2, *grid) superposition fields that warm-start the next solve).
+    Scalars: ``v_ref`` (V), ``voltage`` and ``current`` of the last solve (V, A),
+    ``dt_s`` the last step tried (s), ``t_step_s`` time spent in the current protocol
+    step (s), ``pointer`` (cycle · n_steps + step), ``status`` (RUNNING, ...) and
+    ``n_taken`` (accepted steps so far).
+    """
+
+    x: jax.Array
+    phi_s: jax.Array
+    phi_e: jax.Array
+    voxel_current: jax.Array
+    warm: jax.Array
+    v_ref: jax.Array
+    voltage: jax.Array
+    current: jax.Array
+    dt_s: jax.Array
+    t_step_s: jax.Array
+    pointer: jax.Array
+    status: jax.Array
+    n_taken: jax.Array
+
+
+def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, dtype=jnp.float32) -> CellState:
+    """Uniform Li fraction, zero potentials and currents, at the start of the protocol."""
+    x = jnp.where(geometry.active, jnp.asarray(x_initial, dtype), jnp.asarray(0.0, dtype))
+    zero = jnp.zeros_like(x)
+    scalar = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    return CellState(
+        x=x, phi_s=zero, phi_e=zero, voxel_current=zero, warm=jnp.zeros((2, 2) + x.shape, dtype),
+        v_ref=scalar(get_ocv(params.ocv_name)(jnp.asarray(x_initial, dtype))),
+        voltage=scalar(0.0), current=scalar(0.0), dt_s=scalar(0.0), t_step_s=scalar(0.0),
+        pointer=jnp.asarray(0, jnp.int32), status=jnp.asarray(RUNNING, jnp.int32),
+        n_taken=jnp.asarray(0, jnp.int32),
+    )
+
+
+class Derived(NamedTuple):
+    """Per-chunk quantities derived from the parameters (not per step)."""
+
+    component_table: jax.Array  # per-grain packed diffusion tensor, m²/s
+    face_diffusivity: tuple  # per face group: D_kk of the face voxel's grain (m²/s)
+    dt_stable: jax.Array  # explicit diffusion limit (s)
+
+
+def derive(geometry: CellGeometry, params: CellParams, numerics: CellNumerics) -> Derived:
+    ndim = geometry.ndim
+    rotations = quaternion_to_matrix(params.orientations)
+    table = kdiff.tensor_components(kdiff.grain_diffusion_tensors(rotations, params.diffusivity_m2_s, ndim))
+    gid = geometry.grain_id.reshape(-1)
+    face_d = tuple(table[gid[idx], ax] for idx, ax in zip(geometry.face_index, geometry.axes))
+    h = geometry.voxel_size_m
+    dt_stable = numerics.time_step_safety * h**2 / (2.0 * ndim * jnp.max(params.diffusivity_m2_s))
+    return Derived(table, face_d, dt_stable)
+
+
+def electronic_conductivity(geometry: CellGeometry, params: CellParams, x) -> jax.Array:
+    """σ_s per voxel (S/m): the phase value, or the x-dependent law in active voxels."""
+    sigma = params.phase_sigma_s[geometry.labels]
+    if params.active_sigma_x is None:
+        return sigma
+    law = log_interpolated_conductivity(x, params.active_sigma_x, params.active_sigma_S_m)
+    return jnp.where(geometry.active, law.astype(sigma.dtype), sigma)
+
+
+def ionic_conductivity(geometry: CellGeometry, params: CellParams) -> jax.Array:
+    return params.phase_sigma_e[geometry.labels]
+
+
+def exchange_current(params: CellParams, x):
+    """i0(x) = i0_ref (1 − x)^α_a x^α_c / 0.5^(α_a+α_c) (A/m²), i0(½) = i0_ref."""
+    x = jnp.clip(x, 1e-6, 1 - 1e-6)
+    norm = 0.5 ** (params.alpha_a + params.alpha_c)
+    return params.exchange_current_A_m2 * (1 - x) ** params.alpha_a * x**params.alpha_c / norm
+
+
+def anode_potential(geometry: CellGeometry, params: CellParams, current_A):
+    """φ_e on the Li | SE face for a total cell current (A, > 0 = charge = plating):
+    symmetric Li kinetics, η_Li = (2RT/F) asinh(i_Li / 2 i0_Li)."""
+    i_li = -current_A / geometry.cell_area_m2
+    f = FARADAY / (GAS_CONSTANT * params.temperature_K)
+    return -(2.0 / f) * jnp.arcsinh(i_li / (2.0 * params.anode_exchange_current_A_m2))
+
+
+def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref):
+    """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``
+    (φ_s − v_ref − φ_e on each face), as grids that are zero off the faces."""
+    ocv = get_ocv(params.ocv_name)
+    temp, aa, ac = params.temperature_K, params.alpha_a, params.alpha_c
+    f = FARADAY / (GAS_CONSTANT * temp)
+    h = geometry.voxel_size_m
+    out_g, out_c, out_i = [], [], []
+    for idx, d, ax, dr, d_n, area in zip(geometry.face_index, drop, geometry.axes, geometry.directions,
+                                         derived.face_diffusivity, geometry.face_area_m2):
+        take = lambda a: a.reshape(-1)[idx]  # noqa: E731
+        xf = take(x)
+        u = ocv(xf) - v_ref
+        slope = jax.vmap(jax.grad(ocv))(jnp.clip(xf, 1e-4, 1 - 1e-4))
+        i0 = exchange_current(params, xf)
+        df = take(d)
+        # the half voxels on both sides of the face in series with the kinetics, and the
+        # surface-concentration extrapolation R_diff = −U'(x)(h/2)/(F c_max D_n)
+        r_face = params.interface_resistance_ohm_m2 + 0.5 * h * (take(inv_s) + take(neighbour(inv_e, ax, dr)))
+        r_face = r_face + jnp.maximum(-slope, 0.0) * 0.5 * h / (
+            FARADAY * params.c_max_mol_m3 * jnp.maximum(d_n, 1e-30))
+        eta = kbv.solve_overpotential(df - u, i0, r_face, temp, aa, ac)
+        i = kbv.butler_volmer(eta, i0, temp, aa, ac)
+        g_bv = i0 * f * (aa * jnp.exp(aa * f * eta) + ac * jnp.exp(-ac * f * eta))
+        g = g_bv / (1.0 + r_face * g_bv)
+        scatter = lambda v: jnp.zeros(x.size, x.dtype).at[idx].set(v.astype(x.dtype)).reshape(x.shape)  # noqa: E731
+        out_g.append(scatter(g * area))
+        out_c.append(scatter((i - g * df) * area))
+        out_i.append(scatter(i * area))
+    return tuple(out_g), tuple(out_c), tuple(out_i)
+
+
+class Potentials(NamedTuple):
+    phi_s: jax.Array
+    phi_e: jax.Array
+    voltage: jax.Array  # absolute cell voltage, V
+    current: jax.Array  # total interface current, A
+    voxel_current: jax.Array
+    iterations: jax.Array
+    bv_residual: jax.Array
+    tau_min: jax.Array
+    warm: jax.Array
+
+
+def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref, voltage_control,
+               target, current_guess, controls=(True, True)) -> Potentials:
+    """Newton iterations for the coupled potentials under current control (``target``
+    in A) or voltage control (``target`` = absolute collector voltage), chosen by the
+    traced flag ``voltage_control``; ``controls`` (static: current, voltage) says which
+    of the two can occur. ``phi_s`` in and out is φ_s − v_ref."""
+    faces = geometry.interface()
+    sigma_s = electronic_conductivity(geometry, params, x)
+    sigma_e = ionic_conductivity(geometry, params)
+    inv = lambda s: jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)  # noqa: E731
+    inv_s, inv_e = inv(sigma_s), inv(sigma_e)
+    solver = dict(stack_axis=geometry.stack_axis, rtol=numerics.rtol, maxiter=numerics.maxiter,
+                  preconditioner=numerics.preconditioner)
+
+    def newton(_, carry):
+        phi_s, phi_e, _v, current, iters, _g, _c, warm = carry
+        drop = face_potential_drop(phi_s, phi_e, faces)
+        g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
+        phi_anode = anode_potential(geometry, params, current)
+        args = (sigma_s, sigma_e, geometry.voxel_size_m, faces, g, c, phi_anode)
+        by_voltage = lambda: solve_coupled(*args, voltage=target - v_ref, warm_start=warm, **solver)  # noqa: E731
+        by_current = lambda: solve_coupled(*args, current=target, warm_start=warm, **solver)  # noqa: E731
+        if controls == (True, True):
+            sol = jax.lax.cond(voltage_control, by_voltage, by_current)
+        else:  # compile only the control the protocol uses
+            sol = by_voltage() if controls[1] else by_current()
+        return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
+                iters + sol.iterations, g, c, sol.warm)
+
+    zeros = tuple(jnp.zeros_like(x) for _ in geometry.face_masks)
+    init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
+            jnp.asarray(0, jnp.int32), zeros, zeros, warm)
+    phi_s, phi_e, voltage, _, iters, g, c, warm = jax.lax.fori_loop(0, numerics.newton_iterations, newton, init)
+    # currents of the last linear solve: they meet the applied current exactly
+    drop = face_potential_drop(phi_s, phi_e, faces)
+    face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
+    _, _, i_bv = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
+    scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
+    bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
+    voxel_current = sum(face_currents)
+    # kinetic relaxation time of each surface voxel (explicit steps of x with frozen
+    # currents are stable for Δt ≲ τ); only surface voxels carry a conductance
+    surf = geometry.surface_index
+    xs = jnp.clip(x.reshape(-1)[surf], 1e-4, 1 - 1e-4)
+    slope = jnp.abs(jax.vmap(jax.grad(get_ocv(params.ocv_name)))(xs))
+    conductance = sum(g).reshape(-1)[surf]
+    tau = FARADAY * params.c_max_mol_m3 * geometry.voxel_size_m**x.ndim / jnp.maximum(conductance * slope, 1e-30)
+    tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
+    return Potentials(phi_s, phi_e, voltage + v_ref, sum(jnp.sum(i) for i in face_currents), voxel_current,
+                      iters, bv_residual, tau_min, warm)
+
+
+def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub):
+    """Advance x over ``dt_s`` in ``n_sub`` explicit sub-steps (traced) on the particle's
+    bounding box, the face currents as the source −I/(F c_max h^d). The stencil has no
+    flux out of active voxels, so the box gives the whole grid's result."""
+    h = geometry.voxel_size_m
+    box = geometry.box
+    source = -voxel_current[box] / (FARADAY * params.c_max_mol_m3 * h**x.ndim)
+    grain_id = geometry.grain_id[box]
+    dt = dt_s / jnp.maximum(n_sub, 1).astype(x.dtype)
+
+    def body(_, xb):
+        return kdiff.explicit_step(xb, dt, grain_id, derived.component_table, h, source)
+
+    return x.at[box].set(jax.lax.fori_loop(0, n_sub, body, x[box]))
+
+
+def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, protocol: ProtocolTable,
+              derived: Derived, state: CellState, x_initial, solve=None):
+    """One electrochemical step. Returns ``(state, record, taken, boundary)``: the new
+    state, the per-step record (names RECORD_FLOAT + RECORD_INT), whether the step was
+    accepted, and whether it ended a protocol step (or the run). ``solve`` replaces
+    :func:`potentials` (tests inject faults with it)."""
+    solve = potentials if solve is None else solve
+    dtype = state.x.dtype
+    k, cycle = protocol.position(state.pointer)
+    mode = protocol.mode[k]
+    voltage_control = mode == CV
+    applied = jnp.where(mode == CC, protocol.sign[k] * protocol.c_rate[k] * params.one_c_A, 0.0).astype(dtype)
+    target = jnp.where(voltage_control, protocol.voltage_V[k].astype(dtype), applied)
+    guess = jnp.where(voltage_control, state.current, applied)
+    sol = solve(geometry, params, numerics, derived, state.x, state.phi_s, state.phi_e, state.warm,
+                     state.v_ref, voltage_control, target, guess, protocol.controls)
+    solve_ok = jnp.isfinite(sol.voltage) & jnp.isfinite(sol.current)
+    conducting = params.phase_sigma_s[geometry.labels] > 0
+    # re-centre φ_s on the new voltage
+    phi_s = jnp.where(solve_ok, jnp.where(conducting, sol.phi_s - (sol.voltage - state.v_ref), 0.0), sol.phi_s)
+    v_ref = jnp.where(solve_ok, sol.voltage, state.v_ref)
+
+    # adaptive step: no surface voxel covers more than half its distance to 0 or 1
+    h = geometry.voxel_size_m
+    surf = geometry.surface_index
+    rate = -sol.voxel_current.reshape(-1)[surf] / (FARADAY * params.c_max_mol_m3 * h**state.x.ndim)
+    xs = state.x.reshape(-1)[surf]
+    room = jnp.where(rate < 0, xs, 1.0 - xs)
+    limit = jnp.min(jnp.where(rate != 0, 0.5 * room / jnp.where(rate != 0, jnp.abs(rate), 1.0), jnp.inf))
+    left = protocol.max_duration_s[k] - state.t_step_s
+    dt = jnp.minimum(jnp.minimum(numerics.time_step_s, limit), jnp.minimum(sol.tau_min, left)).astype(dtype)
+    too_small = ~(dt >= 1e-3 * numerics.time_step_s)  # also catches NaN
+    go = solve_ok & ~too_small
+    max_sub = jnp.ceil(numerics.time_step_s / derived.dt_stable)
+    n_sub = jnp.where(go, jnp.clip(jnp.ceil(dt / derived.dt_stable), 1, max_sub), 0).astype(jnp.int32)
+    x_new = diffuse(geometry, params, derived, state.x, sol.voxel_current, dt, n_sub)
+    box, active_box = geometry.box, geometry.active[geometry.box]
+    xb = jnp.where(active_box, x_new[box], 0.5)
+    x_ok = jnp.all(jnp.isfinite(xb))
+    in_bounds = jnp.all((xb >= 0) & (xb <= 1))
+
+    status = jnp.where(~solve_ok, DIVERGED_SOLVE,
+                       jnp.where(too_small, STOP_TIME_STEP,
+                                 jnp.where(~x_ok, DIVERGED_X, jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS))))
+    taken = go & x_ok
+    t_step = state.t_step_s + jnp.where(taken, dt, 0.0)
+
+    # cut-offs that end the protocol step (checked with this step's V and I)
+    volt, cur = sol.voltage, sol.current
+    ended = jnp.where(mode == CC, protocol.sign[k] * (volt - protocol.voltage_V[k]) >= 0,
+                      jnp.where(voltage_control, jnp.abs(cur) <= protocol.c_rate[k] * params.one_c_A, False))
+    ended = ended | (t_step >= protocol.max_duration_s[k] * (1 - 1e-6))
+    ended = ended & (status == RUNNING)
+    pointer = state.pointer + ended.astype(jnp.int32)
+    status = jnp.where(ended & (pointer >= protocol.n_total), FINISHED, status).astype(jnp.int32)
+
+    keep = lambda new, old: jnp.where(taken, new, old)  # noqa: E731
+    new_state = CellState(
+        x=keep(x_new, state.x), phi_s=keep(phi_s, state.phi_s), phi_e=keep(sol.phi_e, state.phi_e),
+        voxel_current=keep(sol.voxel_current, state.voxel_current), warm=keep(sol.warm, state.warm),
+        v_ref=keep(v_ref, state.v_ref), voltage=volt.astype(dtype), current=cur.astype(dtype), dt_s=dt,
+        t_step_s=jnp.where(ended, jnp.zeros_like(t_step), t_step).astype(dtype), pointer=pointer,
+        status=status, n_taken=state.n_taken + taken.astype(jnp.int32),
+    )
+    active = geometry.active[box]
+    record = {
+        "dt_s": dt, "voltage_V": volt.astype(dtype), "current_A": cur.astype(dtype),
+        "dx_sum": jnp.sum(jnp.where(active, x_new[box] - x_initial, 0.0)).astype(dtype),
+        "bv_residual": sol.bv_residual.astype(dtype),
+        "step_index": k.astype(jnp.int32), "cycle_index": cycle.astype(jnp.int32),
+        "cg_iterations": sol.iterations.astype(jnp.int32),
+    }
+    return new_state, record, taken, ended | (status != RUNNING)
