@@ -3,7 +3,9 @@
 #
 #   bash benchmarks/gpu_suite.sh [COPY_TO_DIR]
 #
-# Order: what matters most first (the S2 cell at 100 nm, then the kernels). Each script
+# Order: what matters most first (the S2 cell at 100 nm through the device stepper, whose
+# host-loop reference of 2026-11-26 is committed as s2_full_run_gpu_nvidia_h200.json; then
+# the kernels). Each script
 # writes benchmarks/results/<name>_<device>.json when it finishes; a script cut off by its
 # limit writes nothing, but its log (in COPY_TO_DIR, if given) keeps what it printed.
 # After each script the device's JSON and PNG files are copied to COPY_TO_DIR, if given.
@@ -27,7 +29,7 @@ step() {  # step LIMIT_S NAME ARGS...
 }
 
 [[ -n "$dest" ]] && mkdir -p "$dest"
-step 300 s2_full_run benchmarks/cell_resolution.py --full --voxel-sizes 1e-7 --wall-limit-s 280
+step 300 stepper benchmarks/stepper.py --voxel-sizes 1e-7 --drivers device
 step 120 diffusion benchmarks/diffusion.py --sizes 64 128 256
 step 150 elasticity benchmarks/elasticity.py
 step 150 potentials benchmarks/potentials.py --sizes 64 128 256

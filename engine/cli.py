@@ -85,6 +85,8 @@ def cmd_run(args) -> int:
         print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
+            if scenario.sweep.parameter:
+                return _run_sweep(scenario, out, args)
             if scenario.cell.enabled:
                 if scenario.numerics.cell_driver == "host":
                     from .cell import run_cell as run_cell_driver
@@ -114,6 +116,25 @@ def cmd_run(args) -> int:
         print(f"ssbx run: invalid input: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_sweep(scenario, out: Path, args) -> int:
+    """A ``[sweep]`` scenario: one vmapped run, one file per lane (engine.solve.sweep)."""
+    from .plotting import summary_figure
+    from .simulation import jnp_dtype
+    from .solve.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    results = run_sweep(scenario, out, progress=not args.quiet, dtype=jnp_dtype(scenario.run.dtype))
+    elapsed = time.perf_counter() - t0
+    print(f"ssbx run: sweep of {scenario.sweep.parameter} over {len(results)} lanes in {elapsed:.1f} s wall time",
+          file=sys.stderr)
+    for value, result in zip(scenario.sweep.values, results):
+        print(f"ssbx run:   {scenario.sweep.parameter} = {value!r}: {result.status}, {result.n_steps} steps "
+              f"(t = {result.t_end_s:.6g} s) -> {result.path}; {result.message}", file=sys.stderr)
+        if not args.no_png and scenario.output.summary_png:
+            summary_figure(result.path, result.path.with_suffix(".png"))
+    return 3 if any(r.status == "diverged" for r in results) else 0
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +336,37 @@ class OutputConfig:
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Several values of one scenario key, run as one batched computation
+    (engine.solve.sweep); ``parameter = ""`` means no sweep."""
+
+    parameter: str = ""
+    values: tuple = ()
+    batch_size: int = 0  # lanes per vmapped batch; 0 = all lanes at once
+
+    def validate(self):
+        if not isinstance(self.parameter, str):
+            raise ConfigError(f"sweep.parameter = {self.parameter!r}: must be a string SECTION.KEY")
+        if not _is_int(self.batch_size) or self.batch_size < 0:
+            raise ConfigError(f"sweep.batch_size = {self.batch_size!r}: must be an integer ≥ 0 (0 = all lanes)")
+        if not self.parameter:
+            if self.values:
+                raise ConfigError("sweep.values given without sweep.parameter")
+            return
+        section, _, key = self.parameter.partition(".")
+        valid = self.parameter == "protocol.c_rate" or (
+            section in SECTIONS and section not in ("run", "output", "sweep")
+            and key in {f.name for f in dataclasses.fields(SECTIONS[section])})
+        if not valid:
+            raise ConfigError(
+                f"sweep.parameter = {self.parameter!r}: unknown key; valid: 'protocol.c_rate' (every "
+                "constant-current step) or SECTION.KEY of a physical parameter, e.g. "
+                "'electrochemistry.exchange_current_A_m2' or 'material.diffusivity_m2_s'")
+        if not isinstance(self.values, (list, tuple)) or len(self.values) < 1:
+            raise ConfigError(f"sweep.values = {self.values!r}: needs a list of at least one value")
+
+
 SECTIONS = {
     "run": RunConfig,
     "particle": ParticleConfig,
@@ -345,6 +377,7 @@ SECTIONS = {
     "electrochemistry": ElectrochemistryConfig,
     "numerics": NumericsConfig,
     "output": OutputConfig,
+    "sweep": SweepConfig,
 }
 
 
@@ -361,10 +394,17 @@ class Scenario:
     electrochemistry: ElectrochemistryConfig = ElectrochemistryConfig()
     numerics: NumericsConfig = NumericsConfig()
     output: OutputConfig = OutputConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def __post_init__(self):
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.sweep.parameter:
+            for i, value in enumerate(self.sweep.values):
+                try:
+                    lane_scenario(self, self.sweep.parameter, value)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep.values[{i}] = {value!r} for {self.sweep.parameter}: {err}") from None
         if self.protocol.kind == "cycling" and not self.cell.enabled:
             raise ConfigError(
                 "protocol.kind = 'cycling' needs a cell: set [cell] enabled = true "
@@ -391,6 +431,24 @@ class Scenario:
         return scenario_from_dict(merged)
 
 
+_CC_RATE = re.compile(r"^(charge|discharge)(\s+at\s+)(\S+)(\s+until.*)$", re.I)
+
+
+def lane_scenario(base: Scenario, parameter: str, value) -> Scenario:
+    """The scenario of one lane: ``base`` with ``parameter`` set to ``value``."""
+    if parameter == "protocol.c_rate":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"protocol.c_rate = {value!r}: must be a number > 0")
+        rate = f"{float(value):.12f}".rstrip("0").rstrip(".")
+        steps = []
+        for text in base.protocol.steps:
+            m = _CC_RATE.match(" ".join(text.split()))
+            steps.append(f"{m.group(1)}{m.group(2)}{rate}C{m.group(4)}" if m else text)
+        return base.replace(protocol={"steps": steps}, sweep={"parameter": "", "values": ()})
+    section, _, key = parameter.partition(".")
+    return base.replace(**{section: {key: value}}, sweep={"parameter": "", "values": ()})
+
+
 def scenario_from_dict(data: dict[str, Any]) -> Scenario:
     """Build a :class:`Scenario` from nested dicts, rejecting unknown sections and keys."""
     if not isinstance(data, dict):
@@ -407,7 +465,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
             if key not in fields:
                 raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
         cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
-        for key in ("diffusivity_m2_s", "expansion", "steps"):
+        for key in ("diffusivity_m2_s", "expansion", "steps", "values"):
             if isinstance(cleaned.get(key), list):
                 cleaned[key] = tuple(cleaned[key])
         if isinstance(cleaned.get("active_electronic_S_m"), list):  # table rows as pairs

@@ -6,17 +6,20 @@ updates the progress bar, and, when a protocol step has ended or the run stopped
 reads the fields for a snapshot. Time, charge and M_Li are accumulated here in float64
 from the per-step records (Δt, I, Σ(x − x_initial)), so a float32 run keeps them to
 float64 round-off. The run file has the layout of engine/cell.run_cell.
+
+:func:`drive` runs one lane or several (a batched sweep, engine.solve.sweep): the
+state and parameters then carry a leading lane axis, the device loop is vmapped, and
+every lane has its own :class:`LaneFile`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ssbx.kernels.constants import FARADAY
 
 from ..cell import CellResult, _write_cycle_summary
 from ..config import Scenario
@@ -36,115 +39,210 @@ def _face_area_grid(geometry) -> np.ndarray:
     return total.reshape(geometry.grain_id.shape)
 
 
+def check_resolved(resolved: ResolvedCell) -> None:
+    if resolved.geometry.surface_index.size == 0:
+        raise ConfigError("cell: the particle has no reactive active | ion-conductor faces "
+                          "(particle.reactive_fraction = 0?); a cell run needs at least one")
+
+
+class LaneFile:
+    """The run file of one lane and the host-side bookkeeping that goes with it."""
+
+    def __init__(self, scenario: Scenario, resolved: ResolvedCell, out_path, attrs: dict | None = None):
+        self.resolved = resolved
+        micro, par = resolved.micro, resolved.params
+        self.active = micro.active
+        self.n_active = int(self.active.sum())
+        self.li_per_x = float(par.c_max_mol_m3) * micro.voxel_size_m**micro.ndim  # mol per unit x per voxel
+        self.area_grid = _face_area_grid(resolved.geometry)
+        self.conducting_s = np.asarray(par.phase_sigma_s)[micro.labels] > 0
+        self.conducting_e = np.asarray(par.phase_sigma_e)[micro.labels] > 0
+        self.path = Path(out_path)
+        self.writer = RunWriter(out_path, scenario.to_json(), micro)
+        geo = self.writer._file["geometry"]
+        geo.attrs["cell_area_m2"] = resolved.info["cell_area_m2"]
+        geo.attrs["capacity_1C_A"] = float(resolved.info["capacity_Ah"])
+        for key, value in (attrs or {}).items():
+            self.writer._file.attrs[key] = value
+        self.t = 0.0
+        self.charge_C = 0.0
+        self.pointer = 0
+        self.n_steps = 0
+        self.status, self.message = "running", ""
+        self.done = False
+
+    def snapshot(self, fields: dict):
+        """``fields``: NumPy x, phi_s, phi_e, voxel_current, v_ref (and sigma_s)."""
+        xa = np.asarray(fields["x"], np.float64)
+        area = self.area_grid
+        out = {
+            "soc": np.where(self.active, xa, np.nan),
+            "phi_s_V": np.where(self.conducting_s, np.asarray(fields["phi_s"], np.float64) + float(fields["v_ref"]),
+                                np.nan),
+            "phi_e_V": np.where(self.conducting_e, np.asarray(fields["phi_e"]), np.nan),
+            "interface_current_A_m2": np.where(area > 0, np.asarray(fields["voxel_current"])
+                                               / np.where(area > 0, area, 1.0), np.nan),
+        }
+        if "sigma_s" in fields:
+            out["sigma_s_S_m"] = np.where(self.conducting_s, np.asarray(fields["sigma_s"], np.float64), np.nan)
+        self.writer.append_snapshot(self.t, out, {}, {"mean_soc": float(xa[self.active].mean())})
+
+    def records(self, n: int, rec: dict):
+        """Append the first ``n`` records of a chunk to the timeseries."""
+        if not n:
+            return
+        dt = np.asarray(rec["dt_s"][:n], np.float64)
+        current = np.asarray(rec["current_A"][:n], np.float64)
+        t_rows = self.t + np.cumsum(dt)
+        charge_rows = self.charge_C + np.cumsum(current * dt)
+        li = self.li_per_x * (self.n_active * self.resolved.x_initial + np.asarray(rec["dx_sum"][:n], np.float64))
+        self.writer.append_timeseries({
+            "t_s": t_rows, "voltage_V": rec["voltage_V"][:n], "current_A": current,
+            "li_mol": li, "mean_soc": li / (self.li_per_x * self.n_active),
+            "charge_Ah": charge_rows / 3600.0, "step_index": rec["step_index"][:n],
+            "cycle_index": rec["cycle_index"][:n], "cg_iterations": rec["cg_iterations"][:n],
+            "bv_residual": rec["bv_residual"][:n],
+        })
+        self.t, self.charge_C = float(t_rows[-1]), float(charge_rows[-1])
+        self.n_steps += n
+
+    def after_chunk(self, code: int, pointer: int, scalars: dict, read_fields) -> bool:
+        """Status and snapshot after a chunk; ``read_fields()`` fetches the lane's
+        fields. Returns True when the lane has finished (for whatever reason)."""
+        where = self.resolved.describe(pointer)  # unchanged unless a protocol step ended
+        if code in (DIVERGED_SOLVE, DIVERGED_X):
+            self.status = "diverged"
+            if code == DIVERGED_SOLVE:
+                self.message = (f"{where} at t = {self.t:.6g} s: the potential solve gave V = {scalars['voltage']}, "
+                                f"I = {scalars['current']} A (the current cannot be met)")
+            else:
+                self.message = f"{where} at t = {self.t + scalars['dt']:.6g} s: x became NaN/Inf"
+            self.close()
+            return True
+        fields = None
+        if pointer != self.pointer or code != RUNNING:
+            fields = read_fields()
+            self.snapshot(fields)
+        self.pointer = pointer
+        if code == RUNNING:
+            return False
+        if code == FINISHED:
+            self.status, self.message = "completed", "protocol finished"
+        elif code == STOP_TIME_STEP:
+            self.status = "stopped"
+            self.message = (f"{where} at t = {self.t:.6g} s: an active voxel is about to empty or fill under the "
+                            "local current (time step below 1e-3 of electrochemistry.time_step_s) before the "
+                            "step's limit was reached")
+        elif code == STOP_X_BOUNDS:
+            xa = np.asarray(fields["x"])[self.active]
+            self.status = "stopped"
+            self.message = (f"{where} at t = {self.t:.6g} s: Li content left [0, 1] (min {xa.min():.3g}, "
+                            f"max {xa.max():.3g}); the file keeps every step so far")
+        else:  # pragma: no cover - every code is handled above
+            self.status, self.message = "stopped", f"{where}: status code {code}"
+        self.close()
+        return True
+
+    def close(self, status: str | None = None, message: str | None = None):
+        if self.done:
+            return
+        if status is not None:
+            self.status, self.message = status, message or ""
+        self.writer.set_status(self.status, self.message)
+        _write_cycle_summary(self.writer)
+        self.writer.close()
+        self.done = True
+
+    def result(self) -> CellResult:
+        return CellResult(self.path, self.status, self.message, self.t, self.n_steps)
+
+
+def _lane(tree, i):
+    return jax.tree_util.tree_map(lambda a: a[i], tree)
+
+
+def read_fields(geometry, params, state) -> dict:
+    """The fields a snapshot writes, as NumPy arrays (one transfer)."""
+    got = {"x": state.x, "phi_s": state.phi_s, "phi_e": state.phi_e, "voxel_current": state.voxel_current,
+           "v_ref": state.v_ref}
+    if params.active_sigma_x is not None:
+        got["sigma_s"] = _sigma_of_x(geometry, params, state.x)
+    return jax.device_get(got)
+
+
+@eqx.filter_jit
+def _sigma_of_x(geometry, params, x):
+    return electronic_conductivity(geometry, params, x)
+
+
+def drive(resolved: ResolvedCell, params, numerics, protocol, state, x_initial, lanes: list[LaneFile],
+          chunk: int, step=cell_step, bar=None, batched: bool = False):
+    """Run the device loop until every lane has finished, writing each lane's file.
+
+    With ``batched`` the parameter, numerics, protocol and state pytrees and
+    ``x_initial`` carry a leading lane axis (one entry per LaneFile) and the device
+    loop is vmapped over it; lanes that finish early are frozen by the loop's
+    condition while the others go on.
+    """
+    geo = resolved.geometry
+    run = advance
+    if batched:
+        run = eqx.filter_vmap(lambda p, nm, pr, st, x0: advance(geo, p, nm, pr, st, x0, chunk, step))
+    while not all(lane.done for lane in lanes):
+        if batched:
+            state, n, buffers = run(params, numerics, protocol, state, x_initial)
+        else:
+            state, n, buffers = run(geo, params, numerics, protocol, state, x_initial, chunk, step)
+        # one transfer per chunk: the records and the state's scalars of every lane
+        n, rec, code, pointer, volt, cur, dt = jax.device_get(
+            (n, buffers, state.status, state.pointer, state.voltage, state.current, state.dt_s))
+        for i, lane in enumerate(lanes):
+            if lane.done:
+                continue
+            pick = (lambda a: a[i]) if batched else (lambda a: a)
+            lane_rec = {k: pick(v) for k, v in rec.items()}
+            lane.records(int(pick(n)), lane_rec)
+            if bar is not None:
+                bar.update(int(pick(n)))
+
+            def fields(i=i):
+                if batched:
+                    return read_fields(geo, _lane(params, i), _lane(state, i))
+                return read_fields(geo, params, state)
+
+            scalars = {"voltage": float(pick(volt)), "current": float(pick(cur)), "dt": float(pick(dt))}
+            lane.after_chunk(int(pick(code)), int(pick(pointer)), scalars, fields)
+            if bar is not None and not lane.done and not batched:
+                bar.set_postfix_str(resolved.step_texts[lane.pointer % len(resolved.step_texts)])
+    return state
+
+
 def run_cell_device(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.float32,
                     chunk: int | None = None, step=cell_step) -> CellResult:
     """Cycle the cell of ``scenario`` through its protocol with the device-resident
     stepper and write the run file ``out_path`` (same layout as engine.cell.run_cell).
 
-    ``chunk``: accepted steps per device call (default ``numerics.chunk_steps``).
+    ``chunk``: accepted steps per device call (default ``numerics.chunk_steps``);
+    ``step`` (static) the step function (tests pass a wrapped one to inject faults).
     A run whose potentials or Li fraction turn NaN/Inf writes what it had, marks the
     file "diverged" and raises :class:`SimulationDiverged`.
     """
     from tqdm.auto import tqdm
 
-    resolved: ResolvedCell = resolve_cell(scenario, dtype)
-    if resolved.geometry.surface_index.size == 0:
-        raise ConfigError("cell: the particle has no reactive active | ion-conductor faces "
-                          "(particle.reactive_fraction = 0?); a cell run needs at least one")
-    geo, par, num, prot = resolved.geometry, resolved.params, resolved.numerics, resolved.protocol
+    resolved = resolve_cell(scenario, dtype)
+    check_resolved(resolved)
     chunk = chunk or scenario.numerics.chunk_steps
-    micro = resolved.micro
-    active = micro.active
-    h = micro.voxel_size_m
-    n_active = int(active.sum())
-    li_per_x = float(par.c_max_mol_m3) * h**micro.ndim  # mol per unit x per voxel
-    x0 = resolved.x_initial
-    one_c = float(resolved.info["capacity_Ah"])
-    area_grid = _face_area_grid(geo)
-    conducting_s = np.asarray(par.phase_sigma_s)[micro.labels] > 0
-    conducting_e = np.asarray(par.phase_sigma_e)[micro.labels] > 0
-    sigma_of_x = jax.jit(lambda x: electronic_conductivity(geo, par, x))
-
-    state = initial_state(geo, par, x0, dtype)
-
-    def snapshot(writer, t_s, st):
-        x, phi_s, phi_e, cur, v_ref = jax.device_get((st.x, st.phi_s, st.phi_e, st.voxel_current, st.v_ref))
-        xa = np.asarray(x, np.float64)
-        fields = {
-            "soc": np.where(active, xa, np.nan),
-            "phi_s_V": np.where(conducting_s, np.asarray(phi_s, np.float64) + float(v_ref), np.nan),
-            "phi_e_V": np.where(conducting_e, np.asarray(phi_e), np.nan),
-            "interface_current_A_m2": np.where(area_grid > 0, np.asarray(cur) / np.where(area_grid > 0, area_grid, 1.0),
-                                               np.nan),
-        }
-        if par.active_sigma_x is not None:
-            fields["sigma_s_S_m"] = np.where(conducting_s, np.asarray(sigma_of_x(st.x), np.float64), np.nan)
-        writer.append_snapshot(t_s, fields, {}, {"mean_soc": float(xa[active].mean())})
-
-    t = 0.0
-    charge_C = 0.0
-    status, message = "completed", "protocol finished"
+    state = initial_state(resolved.geometry, resolved.params, resolved.x_initial, dtype)
+    lane = LaneFile(scenario, resolved, out_path)
     bar = tqdm(disable=not progress, desc=scenario.run.name, unit="step", dynamic_ncols=True)
-    with RunWriter(out_path, scenario.to_json(), micro) as writer:
-        writer._file["geometry"].attrs["cell_area_m2"] = resolved.info["cell_area_m2"]
-        writer._file["geometry"].attrs["capacity_1C_A"] = one_c
-        snapshot(writer, 0.0, state)
-        try:
-            pointer = 0
-            bar.set_postfix_str(prot.texts[0])
-            while True:
-                state, n, buffers = advance(geo, par, num, prot, state, x0, chunk, step)
-                # one transfer per chunk: the records and the state's scalars
-                n, rec, code, new_pointer, volt, cur, dt_last = jax.device_get(
-                    (n, buffers, state.status, state.pointer, state.voltage, state.current, state.dt_s))
-                n, code, new_pointer = int(n), int(code), int(new_pointer)
-                if n:
-                    dt = np.asarray(rec["dt_s"][:n], np.float64)
-                    current = np.asarray(rec["current_A"][:n], np.float64)
-                    t_rows = t + np.cumsum(dt)
-                    charge_rows = charge_C + np.cumsum(current * dt)
-                    li = li_per_x * (n_active * x0 + np.asarray(rec["dx_sum"][:n], np.float64))
-                    writer.append_timeseries({
-                        "t_s": t_rows, "voltage_V": rec["voltage_V"][:n], "current_A": current,
-                        "li_mol": li, "mean_soc": li / (li_per_x * n_active),
-                        "charge_Ah": charge_rows / 3600.0, "step_index": rec["step_index"][:n],
-                        "cycle_index": rec["cycle_index"][:n], "cg_iterations": rec["cg_iterations"][:n],
-                        "bv_residual": rec["bv_residual"][:n],
-                    })
-                    t, charge_C = float(t_rows[-1]), float(charge_rows[-1])
-                    bar.update(n)
-                where = prot.describe(new_pointer)  # unchanged unless a protocol step ended
-                if code in (DIVERGED_SOLVE, DIVERGED_X):
-                    if code == DIVERGED_SOLVE:
-                        message = (f"{where} at t = {t:.6g} s: the potential solve gave V = {float(volt)}, "
-                                   f"I = {float(cur)} A (the current cannot be met)")
-                    else:
-                        message = f"{where} at t = {t + float(dt_last):.6g} s: x became NaN/Inf"
-                    status = "diverged"
-                    break
-                if code == STOP_TIME_STEP:
-                    status = "stopped"
-                    message = (f"{where} at t = {t:.6g} s: an active voxel is about to empty or fill under the "
-                               "local current (time step below 1e-3 of electrochemistry.time_step_s) before "
-                               "the step's limit was reached")
-                elif code == STOP_X_BOUNDS:
-                    xa = np.asarray(state.x)[active]
-                    status = "stopped"
-                    message = (f"{where} at t = {t:.6g} s: Li content left [0, 1] (min {xa.min():.3g}, "
-                               f"max {xa.max():.3g}); the file keeps every step so far")
-                if new_pointer != pointer or code != RUNNING:
-                    snapshot(writer, t, state)
-                    if code == RUNNING:
-                        bar.set_postfix_str(prot.texts[new_pointer % prot.n_steps])
-                if code != RUNNING:
-                    if code != FINISHED and status == "completed":  # pragma: no cover - guarded above
-                        status, message = "stopped", f"{where}: status code {code}"
-                    break
-                pointer = new_pointer
-        finally:
-            bar.close()
-            writer.set_status(status, message)
-            _write_cycle_summary(writer)
-    if status == "diverged":
-        raise SimulationDiverged(message)
-    return CellResult(Path(out_path), status, message, t, int(state.n_taken))
+    bar.set_postfix_str(resolved.step_texts[0])
+    try:
+        lane.snapshot(read_fields(resolved.geometry, resolved.params, state))
+        drive(resolved, resolved.params, resolved.numerics, resolved.protocol, state, resolved.x_initial, [lane],
+              chunk, step, bar)
+    finally:
+        bar.close()
+        lane.close("failed" if not lane.done else None, "the run stopped on an exception" if not lane.done else None)
+    if lane.status == "diverged":
+        raise SimulationDiverged(lane.message)
+    return lane.result()

@@ -30,7 +30,6 @@ class ProtocolTable(eqx.Module):
         voltage_V: cut-off voltage of a CC step, held voltage of a CV step (V).
         max_duration_s: time cap (REST: its duration); +inf when the step has none.
         n_cycles: int32 scalar.
-        texts: the step strings as written (static; for messages).
         controls: static (has current-controlled steps, has voltage-controlled steps),
             so that a protocol without CV steps compiles only the current-control solve.
     """
@@ -41,12 +40,11 @@ class ProtocolTable(eqx.Module):
     voltage_V: jax.Array
     max_duration_s: jax.Array
     n_cycles: jax.Array
-    texts: tuple = eqx.field(static=True)
     controls: tuple = eqx.field(static=True, default=(True, True))
 
     @property
     def n_steps(self) -> int:
-        return len(self.texts)
+        return self.mode.shape[-1]
 
     @property
     def n_total(self) -> jax.Array:
@@ -56,11 +54,6 @@ class ProtocolTable(eqx.Module):
     def position(self, pointer):
         """(step index within the cycle, cycle index) of a pointer."""
         return pointer % self.n_steps, pointer // self.n_steps
-
-    def describe(self, pointer: int) -> str:
-        """'step k (text)' of a host-side pointer, as the messages write it."""
-        k = int(pointer) % self.n_steps
-        return f"step {k + 1} ({self.texts[k]!r})"
 
     @classmethod
     def from_steps(cls, steps: list[Step], cycles: int, dtype=jnp.float32) -> "ProtocolTable":
@@ -73,7 +66,6 @@ class ProtocolTable(eqx.Module):
             max_duration_s=jnp.asarray(
                 [np.inf if s.max_duration_s is None else s.max_duration_s for s in steps], dtype),
             n_cycles=jnp.asarray(int(cycles), jnp.int32),
-            texts=tuple(s.text for s in steps),
             controls=(any(s.mode != "cv" for s in steps), any(s.mode == "cv" for s in steps)),
         )
 

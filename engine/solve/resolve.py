@@ -30,6 +30,7 @@ from ssbx.kernels.electrode import interface_faces
 from ..cell import cell_microstructure, phase_conductivities
 from ..config import Scenario
 from ..microstructure import ACTIVE, ION_CONDUCTORS, LABEL_NAMES, Microstructure
+from ..protocol import parse_cycle
 from .protocol import ProtocolTable
 
 N_LABELS = max(LABEL_NAMES) + 1
@@ -146,7 +147,8 @@ class CellNumerics(eqx.Module):
 @dataclasses.dataclass(frozen=True)
 class ResolvedCell:
     """What :func:`resolve_cell` builds: the microstructure (for the run file), the
-    three pytrees, the protocol table, the initial Li fraction and the cell facts."""
+    three pytrees, the protocol table, the initial Li fraction, the cell facts and the
+    protocol's step texts."""
 
     micro: Microstructure
     geometry: CellGeometry
@@ -155,6 +157,12 @@ class ResolvedCell:
     protocol: ProtocolTable
     x_initial: float
     info: dict
+    step_texts: tuple
+
+    def describe(self, pointer: int) -> str:
+        """'step k (text)' of a protocol pointer, as messages write it."""
+        k = int(pointer) % len(self.step_texts)
+        return f"step {k + 1} ({self.step_texts[k]!r})"
 
 
 def _phase_table(sigma_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -218,8 +226,10 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         maxiter=5000,
         preconditioner=ec.preconditioner,
     )
-    protocol = ProtocolTable.from_config(scenario.protocol, dtype)
-    return ResolvedCell(micro, geometry, params, numerics, protocol, float(mat.x_initial), info)
+    steps = parse_cycle(scenario.protocol.steps)
+    protocol = ProtocolTable.from_steps(steps, scenario.protocol.cycles, dtype)
+    return ResolvedCell(micro, geometry, params, numerics, protocol, float(mat.x_initial), info,
+                        tuple(s.text for s in steps))
 
 
 __all__ = ["ACTIVE", "CellGeometry", "CellNumerics", "CellParams", "ResolvedCell", "resolve_cell"]

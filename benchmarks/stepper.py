@@ -1,0 +1,113 @@
+"""The device-resident cell stepper (engine.solve) against the legacy host loop
+(engine/cell.run_cell), side by side on the S2 example, whole protocol.
+
+Run:  python benchmarks/stepper.py [--voxel-sizes 1e-6 4e-7] [--drivers device host]
+
+For each voxel size and driver it runs ``examples/ncm111_llzo_single_particle.toml``
+(1C charge to 4.3 V, rest 5 min, 1C discharge to 3.0 V) from a fresh process state of
+the jit caches and reports: end-to-end wall time of the driver call (resolve,
+compilation, the run, file writing), the compilation time inside it (XLA backend
+compile and tracing, summed from jax.monitoring events), the number of accepted
+steps, wall time per step after compilation, and host↔device reads per step. For the
+device driver the reads are counted (calls of jax.device_get, one per chunk plus one
+per snapshot); for the host loop they are the conversions its code makes each step
+(float(V), float(I), int(CG iterations), float(BV residual), float(τ_min), the box of
+the face currents and twice the box of x: 8). Results go to
+benchmarks/results/stepper_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.monitoring
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result  # noqa: E402
+
+from ssbx.engine import cell as cellmod  # noqa: E402
+from ssbx.engine.config import load_scenario  # noqa: E402
+from ssbx.engine.io import load_run  # noqa: E402
+from ssbx.engine.solve import cell_run  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ncm111_llzo_single_particle.toml"
+HOST_READS_PER_STEP = 8
+
+_compile_s = {"t": 0.0}
+
+
+def _on_duration(event: str, seconds: float, **_):
+    if event in ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_trace_duration",
+                 "/jax/core/compile/jaxpr_to_mlir_module_duration"):
+        _compile_s["t"] += seconds
+
+
+def _run(driver: str, scenario, out: Path) -> dict:
+    reads = {"n": 0}
+    original = jax.device_get
+
+    def counting_get(x):
+        reads["n"] += 1
+        return original(x)
+
+    jax.clear_caches()
+    _compile_s["t"] = 0.0
+    t0 = time.perf_counter()
+    if driver == "device":
+        cell_run.jax.device_get = counting_get
+        try:
+            result = cell_run.run_cell_device(scenario, out, progress=False)
+        finally:
+            cell_run.jax.device_get = original
+    else:
+        result = cellmod.run_cell(scenario, out, progress=False)
+    wall = time.perf_counter() - t0
+    compile_s = _compile_s["t"]
+    run = load_run(out)
+    steps = int(result.n_steps)
+    return {
+        "driver": driver,
+        "status": result.status,
+        "steps": steps,
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "per_step_s": (wall - compile_s) / max(steps, 1),
+        "host_reads_per_step": (reads["n"] / max(steps, 1)) if driver == "device" else HOST_READS_PER_STEP,
+        "charge_end_V": float(run.timeseries["voltage_V"][run.timeseries["step_index"] == 0][-1]),
+        "t_end_s": float(result.t_end_s),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[1e-6, 4e-7])
+    parser.add_argument("--drivers", nargs="+", default=["device", "host"], choices=["device", "host"])
+    args = parser.parse_args(argv)
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+    base = load_scenario(EXAMPLE)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for h in args.voxel_sizes:
+            scenario = base.replace(particle={"voxel_size_m": h})
+            for driver in args.drivers:
+                row = {"voxel_size_m": h, **_run(driver, scenario, Path(tmp) / f"{driver}_{h:g}.h5")}
+                rows.append(row)
+                print(f"h={h:.1e} {driver:6s} steps={row['steps']} wall={row['wall_s']:.1f}s "
+                      f"compile={row['compile_s']:.1f}s per_step={row['per_step_s'] * 1e3:.1f}ms "
+                      f"reads/step={row['host_reads_per_step']:.2f}", flush=True)
+    for h in args.voxel_sizes:
+        pair = {r["driver"]: r for r in rows if r["voxel_size_m"] == h}
+        if len(pair) == 2:
+            print(f"h={h:.1e}: host/device end-to-end = {pair['host']['wall_s'] / pair['device']['wall_s']:.2f}x")
+    path = write_result("stepper", {"benchmark": "stepper", "device": device_info(), "example": EXAMPLE.name,
+                                    "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
