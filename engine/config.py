@@ -410,6 +410,11 @@ class Scenario:
                 "protocol.kind = 'cycling' needs a cell: set [cell] enabled = true "
                 "(a lone particle has no voltage)"
             )
+        if self.cell.enabled and self.mechanics.enabled:
+            raise ConfigError(
+                "mechanics.enabled = true with [cell] enabled = true: cell runs do not solve stress yet "
+                "(particle runs do); set [mechanics] enabled = false in a cell scenario"
+            )
         if self.cell.enabled and self.protocol.kind != "cycling":
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"

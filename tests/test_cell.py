@@ -323,6 +323,8 @@ def test_bad_cell_inputs():
         scenario_from_dict(dict(SMALL, electrochemistry={"ocv": "LCO"}))
     with pytest.raises(ConfigError, match="needs a cell"):
         scenario_from_dict(dict(SMALL, cell={"enabled": False}))
+    with pytest.raises(ConfigError, match=r"mechanics.enabled = true with \[cell\] enabled = true"):
+        scenario_from_dict(dict(SMALL, mechanics={"enabled": True}))  # not silently ignored
     with pytest.raises(ConfigError, match="electrochemistry.ecbd_ionic_S_m = -1"):
         scenario_from_dict(dict(SMALL, electrochemistry={"ecbd_ionic_S_m": -1}))
     big = scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], areal_capacity_mAh_cm2=5.0)))
