@@ -304,6 +304,10 @@ class NumericsConfig:
     # engine/cell.py, kept until the device stepper has replaced it everywhere)
     chunk_steps: int = 256
     cell_driver: str = "device"
+    # device stepper: a CC step ends within this of its voltage limit, a CV step when
+    # |I| ≤ (1 + cutoff_tolerance) × its cut-off current
+    cutoff_tolerance_V: float = 1e-4
+    cutoff_tolerance: float = 1e-3
 
     def validate(self):
         if not 0 < self.time_step_safety <= 1:
@@ -319,6 +323,10 @@ class NumericsConfig:
         if not _is_int(self.chunk_steps) or not 1 <= self.chunk_steps <= 100_000:
             raise ConfigError(f"numerics.chunk_steps = {self.chunk_steps!r}: must be an integer in [1, 100000]")
         _choice("numerics.cell_driver", self.cell_driver, ("device", "host"))
+        if not _is_number(self.cutoff_tolerance_V) or not 0 < self.cutoff_tolerance_V <= 0.1:
+            raise ConfigError(f"numerics.cutoff_tolerance_V = {self.cutoff_tolerance_V!r}: valid range is (0, 0.1] V")
+        if not _is_number(self.cutoff_tolerance) or not 0 < self.cutoff_tolerance <= 0.5:
+            raise ConfigError(f"numerics.cutoff_tolerance = {self.cutoff_tolerance!r}: valid range is (0, 0.5]")
 
 
 @dataclasses.dataclass(frozen=True)

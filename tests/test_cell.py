@@ -153,16 +153,18 @@ def small_run(tmp_path_factory):
 
 
 def test_charge_conservation(small_run):
-    """∫ I dt = F ΔM_Li to 1e-4 relative (M_Li summed from the stored fields)."""
+    """∫ I dt = F ΔM_Li to 1e-4 relative (M_Li summed from the stored fields). A row's
+    current holds until the next row (it drove that interval's diffusion)."""
     _, run = small_run
     ts = run.timeseries
-    dt = np.diff(np.concatenate([[0.0], ts["t_s"]]))
-    charge_C = np.sum(ts["current_A"] * dt)
+    dt = np.diff(ts["t_s"])
+    charge_C = np.sum(ts["current_A"][:-1] * dt)
+    assert charge_C / 3600 == pytest.approx(ts["charge_Ah"][-1], rel=1e-9)
     assert np.ptp(ts["current_A"]) > 0
     li = [np.nansum(f.astype(np.float64)) for f in run.fields["soc"]]
     c_max = scenario_from_dict(SMALL).material.resolved_c_max()
     delta_mol = (li[0] - li[-1]) * c_max * run.voxel_size_m**3
-    gross = np.sum(np.abs(ts["current_A"]) * dt) / FARADAY
+    gross = np.sum(np.abs(ts["current_A"][:-1]) * dt) / FARADAY
     assert abs(delta_mol - charge_C / FARADAY) < 1e-4 * gross
 
 
@@ -186,7 +188,9 @@ def test_protocol_steps_and_outputs(small_run):
     np.testing.assert_allclose(ts["voltage_V"][hold], 3.95, atol=1e-4)
     i_hold = ts["current_A"][hold]
     assert np.all(i_hold > 0) and np.all(np.diff(i_hold) < 0)
-    assert i_hold[-1] <= 0.5 * one_c < i_hold[-2]
+    # the cut-off is located: the last record is on C/2 (within the tolerance), the one
+    # before above it
+    assert 0.5 * one_c <= i_hold[-1] <= 0.5 * one_c * (1 + 1e-3) < i_hold[-2]
     # relaxation during rest: the voltage falls back towards the OCV
     assert ts["voltage_V"][rest][-1] < ts["voltage_V"][hold][-1]
     with h5py.File(run.path) as f:
@@ -249,8 +253,10 @@ def test_nan_stops_with_step_and_time(tmp_path):
     t_fail = float(str(err.value).split("at t = ")[1].split(" s")[0])
     with h5py.File(out) as f:
         assert f.attrs["status"] == "diverged"
-        assert f["timeseries/t_s"].shape[0] == 2  # the two good steps are kept
-        assert f["timeseries/t_s"][-1] == pytest.approx(t_fail, rel=1e-5)
+        t = f["timeseries/t_s"][()]
+        assert t.shape[0] == 2  # the two good solves (t = 0 and after one step) are kept
+        step = SMALL["electrochemistry"]["time_step_s"]
+        assert t[0] == 0 and t[1] < t_fail <= t[1] + step + 1e-3  # the third solve (message: 6 digits)
 
 
 def test_protocol_parser():
@@ -332,32 +338,42 @@ def test_bad_cell_inputs():
         cellmod.cell_microstructure(big)
 
 
-def _compare_runs(new, old, cycles=True):
-    """The device stepper against the host loop: same accepted steps, V to 1e-4 V, I,
-    M_Li and time to 1e-5 relative, the same capacities and CE; fields to float32
-    round-off of the Li fraction."""
+def _compare_first_step(new, old):
+    """The device stepper against the legacy host loop up to the first cut-off, where
+    both take the same steps. The device stepper records each solve at its own time
+    t_j (V, I and M_Li of one state); the host loop wrote the solve at t_j with the end
+    time t_(j+1) of the step it drove and M_Li after it. So new V_j, I_j = old V_j, I_j
+    (V to 1e-4 V, I to 1e-5) and new t, M_Li, charge at j + 1 = old at j (1e-5).
+    Returns the number of rows compared."""
     a, b = new.timeseries, old.timeseries
-    assert a["t_s"].shape == b["t_s"].shape
-    np.testing.assert_array_equal(a["step_index"], b["step_index"])
-    np.testing.assert_allclose(a["t_s"], b["t_s"], rtol=1e-5)
-    np.testing.assert_allclose(a["voltage_V"], b["voltage_V"], atol=1e-4)
+    m = int(np.sum(b["step_index"] == 0))
+    same = np.isclose(a["t_s"][1:m + 1], b["t_s"][:m], rtol=1e-5, atol=0)
+    n = int(np.argmin(same)) if not same.all() else m
+    assert n >= 0.8 * m, (n, m)  # only the last steps before a cut-off may differ
+    np.testing.assert_allclose(a["voltage_V"][:n], b["voltage_V"][:n], atol=1e-4)
     scale = np.max(np.abs(b["current_A"]))
-    np.testing.assert_allclose(a["current_A"], b["current_A"], rtol=1e-5, atol=1e-5 * scale)
-    np.testing.assert_allclose(a["li_mol"], b["li_mol"], rtol=1e-5)
-    np.testing.assert_allclose(a["charge_Ah"], b["charge_Ah"], rtol=1e-5, atol=1e-5 * np.max(np.abs(b["charge_Ah"])))
-    assert new.status == old.status
-    np.testing.assert_allclose(new.fields["soc"], old.fields["soc"], atol=1e-5)
-    if cycles:
-        for name in ("charge_Ah", "discharge_Ah", "coulombic_efficiency"):
-            with h5py.File(new.path) as fa, h5py.File(old.path) as fb:
-                np.testing.assert_allclose(fa["cycles"][name][()], fb["cycles"][name][()], rtol=1e-5)
+    np.testing.assert_allclose(a["current_A"][:n], b["current_A"][:n], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(a["li_mol"][1:n + 1], b["li_mol"][:n], rtol=1e-5)
+    np.testing.assert_allclose(a["charge_Ah"][1:n + 1], b["charge_Ah"][:n], rtol=1e-5)
+    return n
 
 
 def test_device_stepper_matches_the_host_loop(small_run, tmp_path):
-    """SMALL (CC with a time cap, CV to a current cut-off, rest, CC discharge) through
-    the legacy host loop of engine/cell.py and through engine.solve: the same steps and
-    answers. The differences left (≈1e-7 V) are float32 round-off: the host loop chose
-    Δt in float64 from float32 fields, the device chooses it in float32."""
+    """SMALL through the legacy host loop of engine/cell.py and through engine.solve.
+    The first protocol step (2C for 10 min, a time cap) is the same in both, to float32
+    round-off (measured ≈ 3e-7 V), and so is the field at its end. The CV step's
+    current cut-off is where they part: the host loop ends it after the step that
+    crossed C/2 (up to a whole step late), the device stepper on it (within
+    numerics.cutoff_tolerance)."""
     out = tmp_path / "host.h5"
     cellmod.run_cell(scenario_from_dict(SMALL), out, progress=False)
-    _compare_runs(small_run[1], load_run(out))
+    new, old = small_run[1], load_run(out)
+    n = _compare_first_step(new, old)
+    assert n == int(np.sum(old.timeseries["step_index"] == 0))  # the whole time-capped step
+    np.testing.assert_allclose(new.fields["soc"][1], old.fields["soc"][1], atol=1e-5)
+    with h5py.File(new.path) as f:
+        one_c = f["geometry"].attrs["capacity_1C_A"]
+    i_new = new.timeseries["current_A"][new.timeseries["step_index"] == 1]
+    i_old = old.timeseries["current_A"][old.timeseries["step_index"] == 1]
+    assert 0.5 * one_c <= i_new[-1] <= 0.5 * one_c * (1 + 1e-3)
+    assert i_old[-1] < 0.5 * one_c * (1 - 1e-3)  # the host loop went past it

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..cell import CellResult, _write_cycle_summary
+from ..cell import CellResult
 from ..config import Scenario
 from ..errors import ConfigError, SimulationDiverged
 from ..io import RunWriter
@@ -37,6 +37,31 @@ def _face_area_grid(geometry) -> np.ndarray:
     for idx, area in zip(geometry.face_index, geometry.face_area_m2):
         np.add.at(total, np.asarray(idx), np.asarray(area, np.float64))
     return total.reshape(geometry.grain_id.shape)
+
+
+def write_cycle_summary(writer: RunWriter):
+    """Per cycle: charge and discharge capacity (Ah) and Coulombic efficiency. A
+    record's current holds until the next record, so the charge of the interval
+    (t_j, t_(j+1)] is I_j (t_(j+1) − t_j), counted in the cycle of record j."""
+    f = writer._file
+    if "current_A" not in f["timeseries"]:
+        return
+    t = f["timeseries/t_s"][()]
+    current = f["timeseries/current_A"][()][:-1]
+    cycle = f["timeseries/cycle_index"][()].astype(int)[:-1]
+    dt = np.diff(t)
+    group = f.require_group("cycles")
+    charge, discharge = [], []
+    for c in range(int(cycle.max()) + 1 if cycle.size else 0):
+        sel = cycle == c
+        charge.append(float(np.sum(np.clip(current[sel], 0, None) * dt[sel]) / 3600.0))
+        discharge.append(float(np.sum(np.clip(-current[sel], 0, None) * dt[sel]) / 3600.0))
+    for name, values in (("charge_Ah", charge), ("discharge_Ah", discharge),
+                         ("coulombic_efficiency", [d / c if c > 0 else np.nan for c, d in zip(charge, discharge)])):
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=np.asarray(values))
+    f.flush()
 
 
 def check_resolved(resolved: ResolvedCell) -> None:
@@ -66,6 +91,7 @@ class LaneFile:
             self.writer._file.attrs[key] = value
         self.t = 0.0
         self.charge_C = 0.0
+        self.last_current = 0.0
         self.pointer = 0
         self.n_steps = 0
         self.status, self.message = "running", ""
@@ -94,7 +120,9 @@ class LaneFile:
         dt = np.asarray(rec["dt_s"][:n], np.float64)
         current = np.asarray(rec["current_A"][:n], np.float64)
         t_rows = self.t + np.cumsum(dt)
-        charge_rows = self.charge_C + np.cumsum(current * dt)
+        # the current of a record holds until the next one (it drove that step's diffusion)
+        during = np.concatenate([[self.last_current], current[:-1]])
+        charge_rows = self.charge_C + np.cumsum(during * dt)
         li = self.li_per_x * (self.n_active * self.resolved.x_initial + np.asarray(rec["dx_sum"][:n], np.float64))
         self.writer.append_timeseries({
             "t_s": t_rows, "voltage_V": rec["voltage_V"][:n], "current_A": current,
@@ -104,6 +132,7 @@ class LaneFile:
             "bv_residual": rec["bv_residual"][:n],
         })
         self.t, self.charge_C = float(t_rows[-1]), float(charge_rows[-1])
+        self.last_current = float(current[-1])
         self.n_steps += n
 
     def after_chunk(self, code: int, pointer: int, scalars: dict, read_fields) -> bool:
@@ -112,11 +141,11 @@ class LaneFile:
         where = self.resolved.describe(pointer)  # unchanged unless a protocol step ended
         if code in (DIVERGED_SOLVE, DIVERGED_X):
             self.status = "diverged"
-            if code == DIVERGED_SOLVE:
-                self.message = (f"{where} at t = {self.t:.6g} s: the potential solve gave V = {scalars['voltage']}, "
-                                f"I = {scalars['current']} A (the current cannot be met)")
+            if code == DIVERGED_SOLVE:  # at the time the state had reached since the last record
+                self.message = (f"{where} at t = {self.t + scalars['dt']:.6g} s: the potential solve gave "
+                                f"V = {scalars['voltage']}, I = {scalars['current']} A (the current cannot be met)")
             else:
-                self.message = f"{where} at t = {self.t + scalars['dt']:.6g} s: x became NaN/Inf"
+                self.message = f"{where} in the step from t = {self.t:.6g} s: x became NaN/Inf"
             self.close()
             return True
         fields = None
@@ -136,8 +165,9 @@ class LaneFile:
         elif code == STOP_X_BOUNDS:
             xa = np.asarray(fields["x"])[self.active]
             self.status = "stopped"
-            self.message = (f"{where} at t = {self.t:.6g} s: Li content left [0, 1] (min {xa.min():.3g}, "
-                            f"max {xa.max():.3g}); the file keeps every step so far")
+            self.message = (f"{where} at t = {self.t:.6g} s: the next step would take the Li content out of "
+                            f"[0, 1] (now min {xa.min():.3g}, max {xa.max():.3g}); it was not taken, and the file "
+                            "keeps every step so far")
         else:  # pragma: no cover - every code is handled above
             self.status, self.message = "stopped", f"{where}: status code {code}"
         self.close()
@@ -149,7 +179,7 @@ class LaneFile:
         if status is not None:
             self.status, self.message = status, message or ""
         self.writer.set_status(self.status, self.message)
-        _write_cycle_summary(self.writer)
+        write_cycle_summary(self.writer)
         self.writer.close()
         self.done = True
 
@@ -195,7 +225,7 @@ def drive(resolved: ResolvedCell, params, numerics, protocol, state, x_initial, 
             state, n, buffers = run(geo, params, numerics, protocol, state, x_initial, chunk, step)
         # one transfer per chunk: the records and the state's scalars of every lane
         n, rec, code, pointer, volt, cur, dt = jax.device_get(
-            (n, buffers, state.status, state.pointer, state.voltage, state.current, state.dt_s))
+            (n, buffers, state.status, state.pointer, state.voltage, state.current, state.pending_dt_s))
         for i, lane in enumerate(lanes):
             if lane.done:
                 continue

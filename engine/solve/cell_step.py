@@ -1,25 +1,29 @@
 """One electrochemical step of a cell, as a pure function of (geometry, params, state).
 
 :func:`cell_step` does on the device what the host-side loop of engine/cell.run_cell
-did in NumPy between kernel calls, with the same rules (engine/cell.py documents the
-physics in full):
+did in NumPy between kernel calls (engine/cell.py documents the physics in full):
 
 1. Control from the protocol table at ``state.pointer``: a CC step applies
    sign · C-rate · I_1C, a rest 0 A (both current control), a CV step holds its voltage
    (voltage control). Newton iterations on the Butler–Volmer current of every reactive
    active | ion-conductor face, each a linearised coupled potential solve
-   (kernels.electrode.solve_coupled), warm-started from the previous step.
-2. The adaptive step Δt = min(Δt_user, Δt_x, τ_min, time left in the protocol step):
+   (kernels.electrode.solve_coupled), warm-started from the previous step. This solve,
+   at the state's time t_n, is the step's record: V, I and M_Li belong to the same time.
+2. Cut-offs on that solve: a CC step ends when V is within ``cutoff_tolerance_V`` of its
+   limit (or past it), a CV step when |I| ≤ (1 + ``cutoff_tolerance``) I_cut, any step
+   at its time cap; then the pointer moves on and x is not advanced.
+3. Otherwise the adaptive step Δt = min(Δt_user, Δt_x, τ_min, t_cut, time left):
    Δt_x lets no surface voxel cover more than half its distance to x = 0 or 1 under its
-   current, τ_min = min F c_max h^d / (Σ_f G_f |U'(x)|) is the kinetic relaxation time
-   beyond which frozen currents overshoot. Δt < 10⁻³ Δt_user stops the run (a voxel
-   is about to empty or fill before the step's limit is reached).
-3. Li diffusion over Δt in ⌈Δt/Δt_stable⌉ explicit sub-steps on the particle's
+   current; τ_min = min F c_max h^d / (Σ_f G_f |U'(x)|) is the kinetic relaxation time
+   beyond which frozen currents overshoot; t_cut is the cut-off's predicted time
+   (linear extrapolation of V, or |I|, from the previous record; at least 10⁻³ Δt_user),
+   so a step ends on its cut-off instead of up to a whole step past it.
+   Δt_x or τ_min below 10⁻³ Δt_user stops the run (a voxel is about to empty or fill).
+4. Li diffusion over Δt in ⌈Δt/Δt_stable⌉ explicit sub-steps on the particle's
    bounding box, the face currents entering as the surface source.
-4. Events: NaN/Inf in V, I or x (the step is not taken), x leaving [0, 1] (the step is
-   taken, then the run stops), the cut-offs that end a protocol step (CC: V reaches its
-   limit; CV: |I| ≤ the cut-off rate; any step: its time cap), and the end of the
-   protocol. The pointer moves on; nothing returns to the host.
+5. Events: NaN/Inf in V, I or x, or a step that would take x out of [0, 1], stop the
+   run at the last good state (that step is not taken); the end of the protocol
+   finishes it. Nothing returns to the host.
 
 Every physical parameter comes from :class:`~.resolve.CellParams` (array leaves).
 Units: SI; x = c/c_max; φ_s is carried shifted by the reference voltage ``v_ref``
@@ -46,14 +50,17 @@ from ssbx.kernels.rotations import quaternion_to_matrix
 from .protocol import CC, CV, ProtocolTable
 from .resolve import CellGeometry, CellNumerics, CellParams
 
+MAX_CORRECTIONS = 6  # corrective steps per cut-off (regula falsi from the last record)
+
 RUNNING = 0
 FINISHED = 1
 STOP_TIME_STEP = 2  # Δt fell below 1e-3 of the user step (not taken)
-STOP_X_BOUNDS = 3  # x left [0, 1] in an active voxel (taken, then stop)
+STOP_X_BOUNDS = 3  # the step would take x out of [0, 1] in an active voxel (not taken)
 DIVERGED_SOLVE = 4  # the potential solve gave NaN/Inf (not taken)
 DIVERGED_X = 5  # x became NaN/Inf (not taken)
 
-# record names written per accepted step; dx_sum is Σ (x − x_initial) over active voxels
+# record names, one record per solve at its time t_n: dt_s is the time since the previous
+# record, dx_sum is Σ (x − x_initial) over active voxels at t_n
 RECORD_FLOAT = ("dt_s", "voltage_V", "current_A", "dx_sum", "bv_residual")
 RECORD_INT = ("step_index", "cycle_index", "cg_iterations")
 
@@ -65,9 +72,13 @@ class CellState(eqx.Module):
     ``phi_e`` (V), ``voxel_current`` (A per active voxel, > 0 = delithiation) and
     ``warm`` ((2, 2, *grid) superposition fields that warm-start the next solve).
     Scalars: ``v_ref`` (V), ``voltage`` and ``current`` of the last solve (V, A),
-    ``dt_s`` the last step tried (s), ``t_step_s`` time spent in the current protocol
-    step (s), ``pointer`` (cycle · n_steps + step), ``status`` (RUNNING, ...) and
-    ``n_taken`` (accepted steps so far).
+    ``pending_dt_s`` the time advanced since the last record (s), ``prev_voltage``,
+    ``prev_current``, ``prev_dt_s`` the last record's V and I and the step taken after
+    it (0 at the start of a protocol step; for the cut-off prediction), ``x_prev`` and
+    ``current_prev`` the last record's Li fraction and face currents and ``corrections``
+    the number of corrective steps taken from them (for a cut-off overshot), ``t_step_s``
+    time spent in the current protocol step (s), ``pointer`` (cycle · n_steps + step),
+    ``status`` (RUNNING, ...) and ``n_taken`` (records so far).
     """
 
     x: jax.Array
@@ -78,7 +89,13 @@ class CellState(eqx.Module):
     v_ref: jax.Array
     voltage: jax.Array
     current: jax.Array
-    dt_s: jax.Array
+    pending_dt_s: jax.Array
+    prev_voltage: jax.Array
+    prev_current: jax.Array
+    prev_dt_s: jax.Array
+    x_prev: jax.Array
+    current_prev: jax.Array
+    corrections: jax.Array
     t_step_s: jax.Array
     pointer: jax.Array
     status: jax.Array
@@ -93,7 +110,9 @@ def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, 
     return CellState(
         x=x, phi_s=zero, phi_e=zero, voxel_current=zero, warm=jnp.zeros((2, 2) + x.shape, dtype),
         v_ref=scalar(get_ocv(params.ocv_name)(jnp.asarray(x_initial, dtype))),
-        voltage=scalar(0.0), current=scalar(0.0), dt_s=scalar(0.0), t_step_s=scalar(0.0),
+        voltage=scalar(0.0), current=scalar(0.0), pending_dt_s=scalar(0.0), prev_voltage=scalar(0.0),
+        prev_current=scalar(0.0), prev_dt_s=scalar(0.0), x_prev=x, current_prev=zero,
+        corrections=jnp.asarray(0, jnp.int32), t_step_s=scalar(0.0),
         pointer=jnp.asarray(0, jnp.int32), status=jnp.asarray(RUNNING, jnp.int32),
         n_taken=jnp.asarray(0, jnp.int32),
     )
@@ -260,10 +279,20 @@ def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, vox
 
 def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, protocol: ProtocolTable,
               derived: Derived, state: CellState, x_initial, solve=None):
-    """One electrochemical step. Returns ``(state, record, taken, boundary)``: the new
-    state, the per-step record (names RECORD_FLOAT + RECORD_INT), whether the step was
-    accepted, and whether it ended a protocol step (or the run). ``solve`` replaces
-    :func:`potentials` (tests inject faults with it)."""
+    """One electrochemical step. Returns ``(state, record, recorded, boundary)``.
+
+    The potentials are solved at the state's time t_n; that solve is the step's record
+    (V, I, M_Li at t_n, with the time since the previous record). If it meets the
+    protocol step's cut-off (CC: V within ``cutoff_tolerance_V`` of its limit or
+    beyond; CV: |I| ≤ (1 + ``cutoff_tolerance``) × the cut-off rate; any step: its
+    time cap), the protocol moves on and x is not advanced. Otherwise x advances by Δt,
+    where Δt is also shortened to the cut-off's predicted time, a linear extrapolation
+    of V (or |I|) from this and the previous record, so that the step ends on the
+    cut-off, not a whole step past it (the error left is second order,
+    ½ V''Δt²; the next solve checks it). ``recorded`` says whether the record is valid
+    (the solve was finite); ``boundary`` whether a protocol step or the run ended.
+    ``solve`` replaces :func:`potentials` (tests inject faults with it).
+    """
     solve = potentials if solve is None else solve
     dtype = state.x.dtype
     k, cycle = protocol.position(state.pointer)
@@ -273,61 +302,100 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     target = jnp.where(voltage_control, protocol.voltage_V[k].astype(dtype), applied)
     guess = jnp.where(voltage_control, state.current, applied)
     sol = solve(geometry, params, numerics, derived, state.x, state.phi_s, state.phi_e, state.warm,
-                     state.v_ref, voltage_control, target, guess, protocol.controls)
+                state.v_ref, voltage_control, target, guess, protocol.controls)
     solve_ok = jnp.isfinite(sol.voltage) & jnp.isfinite(sol.current)
     conducting = params.phase_sigma_s[geometry.labels] > 0
     # re-centre φ_s on the new voltage
-    phi_s = jnp.where(solve_ok, jnp.where(conducting, sol.phi_s - (sol.voltage - state.v_ref), 0.0), sol.phi_s)
-    v_ref = jnp.where(solve_ok, sol.voltage, state.v_ref)
+    phi_s = jnp.where(conducting, sol.phi_s - (sol.voltage - state.v_ref), 0.0)
+    volt, cur = sol.voltage.astype(dtype), sol.current.astype(dtype)
 
-    # adaptive step: no surface voxel covers more than half its distance to 0 or 1
+    # cut-offs, checked on this solve (the state at t_n)
+    sign, v_cut = protocol.sign[k], protocol.voltage_V[k]
+    i_cut = protocol.c_rate[k] * params.one_c_A
+    is_cc = mode == CC
+    to_go_v = sign * (v_cut - volt)  # > 0 while the CC limit is ahead
+    to_go_i = jnp.abs(cur) - i_cut  # > 0 while the CV current is above its cut-off
+    left = protocol.max_duration_s[k] - state.t_step_s
+    tolerance = jnp.where(is_cc, numerics.cutoff_tolerance_V, numerics.cutoff_tolerance * i_cut)
+    distance = jnp.where(is_cc, to_go_v, to_go_i)  # to the cut-off, > 0 before it
+    has_cut = is_cc | voltage_control
+    cap = protocol.max_duration_s[k]
+    have_prev = state.prev_dt_s > 0
+    # a cut-off passed by more than the tolerance since the last record: go back to that
+    # record's state and step to the time interpolated between the two (regula falsi;
+    # at most MAX_CORRECTIONS times, then the overshoot is accepted)
+    prev_distance = jnp.where(is_cc, sign * (v_cut - state.prev_voltage), jnp.abs(state.prev_current) - i_cut)
+    overshot = has_cut & have_prev & (distance < -tolerance) & (state.corrections < MAX_CORRECTIONS) & solve_ok
+    ended = (has_cut & (distance <= tolerance)) | (jnp.isfinite(cap) & (left <= cap * 1e-6))
+    ended = ended & solve_ok & ~overshot
+
+    # adaptive step: no surface voxel covers more than half its distance to 0 or 1, and
+    # no longer than the kinetic relaxation time
     h = geometry.voxel_size_m
     surf = geometry.surface_index
     rate = -sol.voxel_current.reshape(-1)[surf] / (FARADAY * params.c_max_mol_m3 * h**state.x.ndim)
     xs = state.x.reshape(-1)[surf]
     room = jnp.where(rate < 0, xs, 1.0 - xs)
     limit = jnp.min(jnp.where(rate != 0, 0.5 * room / jnp.where(rate != 0, jnp.abs(rate), 1.0), jnp.inf))
-    left = protocol.max_duration_s[k] - state.t_step_s
-    dt = jnp.minimum(jnp.minimum(numerics.time_step_s, limit), jnp.minimum(sol.tau_min, left)).astype(dtype)
+    dt = jnp.minimum(jnp.minimum(numerics.time_step_s, limit), sol.tau_min).astype(dtype)
     too_small = ~(dt >= 1e-3 * numerics.time_step_s)  # also catches NaN
-    go = solve_ok & ~too_small
+    # the cut-off's predicted time from the change since the previous record
+    safe_prev = jnp.where(have_prev, state.prev_dt_s, 1.0)
+    approach = (prev_distance - distance) / safe_prev  # > 0: nearing the cut-off
+    predicted = jnp.where(has_cut & have_prev & (approach > 0), distance / jnp.where(approach > 0, approach, 1.0),
+                          jnp.inf)
+    dt = jnp.minimum(dt, jnp.maximum(predicted, 1e-3 * numerics.time_step_s))
+    dt = jnp.minimum(dt, left).astype(dtype)
+    too_small = too_small & ~overshot
+    # the corrective step: from the last record, to the interpolated crossing
+    frac = jnp.clip(prev_distance / jnp.where(overshot, prev_distance - distance, 1.0), 0.01, 0.99)
+    dt = jnp.where(overshot, frac * state.prev_dt_s, dt).astype(dtype)
+    x_from = jnp.where(overshot, state.x_prev, state.x)
+    current_from = jnp.where(overshot, state.current_prev, sol.voxel_current)
+
+    go = solve_ok & ~ended & ~too_small
     max_sub = jnp.ceil(numerics.time_step_s / derived.dt_stable)
     n_sub = jnp.where(go, jnp.clip(jnp.ceil(dt / derived.dt_stable), 1, max_sub), 0).astype(jnp.int32)
-    x_new = diffuse(geometry, params, derived, state.x, sol.voxel_current, dt, n_sub)
+    x_new = diffuse(geometry, params, derived, x_from, current_from, dt, n_sub)
     box, active_box = geometry.box, geometry.active[geometry.box]
     xb = jnp.where(active_box, x_new[box], 0.5)
     x_ok = jnp.all(jnp.isfinite(xb))
     in_bounds = jnp.all((xb >= 0) & (xb <= 1))
 
     status = jnp.where(~solve_ok, DIVERGED_SOLVE,
-                       jnp.where(too_small, STOP_TIME_STEP,
-                                 jnp.where(~x_ok, DIVERGED_X, jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS))))
-    taken = go & x_ok
-    t_step = state.t_step_s + jnp.where(taken, dt, 0.0)
-
-    # cut-offs that end the protocol step (checked with this step's V and I)
-    volt, cur = sol.voltage, sol.current
-    ended = jnp.where(mode == CC, protocol.sign[k] * (volt - protocol.voltage_V[k]) >= 0,
-                      jnp.where(voltage_control, jnp.abs(cur) <= protocol.c_rate[k] * params.one_c_A, False))
-    ended = ended | (t_step >= protocol.max_duration_s[k] * (1 - 1e-6))
-    ended = ended & (status == RUNNING)
+                       jnp.where(ended, RUNNING,
+                                 jnp.where(too_small, STOP_TIME_STEP,
+                                           jnp.where(~x_ok, DIVERGED_X,
+                                                     jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS)))))
+    advanced = go & x_ok & in_bounds  # a step that would leave [0, 1] is not taken
     pointer = state.pointer + ended.astype(jnp.int32)
     status = jnp.where(ended & (pointer >= protocol.n_total), FINISHED, status).astype(jnp.int32)
 
-    keep = lambda new, old: jnp.where(taken, new, old)  # noqa: E731
+    recorded = solve_ok & ~overshot  # an overshooting solve is replaced, not recorded
+    keep = lambda new, old: jnp.where(recorded, new, old)  # noqa: E731
+    step_dt = jnp.where(advanced, dt, 0.0).astype(dtype)
+    # a corrective step replaces the step taken after the last record
+    t_step = jnp.where(overshot, state.t_step_s - state.prev_dt_s, state.t_step_s) + step_dt
     new_state = CellState(
-        x=keep(x_new, state.x), phi_s=keep(phi_s, state.phi_s), phi_e=keep(sol.phi_e, state.phi_e),
-        voxel_current=keep(sol.voxel_current, state.voxel_current), warm=keep(sol.warm, state.warm),
-        v_ref=keep(v_ref, state.v_ref), voltage=volt.astype(dtype), current=cur.astype(dtype), dt_s=dt,
-        t_step_s=jnp.where(ended, jnp.zeros_like(t_step), t_step).astype(dtype), pointer=pointer,
-        status=status, n_taken=state.n_taken + taken.astype(jnp.int32),
+        x=jnp.where(advanced, x_new, jnp.where(overshot, state.x_prev, state.x)),
+        phi_s=jnp.where(solve_ok, phi_s, state.phi_s), phi_e=jnp.where(solve_ok, sol.phi_e, state.phi_e),
+        voxel_current=keep(sol.voxel_current, state.voxel_current), warm=jnp.where(solve_ok, sol.warm, state.warm),
+        v_ref=jnp.where(solve_ok, sol.voltage, state.v_ref), voltage=volt, current=cur,
+        pending_dt_s=jnp.where(solve_ok, step_dt, state.pending_dt_s).astype(dtype),
+        prev_voltage=keep(volt, state.prev_voltage), prev_current=keep(cur, state.prev_current),
+        prev_dt_s=jnp.where(ended, 0.0, jnp.where(solve_ok, step_dt, state.prev_dt_s)).astype(dtype),
+        x_prev=keep(state.x, state.x_prev), current_prev=keep(sol.voxel_current, state.current_prev),
+        corrections=jnp.where(overshot, state.corrections + 1, jnp.where(recorded, 0, state.corrections)
+                              ).astype(jnp.int32),
+        t_step_s=jnp.where(ended, 0.0, t_step).astype(dtype), pointer=pointer,
+        status=status, n_taken=state.n_taken + recorded.astype(jnp.int32),
     )
     active = geometry.active[box]
     record = {
-        "dt_s": dt, "voltage_V": volt.astype(dtype), "current_A": cur.astype(dtype),
-        "dx_sum": jnp.sum(jnp.where(active, x_new[box] - x_initial, 0.0)).astype(dtype),
+        "dt_s": state.pending_dt_s, "voltage_V": volt, "current_A": cur,
+        "dx_sum": jnp.sum(jnp.where(active, state.x[box] - x_initial, 0.0)).astype(dtype),
         "bv_residual": sol.bv_residual.astype(dtype),
         "step_index": k.astype(jnp.int32), "cycle_index": cycle.astype(jnp.int32),
         "cg_iterations": sol.iterations.astype(jnp.int32),
     }
-    return new_state, record, taken, ended | (status != RUNNING)
+    return new_state, record, recorded, ended | (status != RUNNING)

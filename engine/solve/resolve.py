@@ -132,12 +132,16 @@ class CellNumerics(eqx.Module):
     Attributes:
         time_step_s: the electrochemical step Δt (s), shortened by the adaptive rules.
         time_step_safety: factor of the explicit diffusion stability limit (0, 1].
+        cutoff_tolerance_V: a CC step ends when V is this close to its limit (V).
+        cutoff_tolerance: a CV step ends when |I| ≤ (1 + this) × its cut-off current.
         newton_iterations, rtol, maxiter, preconditioner: potential-solve settings
             (static).
     """
 
     time_step_s: jax.Array
     time_step_safety: jax.Array
+    cutoff_tolerance_V: jax.Array
+    cutoff_tolerance: jax.Array
     newton_iterations: int = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     maxiter: int = eqx.field(static=True)
@@ -221,6 +225,8 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
     numerics = CellNumerics(
         time_step_s=a(ec.time_step_s),
         time_step_safety=a(scenario.numerics.time_step_safety),
+        cutoff_tolerance_V=a(scenario.numerics.cutoff_tolerance_V),
+        cutoff_tolerance=a(scenario.numerics.cutoff_tolerance),
         newton_iterations=ec.newton_iterations,
         rtol=ec.solver_rtol,
         maxiter=5000,
