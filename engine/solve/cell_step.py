@@ -261,10 +261,15 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
                       iters, bv_residual, tau_min, warm)
 
 
-def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub):
+def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub,
+            max_substeps: int | None = None):
     """Advance x over ``dt_s`` in ``n_sub`` explicit sub-steps (traced) on the particle's
     bounding box, the face currents as the source −I/(F c_max h^d). The stencil has no
-    flux out of active voxels, so the box gives the whole grid's result."""
+    flux out of active voxels, so the box gives the whole grid's result.
+
+    With ``max_substeps`` (static) the sub-steps run as a scan of that length, the ones
+    past ``n_sub`` masked: reverse mode can go through it (not through a loop of traced
+    length)."""
     h = geometry.voxel_size_m
     box = geometry.box
     source = -voxel_current[box] / (FARADAY * params.c_max_mol_m3 * h**x.ndim)
@@ -274,11 +279,18 @@ def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, vox
     def body(_, xb):
         return kdiff.explicit_step(xb, dt, grain_id, derived.component_table, h, source)
 
-    return x.at[box].set(jax.lax.fori_loop(0, n_sub, body, x[box]))
+    if max_substeps is None:
+        return x.at[box].set(jax.lax.fori_loop(0, n_sub, body, x[box]))
+
+    def masked(xb, i):
+        return jnp.where(i < n_sub, body(i, xb), xb), None
+
+    xb, _ = jax.lax.scan(masked, x[box], jnp.arange(max_substeps))
+    return x.at[box].set(xb)
 
 
 def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, protocol: ProtocolTable,
-              derived: Derived, state: CellState, x_initial, solve=None):
+              derived: Derived, state: CellState, x_initial, solve=None, max_substeps: int | None = None):
     """One electrochemical step. Returns ``(state, record, recorded, boundary)``.
 
     The potentials are solved at the state's time t_n; that solve is the step's record
@@ -291,7 +303,9 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     cut-off, not a whole step past it (the error left is second order,
     ½ V''Δt²; the next solve checks it). ``recorded`` says whether the record is valid
     (the solve was finite); ``boundary`` whether a protocol step or the run ended.
-    ``solve`` replaces :func:`potentials` (tests inject faults with it).
+    ``solve`` replaces :func:`potentials` (tests inject faults with it);
+    ``max_substeps`` (static) bounds the diffusion sub-steps for reverse mode
+    (:func:`diffuse`; engine.solve.rollout).
     """
     solve = potentials if solve is None else solve
     dtype = state.x.dtype
@@ -355,8 +369,10 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
 
     go = solve_ok & ~ended & ~too_small
     max_sub = jnp.ceil(numerics.time_step_s / derived.dt_stable)
+    if max_substeps is not None:
+        max_sub = jnp.minimum(max_sub, max_substeps)
     n_sub = jnp.where(go, jnp.clip(jnp.ceil(dt / derived.dt_stable), 1, max_sub), 0).astype(jnp.int32)
-    x_new = diffuse(geometry, params, derived, x_from, current_from, dt, n_sub)
+    x_new = diffuse(geometry, params, derived, x_from, current_from, dt, n_sub, max_substeps)
     box, active_box = geometry.box, geometry.active[geometry.box]
     xb = jnp.where(active_box, x_new[box], 0.5)
     x_ok = jnp.all(jnp.isfinite(xb))
