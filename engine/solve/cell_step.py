@@ -356,8 +356,8 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     # the cut-off's predicted time from the change since the previous record
     safe_prev = jnp.where(have_prev, state.prev_dt_s, 1.0)
     approach = (prev_distance - distance) / safe_prev  # > 0: nearing the cut-off
-    predicted = jnp.where(has_cut & have_prev & (approach > 0), distance / jnp.where(approach > 0, approach, 1.0),
-                          jnp.inf)
+    predicting = has_cut & have_prev & (approach > 0)
+    predicted = jnp.where(predicting, distance / jnp.where(predicting, approach, 1.0), jnp.inf)
     dt = jnp.minimum(dt, jnp.maximum(predicted, 1e-3 * numerics.time_step_s))
     dt = jnp.minimum(dt, left).astype(dtype)
     too_small = too_small & ~overshot
