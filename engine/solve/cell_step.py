@@ -165,6 +165,22 @@ def anode_potential(geometry: CellGeometry, params: CellParams, current_A):
     return -(2.0 / f) * jnp.arcsinh(i_li / (2.0 * params.anode_exchange_current_A_m2))
 
 
+@jax.custom_jvp
+def _ratio(a, b):
+    """a / b, with a derivative that float32 can hold when b is tiny: d(a/b) =
+    (da − (a/b) db) / b, formed as da/b − ((a/b)/b) db. JAX's own rule forms 1/b²,
+    which overflows float32 for b ≈ 1e-20 (D3 of layered oxides in m²/s)."""
+    return a / b
+
+
+@_ratio.defjvp
+def _ratio_jvp(primals, tangents):
+    a, b = primals
+    da, db = tangents
+    q = a / b
+    return q, da / b - (q / b) * db
+
+
 def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref):
     """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``
     (φ_s − v_ref − φ_e on each face), as grids that are zero off the faces."""
@@ -184,8 +200,8 @@ def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref
         # the half voxels on both sides of the face in series with the kinetics, and the
         # surface-concentration extrapolation R_diff = −U'(x)(h/2)/(F c_max D_n)
         r_face = params.interface_resistance_ohm_m2 + 0.5 * h * (take(inv_s) + take(neighbour(inv_e, ax, dr)))
-        r_face = r_face + jnp.maximum(-slope, 0.0) * 0.5 * h / (
-            FARADAY * params.c_max_mol_m3 * jnp.maximum(d_n, 1e-30))
+        r_face = r_face + _ratio(jnp.maximum(-slope, 0.0) * 0.5 * h / (FARADAY * params.c_max_mol_m3),
+                                 jnp.maximum(d_n, 1e-30))
         eta = kbv.solve_overpotential(df - u, i0, r_face, temp, aa, ac)
         i = kbv.butler_volmer(eta, i0, temp, aa, ac)
         g_bv = i0 * f * (aa * jnp.exp(aa * f * eta) + ac * jnp.exp(-ac * f * eta))
