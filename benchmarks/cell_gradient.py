@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result  # noqa: E402
+from common import device_info, time_call, write_result  # noqa: E402
 
 from ssbx.engine.config import scenario_from_dict  # noqa: E402
 from ssbx.engine.solve.cell_step import initial_state  # noqa: E402
@@ -39,16 +38,6 @@ CELL = {
     "mechanics": {"enabled": False},
     "protocol": {"kind": "cycling", "steps": ["charge at 0.5C until 4.3 V or 10 h"]},
 }
-
-
-def _best(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
@@ -74,7 +63,7 @@ def main(argv=None):
         for name, fn in (("forward", fwd), ("gradient", grad)):
             analysis = fn.lower(r.params).compile().memory_analysis()
             mem[name] = None if analysis is None else int(analysis.temp_size_in_bytes)
-        t_fwd, t_grad = _best(fwd, r.params), _best(grad, r.params)
+        t_fwd, t_grad = time_call(fwd, r.params), time_call(grad, r.params)
         row = {"n_steps": n, "forward_s": t_fwd, "gradient_s": t_grad, "ratio": t_grad / t_fwd,
                "forward_temp_bytes": mem["forward"], "gradient_temp_bytes": mem["gradient"]}
         rows.append(row)
