@@ -527,18 +527,26 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     return CellResult(Path(out_path), status, message, t, n_done)
 
 
-def _write_cycle_summary(writer: RunWriter):
-    """Per cycle: charge and discharge capacity (Ah) and Coulombic efficiency."""
+def _write_cycle_summary(writer: RunWriter, current_holds_until_next: bool = False):
+    """Per cycle: charge and discharge capacity (Ah) and Coulombic efficiency.
+
+    The host loop's rows hold the current of the interval that ends at the row's time
+    (``current_holds_until_next = False``); the device stepper's rows hold the current
+    that drives the interval up to the next row (True): then the charge of (t_j, t_(j+1)]
+    is I_j (t_(j+1) − t_j), counted in the cycle of row j."""
     f = writer._file
     if "current_A" not in f["timeseries"]:
         return
     t = f["timeseries/t_s"][()]
     current = f["timeseries/current_A"][()]
     cycle = f["timeseries/cycle_index"][()].astype(int)
-    dt = np.diff(np.concatenate([[0.0], t]))
+    if current_holds_until_next:
+        dt, current, cycle = np.diff(t), current[:-1], cycle[:-1]
+    else:
+        dt = np.diff(np.concatenate([[0.0], t]))
     group = f.require_group("cycles")
     charge, discharge = [], []
-    for c in range(cycle.max() + 1):
+    for c in range(int(cycle.max()) + 1 if cycle.size else 0):
         sel = cycle == c
         charge.append(float(np.sum(np.clip(current[sel], 0, None) * dt[sel]) / 3600.0))
         discharge.append(float(np.sum(np.clip(-current[sel], 0, None) * dt[sel]) / 3600.0))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..cell import CellResult
+from ..cell import CellResult, _write_cycle_summary
 from ..config import Scenario
 from ..errors import ConfigError, SimulationDiverged
 from ..io import RunWriter
@@ -37,31 +37,6 @@ def _face_area_grid(geometry) -> np.ndarray:
     for idx, area in zip(geometry.face_index, geometry.face_area_m2):
         np.add.at(total, np.asarray(idx), np.asarray(area, np.float64))
     return total.reshape(geometry.grain_id.shape)
-
-
-def write_cycle_summary(writer: RunWriter):
-    """Per cycle: charge and discharge capacity (Ah) and Coulombic efficiency. A
-    record's current holds until the next record, so the charge of the interval
-    (t_j, t_(j+1)] is I_j (t_(j+1) − t_j), counted in the cycle of record j."""
-    f = writer._file
-    if "current_A" not in f["timeseries"]:
-        return
-    t = f["timeseries/t_s"][()]
-    current = f["timeseries/current_A"][()][:-1]
-    cycle = f["timeseries/cycle_index"][()].astype(int)[:-1]
-    dt = np.diff(t)
-    group = f.require_group("cycles")
-    charge, discharge = [], []
-    for c in range(int(cycle.max()) + 1 if cycle.size else 0):
-        sel = cycle == c
-        charge.append(float(np.sum(np.clip(current[sel], 0, None) * dt[sel]) / 3600.0))
-        discharge.append(float(np.sum(np.clip(-current[sel], 0, None) * dt[sel]) / 3600.0))
-    for name, values in (("charge_Ah", charge), ("discharge_Ah", discharge),
-                         ("coulombic_efficiency", [d / c if c > 0 else np.nan for c, d in zip(charge, discharge)])):
-        if name in group:
-            del group[name]
-        group.create_dataset(name, data=np.asarray(values))
-    f.flush()
 
 
 def check_resolved(resolved: ResolvedCell) -> None:
@@ -179,7 +154,7 @@ class LaneFile:
         if status is not None:
             self.status, self.message = status, message or ""
         self.writer.set_status(self.status, self.message)
-        write_cycle_summary(self.writer)
+        _write_cycle_summary(self.writer, current_holds_until_next=True)
         self.writer.close()
         self.done = True
 
