@@ -145,7 +145,8 @@ class MechanicsConfig:
     enabled: bool = True
     active_material: str = "NCM"
     expansion: tuple[float, float, float] | None = None  # None: the material's β
-    surrounding_material: str = "pore"
+    surrounding_material: str = "pore"  # particle runs: every voxel that is not active
+    electrolyte_material: str = "Li6PS5Cl"  # cell runs: the solid-electrolyte phase (separator)
     x_ref: float | None = None  # None: material.x_initial (stress-free initial state)
     stack_pressure_Pa: float = 0.0
     tol: float = 1e-4
@@ -169,6 +170,7 @@ class MechanicsConfig:
 
         check_material_name("mechanics.active_material", self.active_material)
         check_material_name("mechanics.surrounding_material", self.surrounding_material)
+        check_material_name("mechanics.electrolyte_material", self.electrolyte_material)
         if self.expansion is not None:
             if len(self.expansion) != 3 or not all(_is_number(b) for b in self.expansion):
                 raise ConfigError(
@@ -419,14 +421,33 @@ class Scenario:
                 "(a lone particle has no voltage)"
             )
         if self.cell.enabled and self.mechanics.enabled:
+            self._check_cell_mechanics()
+        if not self.cell.enabled and self.mechanics.electrolyte_material != MechanicsConfig.electrolyte_material:
             raise ConfigError(
-                "mechanics.enabled = true with [cell] enabled = true: cell runs do not solve stress yet "
-                "(particle runs do); set [mechanics] enabled = false in a cell scenario"
-            )
+                f"mechanics.electrolyte_material = {self.mechanics.electrolyte_material!r} in a particle run: "
+                "it names the separator of a cell; a particle's surround is mechanics.surrounding_material")
         if self.cell.enabled and self.protocol.kind != "cycling":
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
             )
+
+    def _check_cell_mechanics(self):
+        """Refuse the mechanics options a cell run does not honour (never ignore one)."""
+        mech = self.mechanics
+        if mech.couple_diffusion:
+            raise ConfigError(
+                "mechanics.couple_diffusion = true with [cell] enabled = true: stress-assisted transport is "
+                "solved in particle runs only so far; a cell run writes the stress at its snapshots. Set "
+                "mechanics.couple_diffusion = false (or run the particle alone)")
+        if mech.surrounding_material.lower() != "pore":
+            raise ConfigError(
+                f"mechanics.surrounding_material = {mech.surrounding_material!r} with [cell] enabled = true: "
+                "in a cell every phase has its own material (ECBD, carbon, mechanics.electrolyte_material for "
+                "the solid electrolyte); surrounding_material is for particle runs, leave it at 'pore'")
+        if self.numerics.cell_driver == "host":
+            raise ConfigError(
+                "mechanics.enabled = true with numerics.cell_driver = 'host': the legacy host loop does not "
+                "solve stress; use cell_driver = 'device' or set [mechanics] enabled = false")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,12 +29,13 @@ from ssbx.kernels.stiffness import grain_expansion_table
 
 from .errors import ConfigError
 from .mechanics_materials import (
+    DEFAULT_LABEL_MATERIALS,
     MECHANICS_MATERIALS,
     ElasticMaterial,
     build_phase_tables,
     get_mechanics_material,
 )
-from .microstructure import ACTIVE, Microstructure
+from .microstructure import ACTIVE, SOLID_ELECTROLYTE, Microstructure
 
 STACK_COMPONENT = {3: 2, 2: 1}  # σ_zz in 3D, σ_yy in the 2D (xx, yy, xy) layout
 from ssbx.kernels.constants import GAS_CONSTANT  # noqa: E402
@@ -72,8 +73,11 @@ class StressSolver:
     ndim: int
 
     @classmethod
-    def build(cls, micro: Microstructure, cfg, x_ref: float, dtype) -> "StressSolver":
-        tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, _materials(micro, cfg))
+    def build(cls, micro: Microstructure, cfg, x_ref: float, dtype, cell: bool = False) -> "StressSolver":
+        """``cell``: every label has its own material (:func:`cell_materials`), else the
+        particle-run rule (every non-active voxel is ``cfg.surrounding_material``)."""
+        materials = cell_materials(micro, cfg) if cell else _materials(micro, cfg)
+        tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, materials)
         return cls(
             phase_index=tables.phase_index,
             table0=jnp.asarray(tables.table0, dtype),
@@ -116,6 +120,22 @@ def _materials(micro: Microstructure, cfg):
     for label in np.unique(micro.labels):
         if label != ACTIVE:
             materials[int(label)] = cfg.surrounding_material
+    return materials
+
+
+def cell_materials(micro: Microstructure, cfg):
+    """Material per label of a cell: the active material, ``cfg.electrolyte_material``
+    for the solid electrolyte and the defaults of DEFAULT_LABEL_MATERIALS for the rest
+    (ECBD, carbon, pore, Li, Al)."""
+    materials = {}
+    for label in np.unique(micro.labels):
+        label = int(label)
+        if label == ACTIVE:
+            materials[label] = active_material(cfg.active_material, cfg.expansion)
+        elif label == SOLID_ELECTROLYTE:
+            materials[label] = cfg.electrolyte_material
+        else:
+            materials[label] = DEFAULT_LABEL_MATERIALS[label]
     return materials
 
 
@@ -240,17 +260,19 @@ def _solve_jit(t0, t1, idx, x, expansion, x_ref, stress, tol, maxiter):
     )
 
 
-def stress_outputs(result: kel.ElasticityResult, active: np.ndarray):
-    """Snapshot fields (Pa, NaN outside the active phase) and per-snapshot statistics."""
+def stress_outputs(result: kel.ElasticityResult, active: np.ndarray, region: np.ndarray | None = None):
+    """Snapshot fields (Pa, NaN outside ``region``, by default the active phase) and
+    per-snapshot statistics of the active phase."""
+    region = active if region is None else region
     vm = np.asarray(kel.von_mises(result.stress), np.float64)
     sh = np.asarray(kel.hydrostatic(result.stress), np.float64)
     ev = np.asarray(kel.volumetric_strain(result.strain), np.float64)
     principal = np.asarray(kel.principal_stresses(result.stress), np.float64)
     fields = {
-        "von_mises_Pa": np.where(active, vm, np.nan),
-        "hydrostatic_Pa": np.where(active, sh, np.nan),
-        "max_principal_Pa": np.where(active, principal[-1], np.nan),
-        "volumetric_strain": np.where(active, ev, np.nan),
+        "von_mises_Pa": np.where(region, vm, np.nan),
+        "hydrostatic_Pa": np.where(region, sh, np.nan),
+        "max_principal_Pa": np.where(region, principal[-1], np.nan),
+        "volumetric_strain": np.where(region, ev, np.nan),
     }
     stats = {
         "von_mises_max_Pa": float(vm[active].max()),

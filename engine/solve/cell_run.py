@@ -25,6 +25,8 @@ from ..cell import CellResult, _write_cycle_summary
 from ..config import Scenario
 from ..errors import ConfigError, SimulationDiverged
 from ..io import RunWriter
+from ..mechanics import StressSolver, stress_outputs
+from ..microstructure import SOLID_ELECTROLYTE
 from .cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RUNNING, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
                         electronic_conductivity, initial_state)
 from .loop import advance
@@ -71,6 +73,25 @@ class LaneFile:
         self.n_steps = 0
         self.status, self.message = "running", ""
         self.done = False
+        self.stress = None
+        mech = scenario.mechanics
+        if mech.enabled:
+            x_ref = resolved.x_initial if mech.x_ref is None else mech.x_ref
+            dtype = jnp.asarray(par.c_max_mol_m3).dtype
+            self.stress = StressSolver.build(micro, mech, x_ref, dtype, cell=True)
+            self.solid = np.asarray(self.stress.table0)[np.asarray(self.stress.phase_index), 0, 0] > 0
+            self.electrolyte = micro.labels == SOLID_ELECTROLYTE
+
+    def stress_outputs(self, x) -> tuple[dict, dict]:
+        """Stress fields on every solid voxel of the cell and the statistics of the
+        active phase (as particle runs write them) plus the electrolyte's extremes."""
+        fields, stats = stress_outputs(self.stress.solve(jnp.asarray(x)), self.active, self.solid)
+        if self.electrolyte.any():
+            se = self.electrolyte
+            stats["electrolyte_von_mises_max_Pa"] = float(np.nanmax(fields["von_mises_Pa"][se]))
+            stats["electrolyte_hydrostatic_min_Pa"] = float(np.nanmin(fields["hydrostatic_Pa"][se]))
+            stats["electrolyte_max_principal_max_Pa"] = float(np.nanmax(fields["max_principal_Pa"][se]))
+        return fields, stats
 
     def snapshot(self, fields: dict):
         """``fields``: NumPy x, phi_s, phi_e, voxel_current, v_ref (and sigma_s)."""
@@ -86,7 +107,12 @@ class LaneFile:
         }
         if "sigma_s" in fields:
             out["sigma_s_S_m"] = np.where(self.conducting_s, np.asarray(fields["sigma_s"], np.float64), np.nan)
-        self.writer.append_snapshot(self.t, out, {}, {"mean_soc": float(xa[self.active].mean())})
+        stats = {"mean_soc": float(xa[self.active].mean())}
+        if self.stress is not None and np.all(np.isfinite(xa[self.active])):
+            stress_fields, stress_stats = self.stress_outputs(np.where(self.active, xa, 0.0))
+            out.update(stress_fields)
+            stats.update(stress_stats)
+        self.writer.append_snapshot(self.t, out, {}, stats)
 
     def records(self, n: int, rec: dict):
         """Append the first ``n`` records of a chunk to the timeseries."""
