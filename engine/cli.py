@@ -33,6 +33,8 @@ def _run_parser(sub):
     p.add_argument("--png", default=None,
                    help="summary PNG path (default: the output path with .png)")
     p.add_argument("--no-png", action="store_true", help="do not write the summary PNG")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (without it, ssbx run refuses to touch them)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--float64", action="store_true", help="run in float64 (overrides run.dtype)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -82,6 +84,11 @@ def cmd_run(args) -> int:
         from .simulation import jnp_dtype, run_scenario
 
         out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
+        existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
+        if existing and not args.overwrite:
+            names = ", ".join(str(p) for p in existing)
+            raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
+                              "another --out")
         print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
@@ -116,6 +123,21 @@ def cmd_run(args) -> int:
         print(f"ssbx run: invalid input: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _output_paths(scenario, out: Path, args) -> list[Path]:
+    """Every file ``ssbx run`` would write: the run file(s) and their summary PNGs."""
+    if scenario.sweep.parameter:
+        from .solve.sweep import lane_paths
+
+        runs = [Path(p) for p in lane_paths(out, len(scenario.sweep.values))]
+        pngs = [p.with_suffix(".png") for p in runs]
+    else:
+        runs = [out]
+        pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
+    if args.no_png or not scenario.output.summary_png:
+        pngs = []
+    return runs + pngs
 
 
 def _run_sweep(scenario, out: Path, args) -> int:

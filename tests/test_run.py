@@ -66,8 +66,9 @@ def test_partial_contact_localises_delithiation(default_run, tmp_path):
     unreactive surface grains lag behind the reactive ones, and the total current, hence
     the mean SOC, is unchanged."""
     out = tmp_path / "partial.h5"
-    assert main(["run", "-q", "--no-png", "--out", str(out), "--set", "particle.reactive_fraction=0.667",
-                 "--set", "protocol.duration_s=480"]) == 0
+    out.write_bytes(b"an older file")  # replaced only because --overwrite says so
+    assert main(["run", "-q", "--no-png", "--overwrite", "--out", str(out), "--set",
+                 "particle.reactive_fraction=0.667", "--set", "protocol.duration_s=480"]) == 0
     run = load_run(out)
     micro = Microstructure(run.geometry["labels"], run.geometry["grain_id"], run.geometry["orientations"],
                            run.geometry["reactive_grains"], run.voxel_size_m)
@@ -145,3 +146,23 @@ def test_help_documents_options():
                          capture_output=True, text=True, check=True).stdout
     for word in ("--out", "--set", "--quiet", "scenario", "built-in default"):
         assert word in out
+
+
+def test_existing_outputs_are_never_overwritten_unasked(tmp_path, capsys):
+    """An existing run file or summary PNG stops `ssbx run` before anything is written,
+    naming the file and --overwrite; the file keeps its bytes (sweeps: every lane file)."""
+    out = tmp_path / "run.h5"
+    out.write_bytes(b"precious")
+    assert main(["run", "-q", "--out", str(out)]) == 2
+    assert out.read_bytes() == b"precious"
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err
+    png = tmp_path / "fresh.png"
+    png.write_bytes(b"figure")
+    assert main(["run", "-q", "--out", str(tmp_path / "fresh.h5")]) == 2
+    assert png.read_bytes() == b"figure" and not (tmp_path / "fresh.h5").exists()
+    sweep = tmp_path / "sweep.h5"
+    (tmp_path / "sweep_1.h5").write_bytes(b"lane")
+    assert main(["run", "-q", "--no-png", "--out", str(sweep), "--set", "sweep.parameter='protocol.duration_s'",
+                 "--set", "sweep.values=[60, 120]"]) == 2
+    assert "sweep_1.h5" in capsys.readouterr().err and not (tmp_path / "sweep_0.h5").exists()
