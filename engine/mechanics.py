@@ -241,13 +241,18 @@ class StressCoupling(eqx.Module):
         return jnp.where(active, work / (c_max_mol_m3 * GAS_CONSTANT * self.temperature_K), 0.0)
 
 
+def stress_free_x(scenario) -> float:
+    """The stress-free Li content: mechanics.x_ref, by default material.x_initial."""
+    mech = scenario.mechanics
+    return scenario.material.x_initial if mech.x_ref is None else mech.x_ref
+
+
 def scenario_stress_coupling(scenario, micro: Microstructure, dtype):
     """The scenario's StressCoupling, or None unless mechanics.couple_diffusion is on."""
     mech = scenario.mechanics
     if not (mech.enabled and mech.couple_diffusion):
         return None
-    x_ref = scenario.material.x_initial if mech.x_ref is None else mech.x_ref
-    return StressCoupling.build(micro, mech, x_ref, scenario.electrochemistry.temperature_K, dtype)
+    return StressCoupling.build(micro, mech, stress_free_x(scenario), scenario.electrochemistry.temperature_K, dtype)
 
 
 @eqx.filter_jit

@@ -22,7 +22,7 @@ from .config import Scenario
 from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
 from .materials import FARADAY
-from .mechanics import StressSolver, scenario_stress_coupling, stress_outputs
+from .mechanics import StressSolver, scenario_stress_coupling, stress_free_x, stress_outputs
 from .microstructure import ECBD, LABEL_NAMES, Microstructure, polycrystalline_particle
 from .model import (
     STATUS_NOT_FINITE,
@@ -139,8 +139,7 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
 
     stress_solver = None
     if scenario.mechanics.enabled:
-        x_ref = mat.x_initial if scenario.mechanics.x_ref is None else scenario.mechanics.x_ref
-        stress_solver = StressSolver.build(micro, scenario.mechanics, x_ref, dtype)
+        stress_solver = StressSolver.build(micro, scenario.mechanics, stress_free_x(scenario), dtype)
 
     def snapshot(writer, t_s, x_now):
         x_np = np.asarray(x_now, dtype=np.float64)

@@ -25,7 +25,7 @@ from ..cell import CellResult, _write_cycle_summary
 from ..config import Scenario
 from ..errors import ConfigError, SimulationDiverged
 from ..io import RunWriter
-from ..mechanics import StressSolver, stress_outputs
+from ..mechanics import StressSolver, stress_free_x, stress_outputs
 from ..microstructure import SOLID_ELECTROLYTE
 from .cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RUNNING, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
                         electronic_conductivity, initial_state)
@@ -76,9 +76,8 @@ class LaneFile:
         self.stress = None
         mech = scenario.mechanics
         if mech.enabled:
-            x_ref = resolved.x_initial if mech.x_ref is None else mech.x_ref
             dtype = jnp.asarray(par.c_max_mol_m3).dtype
-            self.stress = StressSolver.build(micro, mech, x_ref, dtype, cell=True)
+            self.stress = StressSolver.build(micro, mech, stress_free_x(scenario), dtype, cell=True)
             self.solid = np.asarray(self.stress.table0)[np.asarray(self.stress.phase_index), 0, 0] > 0
             self.electrolyte = micro.labels == SOLID_ELECTROLYTE
 
