@@ -434,11 +434,6 @@ class Scenario:
     def _check_cell_mechanics(self):
         """Refuse the mechanics options a cell run does not honour (never ignore one)."""
         mech = self.mechanics
-        if mech.couple_diffusion:
-            raise ConfigError(
-                "mechanics.couple_diffusion = true with [cell] enabled = true: stress-assisted transport is "
-                "solved in particle runs only so far; a cell run writes the stress at its snapshots. Set "
-                "mechanics.couple_diffusion = false (or run the particle alone)")
         if mech.surrounding_material.lower() != "pore":
             raise ConfigError(
                 f"mechanics.surrounding_material = {mech.surrounding_material!r} with [cell] enabled = true: "

@@ -173,8 +173,11 @@ class StressCoupling(eqx.Module):
     maxiter: int = eqx.field(static=True)
 
     @classmethod
-    def build(cls, micro: Microstructure, cfg, x_ref: float, temperature_K: float, dtype) -> "StressCoupling":
-        materials = _materials(micro, cfg)
+    def build(cls, micro: Microstructure, cfg, x_ref: float, temperature_K: float, dtype,
+              cell: bool = False) -> "StressCoupling":
+        """``cell``: every label its own material (:func:`cell_materials`), else the
+        particle-run rule (every non-active voxel is ``cfg.surrounding_material``)."""
+        materials = cell_materials(micro, cfg) if cell else _materials(micro, cfg)
         tables = build_phase_tables(micro.labels, micro.grain_id, micro.orientations, materials)
         n_grains = int(np.asarray(micro.orientations).shape[0])
         act = materials[ACTIVE]
@@ -226,17 +229,24 @@ class StressCoupling(eqx.Module):
         grains = grain_expansion_table(orientations, self.beta)
         return jnp.concatenate([grains.astype(self.table0.dtype), self.label_expansion])
 
-    def potential(self, orientations, c_max_mol_m3, x, active):
-        """χ = σ : B / (c_max R T) on active voxels (0 elsewhere), dimensionless."""
-        table = self.expansion_table(orientations)
-        result = kel.solve_elasticity(
+    def solve(self, orientations, x) -> kel.ElasticityResult:
+        """The stress of the Li field ``x`` (non-active voxels may hold anything finite)."""
+        return kel.solve_elasticity(
             self.table0, self.table1, self.phase_index, x,
-            expansion_table=table, x_ref=self.x_ref,
+            expansion_table=self.expansion_table(orientations), x_ref=self.x_ref,
             macro_stress=self.macro_stress, stress_mask=jnp.ones(self.macro_stress.shape, bool),
             tol=self.tol, maxiter=self.maxiter,
         )
+
+    def potential(self, orientations, c_max_mol_m3, x, active):
+        """χ = σ : B / (c_max R T) on active voxels (0 elsewhere), dimensionless."""
+        return self.potential_of(self.solve(orientations, x), orientations, c_max_mol_m3, active)
+
+    def potential_of(self, result: kel.ElasticityResult, orientations, c_max_mol_m3, active):
+        """χ of an already solved stress ``result``."""
+        table = self.expansion_table(orientations)
         b = jnp.moveaxis(table[self.phase_index], -1, 0)  # (6, *grid)
-        shear_twice = jnp.asarray([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], x.dtype)  # tensor (not Voigt) shear
+        shear_twice = jnp.asarray([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], result.stress.dtype)  # tensor (not Voigt) shear
         work = jnp.tensordot(shear_twice, result.stress * b, axes=1, precision=HIGHEST)
         return jnp.where(active, work / (c_max_mol_m3 * GAS_CONSTANT * self.temperature_K), 0.0)
 
@@ -247,12 +257,14 @@ def stress_free_x(scenario) -> float:
     return scenario.material.x_initial if mech.x_ref is None else mech.x_ref
 
 
-def scenario_stress_coupling(scenario, micro: Microstructure, dtype):
-    """The scenario's StressCoupling, or None unless mechanics.couple_diffusion is on."""
+def scenario_stress_coupling(scenario, micro: Microstructure, dtype, cell: bool = False):
+    """The scenario's StressCoupling, or None unless mechanics.couple_diffusion is on
+    (``cell``: the materials of a cell's phases, see StressCoupling.build)."""
     mech = scenario.mechanics
     if not (mech.enabled and mech.couple_diffusion):
         return None
-    return StressCoupling.build(micro, mech, stress_free_x(scenario), scenario.electrochemistry.temperature_K, dtype)
+    return StressCoupling.build(micro, mech, stress_free_x(scenario), scenario.electrochemistry.temperature_K, dtype,
+                                cell=cell)
 
 
 @eqx.filter_jit

@@ -60,7 +60,6 @@ def test_every_cell_phase_has_its_own_material(cell_solver):
 
 
 @pytest.mark.parametrize("mechanics, words", [
-    ({"couple_diffusion": True}, ["mechanics.couple_diffusion = true", "particle runs only"]),
     ({"surrounding_material": "LLZO"}, ["mechanics.surrounding_material = 'LLZO'", "electrolyte_material"]),
     ({"electrolyte_material": "granite"}, ["mechanics.electrolyte_material = 'granite'", "valid names"]),
 ])

@@ -20,7 +20,11 @@ did in NumPy between kernel calls (engine/cell.py documents the physics in full)
    so a step ends on its cut-off instead of up to a whole step past it.
    Δt_x or τ_min below 10⁻³ Δt_user stops the run (a voxel is about to empty or fill).
 4. Li diffusion over Δt in ⌈Δt/Δt_stable⌉ explicit sub-steps on the particle's
-   bounding box, the face currents entering as the surface source.
+   bounding box, the face currents entering as the surface source. With
+   stress-assisted transport (``params.coupling``) the stress of the whole cell is
+   re-solved on the device every ``numerics.stress_every_steps`` accepted steps and the
+   Li flux gains the drift −D x ∇χ, χ = σ : B / (c_max R T) (engine.mechanics.
+   StressCoupling), χ carried between solves by each voxel's own Eshelby response.
 5. Events: NaN/Inf in V, I or x, or a step that would take x out of [0, 1], stop the
    run at the last good state (that step is not taken); the end of the protocol
    finishes it. Nothing returns to the host.
@@ -59,6 +63,8 @@ STOP_X_BOUNDS = 3  # the step would take x out of [0, 1] in an active voxel (not
 DIVERGED_SOLVE = 4  # the potential solve gave NaN/Inf (not taken)
 DIVERGED_X = 5  # x became NaN/Inf (not taken)
 
+STRESS_DUE = 2**30  # ``since_stress`` that makes the next advancing step solve the stress
+
 # record names, one record per solve at its time t_n: dt_s is the time since the previous
 # record, dx_sum is Σ (x − x_initial) over active voxels at t_n
 RECORD_FLOAT = ("dt_s", "voltage_V", "current_A", "dx_sum", "bv_residual")
@@ -79,6 +85,9 @@ class CellState(eqx.Module):
     the number of corrective steps taken from them (for a cut-off overshot), ``t_step_s``
     time spent in the current protocol step (s), ``pointer`` (cycle · n_steps + step),
     ``status`` (RUNNING, ...) and ``n_taken`` (records so far).
+    With stress-assisted transport: ``chi`` (χ of the last stress solve, on active
+    voxels), ``x_stress`` (the Li fraction it was solved for) and ``since_stress``
+    (accepted steps since); all three are None without it.
     """
 
     x: jax.Array
@@ -100,13 +109,20 @@ class CellState(eqx.Module):
     pointer: jax.Array
     status: jax.Array
     n_taken: jax.Array
+    chi: jax.Array | None = None
+    x_stress: jax.Array | None = None
+    since_stress: jax.Array | None = None
 
 
 def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, dtype=jnp.float32) -> CellState:
-    """Uniform Li fraction, zero potentials and currents, at the start of the protocol."""
+    """Uniform Li fraction, zero potentials and currents, at the start of the protocol
+    (with stress-assisted transport, the first step that advances x solves the stress)."""
     x = jnp.where(geometry.active, jnp.asarray(x_initial, dtype), jnp.asarray(0.0, dtype))
     zero = jnp.zeros_like(x)
     scalar = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    stress = {}
+    if params.coupling is not None:
+        stress = dict(chi=zero, x_stress=x, since_stress=jnp.asarray(STRESS_DUE, jnp.int32))
     return CellState(
         x=x, phi_s=zero, phi_e=zero, voxel_current=zero, warm=jnp.zeros((2, 2) + x.shape, dtype),
         v_ref=scalar(get_ocv(params.ocv_name)(jnp.asarray(x_initial, dtype))),
@@ -114,7 +130,7 @@ def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, 
         prev_current=scalar(0.0), prev_dt_s=scalar(0.0), x_prev=x, current_prev=zero,
         corrections=jnp.asarray(0, jnp.int32), t_step_s=scalar(0.0),
         pointer=jnp.asarray(0, jnp.int32), status=jnp.asarray(RUNNING, jnp.int32),
-        n_taken=jnp.asarray(0, jnp.int32),
+        n_taken=jnp.asarray(0, jnp.int32), **stress,
     )
 
 
@@ -124,17 +140,23 @@ class Derived(NamedTuple):
     component_table: jax.Array  # per-grain packed diffusion tensor, m²/s
     face_diffusivity: tuple  # per face group: D_kk of the face voxel's grain (m²/s)
     dt_stable: jax.Array  # explicit diffusion limit (s)
+    theta: jax.Array | None  # stress coupling: −∂χ/∂x of a voxel's own Li (StressCoupling.local_theta)
 
 
 def derive(geometry: CellGeometry, params: CellParams, numerics: CellNumerics) -> Derived:
+    """The per-grain diffusion tensors and the explicit stability limit
+    Δt_stable = safety · h² / (2 d D_max (1 + θ)) (θ = 0 without stress coupling: the
+    drift adds θ D to the effective diffusivity, see engine.mechanics.StressCoupling)."""
     ndim = geometry.ndim
     rotations = quaternion_to_matrix(params.orientations)
     table = kdiff.tensor_components(kdiff.grain_diffusion_tensors(rotations, params.diffusivity_m2_s, ndim))
     gid = geometry.grain_id.reshape(-1)
     face_d = tuple(table[gid[idx], ax] for idx, ax in zip(geometry.face_index, geometry.axes))
     h = geometry.voxel_size_m
-    dt_stable = numerics.time_step_safety * h**2 / (2.0 * ndim * jnp.max(params.diffusivity_m2_s))
-    return Derived(table, face_d, dt_stable)
+    theta = None if params.coupling is None else params.coupling.local_theta(params.c_max_mol_m3)
+    d_eff = jnp.max(params.diffusivity_m2_s) * (1.0 if theta is None else 1.0 + jnp.maximum(theta, 0.0))
+    dt_stable = numerics.time_step_safety * h**2 / (2.0 * ndim * d_eff)
+    return Derived(table, face_d, dt_stable, theta)
 
 
 def electronic_conductivity(geometry: CellGeometry, params: CellParams, x) -> jax.Array:
@@ -278,10 +300,14 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
 
 
 def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub,
-            max_substeps: int | None = None):
+            max_substeps: int | None = None, stress=None):
     """Advance x over ``dt_s`` in ``n_sub`` explicit sub-steps (traced) on the particle's
     bounding box, the face currents as the source −I/(F c_max h^d). The stencil has no
     flux out of active voxels, so the box gives the whole grid's result.
+
+    ``stress`` = (χ_s, x_s) of the last stress solve adds the stress-driven flux
+    (kernels.diffusion.stress_drift_rate) with χ = χ_s − θ (x − x_s) at each sub-step,
+    as the particle rollout does (engine.model.rollout).
 
     With ``max_substeps`` (static) the sub-steps run as a scan of that length, the ones
     past ``n_sub`` masked: reverse mode can go through it (not through a loop of traced
@@ -291,9 +317,18 @@ def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, vox
     source = -voxel_current[box] / (FARADAY * params.c_max_mol_m3 * h**x.ndim)
     grain_id = geometry.grain_id[box]
     dt = dt_s / jnp.maximum(n_sub, 1).astype(x.dtype)
+    if stress is None:
+        def body(_, xb):
+            return kdiff.explicit_step(xb, dt, grain_id, derived.component_table, h, source)
+    else:
+        active = grain_id >= 0
+        comps = kdiff.voxel_components(derived.component_table, grain_id)
+        chi_s, x_s = stress[0][box], stress[1][box]
 
-    def body(_, xb):
-        return kdiff.explicit_step(xb, dt, grain_id, derived.component_table, h, source)
+        def body(_, xb):
+            chi = jnp.where(active, chi_s - derived.theta * (xb - x_s), 0.0)
+            drift = kdiff.stress_drift_rate(xb, chi, comps, active, 1.0 / h, symmetric=False)
+            return kdiff.explicit_step(xb, dt, grain_id, derived.component_table, h, source) + dt * drift
 
     if max_substeps is None:
         return x.at[box].set(jax.lax.fori_loop(0, n_sub, body, x[box]))
@@ -388,7 +423,17 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     if max_substeps is not None:
         max_sub = jnp.minimum(max_sub, max_substeps)
     n_sub = jnp.where(go, jnp.clip(jnp.ceil(dt / derived.dt_stable), 1, max_sub), 0).astype(jnp.int32)
-    x_new = diffuse(geometry, params, derived, x_from, current_from, dt, n_sub, max_substeps)
+    stress, stress_state = None, {}
+    if params.coupling is not None:  # re-solve the stress when due and the step goes ahead
+        due = go & (state.since_stress >= numerics.stress_every_steps)
+
+        def solve_stress():
+            chi = params.coupling.potential(params.orientations, params.c_max_mol_m3, x_from, geometry.active)
+            return chi.astype(dtype), x_from
+
+        stress = jax.lax.cond(due, solve_stress, lambda: (state.chi, state.x_stress))
+        stress_state = dict(chi=stress[0], x_stress=stress[1], since_stress=None)
+    x_new = diffuse(geometry, params, derived, x_from, current_from, dt, n_sub, max_substeps, stress)
     box, active_box = geometry.box, geometry.active[geometry.box]
     xb = jnp.where(active_box, x_new[box], 0.5)
     x_ok = jnp.all(jnp.isfinite(xb))
@@ -400,6 +445,9 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
                                            jnp.where(~x_ok, DIVERGED_X,
                                                      jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS)))))
     advanced = go & x_ok & in_bounds  # a step that would leave [0, 1] is not taken
+    if stress is not None:
+        since = jnp.where(due, 0, state.since_stress) + advanced.astype(jnp.int32)
+        stress_state["since_stress"] = since.astype(jnp.int32)
     pointer = state.pointer + ended.astype(jnp.int32)
     status = jnp.where(ended & (pointer >= protocol.n_total), FINISHED, status).astype(jnp.int32)
 
@@ -420,7 +468,7 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
         corrections=jnp.where(overshot, state.corrections + 1, jnp.where(recorded, 0, state.corrections)
                               ).astype(jnp.int32),
         t_step_s=jnp.where(ended, 0.0, t_step).astype(dtype), pointer=pointer,
-        status=status, n_taken=state.n_taken + recorded.astype(jnp.int32),
+        status=status, n_taken=state.n_taken + recorded.astype(jnp.int32), **stress_state,
     )
     active = geometry.active[box]
     record = {

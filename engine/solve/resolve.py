@@ -29,6 +29,7 @@ from ssbx.kernels.electrode import interface_faces
 
 from ..cell import cell_microstructure, phase_conductivities
 from ..config import Scenario
+from ..mechanics import StressCoupling, scenario_stress_coupling
 from ..microstructure import ACTIVE, ION_CONDUCTORS, LABEL_NAMES, Microstructure
 from ..protocol import parse_cycle
 from .protocol import ProtocolTable
@@ -106,6 +107,9 @@ class CellParams(eqx.Module):
         active_sigma_x, active_sigma_S_m: table of an x-dependent electronic
             conductivity of the active phase (interpolated in log σ), or None.
         one_c_A: the current of 1C (A).
+        coupling: stress-assisted transport (engine.mechanics.StressCoupling: the
+            cell's stiffness tables, β, x_ref, the stack pressure as array leaves), or
+            None when ``mechanics.couple_diffusion`` is off.
         ocv_name: the open-circuit potential (static: it chooses a function).
     """
 
@@ -123,6 +127,7 @@ class CellParams(eqx.Module):
     active_sigma_x: jax.Array | None
     active_sigma_S_m: jax.Array | None
     one_c_A: jax.Array
+    coupling: StressCoupling | None
     ocv_name: str = eqx.field(static=True)
 
 
@@ -136,6 +141,8 @@ class CellNumerics(eqx.Module):
         cutoff_tolerance: a CV step ends when |I| ≤ (1 + this) × its cut-off current.
         newton_iterations, rtol, maxiter, preconditioner: potential-solve settings
             (static).
+        stress_every_steps: with stress-assisted transport, the stress is re-solved
+            every this many accepted steps (static; mechanics.coupling_every_steps).
     """
 
     time_step_s: jax.Array
@@ -146,6 +153,7 @@ class CellNumerics(eqx.Module):
     rtol: float = eqx.field(static=True)
     maxiter: int = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True)
+    stress_every_steps: int = eqx.field(static=True, default=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +228,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         active_sigma_x=None if law is None else a(law[0]),
         active_sigma_S_m=None if law is None else a(law[1]),
         one_c_A=a(info["capacity_Ah"]),  # 1C = capacity / 1 h: Ah -> A numerically
+        coupling=scenario_stress_coupling(scenario, micro, dtype, cell=True),
         ocv_name=ec.ocv,
     )
     numerics = CellNumerics(
@@ -231,6 +240,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         rtol=ec.solver_rtol,
         maxiter=5000,
         preconditioner=ec.preconditioner,
+        stress_every_steps=scenario.mechanics.coupling_every_steps,
     )
     steps = parse_cycle(scenario.protocol.steps)
     protocol = ProtocolTable.from_steps(steps, scenario.protocol.cycles, dtype)
