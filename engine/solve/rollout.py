@@ -48,12 +48,9 @@ def step_budget(resolved: ResolvedCell, diffusivity_headroom: float = 4.0) -> in
     """Static bound on the diffusion sub-steps of one step: ⌈Δt_user / Δt_stable⌉ for
     diffusivities up to ``diffusivity_headroom`` × the resolved maximum (a fit that
     raises D beyond it would take sub-steps above the stability limit; keep its bounds
-    inside)."""
-    ndim = resolved.geometry.ndim
-    h = resolved.geometry.voxel_size_m
-    d_max = float(jnp.max(resolved.params.diffusivity_m2_s)) * diffusivity_headroom
-    dt_stable = float(resolved.numerics.time_step_safety) * h**2 / (2 * ndim * d_max)
-    return max(1, math.ceil(float(resolved.numerics.time_step_s) / dt_stable))
+    inside). Δt_stable includes the stress coupling's (1 + θ) (cell_step.derive)."""
+    dt_stable = float(derive(resolved.geometry, resolved.params, resolved.numerics).dt_stable)
+    return max(1, math.ceil(diffusivity_headroom * float(resolved.numerics.time_step_s) / dt_stable))
 
 
 def rollout(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, protocol: ProtocolTable,
