@@ -37,6 +37,9 @@ def _run_parser(sub):
                    help="replace existing output files (without it, ssbx run refuses to touch them)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--float64", action="store_true", help="run in float64 (overrides run.dtype)")
+    p.add_argument("--resume", metavar="FILE.h5", default=None,
+                   help="continue a killed cell run from the state saved in its run file (appends to that file; "
+                        "no scenario, --out or --set)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one scenario key, e.g. --set protocol.c_rate=2 (TOML value syntax); repeatable")
     return p
@@ -64,6 +67,8 @@ def _parse_overrides(items):
 
 
 def cmd_run(args) -> int:
+    if args.resume:
+        return cmd_resume(args)
     if args.float64:
         os.environ["JAX_ENABLE_X64"] = "1"
     from .config import Scenario, load_scenario
@@ -118,6 +123,46 @@ def cmd_run(args) -> int:
         if not args.no_png and scenario.output.summary_png:
             png = Path(args.png) if args.png else out.with_suffix(".png")
             summary_figure(out, png)
+            print(f"ssbx run: summary figure {png}", file=sys.stderr)
+    except ConfigError as err:
+        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_resume(args) -> int:
+    """``ssbx run --resume FILE.h5``: continue a killed cell run in its own file."""
+    from .errors import ConfigError, SimulationDiverged
+
+    try:
+        if args.scenario or args.out or args.set or args.float64:
+            raise ConfigError("--resume FILE.h5 continues the run stored in that file: give no scenario, --out, "
+                              "--set or --float64 with it (the file holds the scenario and its dtype)")
+        from .solve.cell_run import resume_cell_device, resume_scenario
+
+        path = Path(args.resume)
+        scenario, _ = resume_scenario(path)
+        if scenario.run.dtype == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        png = Path(args.png) if args.png else path.with_suffix(".png")
+        write_png = not args.no_png and scenario.output.summary_png
+        if write_png and png.exists() and not args.overwrite:
+            raise ConfigError(f"output {png} already exists; pass --overwrite to replace it, or --no-png")
+        print(f"ssbx run: resuming {path}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            result = resume_cell_device(path, progress=not args.quiet)
+        except SimulationDiverged as err:
+            print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
+            return 3
+        print(f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s), resumed in "
+              f"{time.perf_counter() - t0:.1f} s wall time; wrote {path}", file=sys.stderr)
+        if write_png:
+            from .plotting import summary_figure
+
+            summary_figure(path, png)
             print(f"ssbx run: summary figure {png}", file=sys.stderr)
     except ConfigError as err:
         print(f"ssbx run: invalid input: {err}", file=sys.stderr)

@@ -63,6 +63,24 @@ class RunWriter:
             f.create_group(name)
         f.flush()
 
+    @classmethod
+    def reopen(cls, path: str | Path) -> "RunWriter":
+        """An existing run file, opened to append to it (``ssbx run --resume``)."""
+        writer = cls.__new__(cls)
+        writer.path = Path(path)
+        writer._file = h5py.File(writer.path, "r+")
+        return writer
+
+    def truncate(self, n_rows: int, n_snapshots: int):
+        """Cut the timeseries back to ``n_rows`` rows and the snapshot groups (fields,
+        grains, snapshots) back to ``n_snapshots`` entries."""
+        groups = {"timeseries": n_rows, "fields": n_snapshots, "grains": n_snapshots, "snapshots": n_snapshots}
+        for group, length in groups.items():
+            for ds in self._file[group].values():
+                if ds.shape[0] > length:
+                    ds.resize(length, axis=0)
+        self._file.flush()
+
     def __enter__(self):
         return self
 

@@ -14,23 +14,26 @@ every lane has its own :class:`LaneFile`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import equinox as eqx
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..cell import CellResult, _write_cycle_summary
-from ..config import Scenario
+from ..config import Scenario, scenario_from_dict
 from ..errors import ConfigError, SimulationDiverged
-from ..io import RunWriter
+from ..io import RunWriter, _ssbx_version
 from ..mechanics import StressSolver, stress_free_x, stress_outputs
 from ..microstructure import SOLID_ELECTROLYTE
 from .cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RUNNING, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
                         electronic_conductivity, initial_state)
 from .loop import advance
 from .resolve import ResolvedCell, resolve_cell
+from .restart import load_checkpoint, save_checkpoint
 
 
 def _face_area_grid(geometry) -> np.ndarray:
@@ -50,7 +53,10 @@ def check_resolved(resolved: ResolvedCell) -> None:
 class LaneFile:
     """The run file of one lane and the host-side bookkeeping that goes with it."""
 
-    def __init__(self, scenario: Scenario, resolved: ResolvedCell, out_path, attrs: dict | None = None):
+    def __init__(self, scenario: Scenario, resolved: ResolvedCell, out_path, attrs: dict | None = None,
+                 writer: RunWriter | None = None):
+        """``writer``: an existing run file reopened to resume it (its geometry and
+        attributes are already written; :meth:`restore` sets the bookkeeping)."""
         self.resolved = resolved
         micro, par = resolved.micro, resolved.params
         self.active = micro.active
@@ -60,12 +66,16 @@ class LaneFile:
         self.conducting_s = np.asarray(par.phase_sigma_s)[micro.labels] > 0
         self.conducting_e = np.asarray(par.phase_sigma_e)[micro.labels] > 0
         self.path = Path(out_path)
-        self.writer = RunWriter(out_path, scenario.to_json(), micro)
-        geo = self.writer._file["geometry"]
-        geo.attrs["cell_area_m2"] = resolved.info["cell_area_m2"]
-        geo.attrs["capacity_1C_A"] = float(resolved.info["capacity_Ah"])
-        for key, value in (attrs or {}).items():
-            self.writer._file.attrs[key] = value
+        if writer is None:
+            self.writer = RunWriter(out_path, scenario.to_json(), micro)
+            geo = self.writer._file["geometry"]
+            geo.attrs["cell_area_m2"] = resolved.info["cell_area_m2"]
+            geo.attrs["capacity_1C_A"] = float(resolved.info["capacity_Ah"])
+            for key, value in (attrs or {}).items():
+                self.writer._file.attrs[key] = value
+        else:
+            self.writer = writer
+        self.n_snapshots = 0
         self.t = 0.0
         self.charge_C = 0.0
         self.last_current = 0.0
@@ -112,6 +122,23 @@ class LaneFile:
             out.update(stress_fields)
             stats.update(stress_stats)
         self.writer.append_snapshot(self.t, out, {}, stats)
+        self.n_snapshots += 1
+
+    def bookkeeping(self) -> dict:
+        """The host-side counters a resumed run starts from (engine.solve.restart)."""
+        return {"t_s": self.t, "charge_C": self.charge_C, "last_current_A": self.last_current,
+                "pointer": self.pointer, "n_steps": self.n_steps, "n_rows": self.n_steps,
+                "n_snapshots": self.n_snapshots}
+
+    def restore(self, bookkeeping: dict):
+        self.t, self.charge_C = float(bookkeeping["t_s"]), float(bookkeeping["charge_C"])
+        self.last_current = float(bookkeeping["last_current_A"])
+        self.pointer, self.n_steps = int(bookkeeping["pointer"]), int(bookkeeping["n_steps"])
+        self.n_snapshots = int(bookkeeping["n_snapshots"])
+
+    def checkpoint(self, state):
+        """Write the lane's State and bookkeeping to the run file (once per chunk)."""
+        save_checkpoint(self.writer._file, state, self.bookkeeping())
 
     def records(self, n: int, rec: dict):
         """Append the first ``n`` records of a chunk to the timeseries."""
@@ -242,8 +269,10 @@ def drive(resolved: ResolvedCell, params, numerics, protocol, state, x_initial, 
 
             scalars = {"voltage": float(pick(volt)), "current": float(pick(cur)), "dt": float(pick(dt))}
             lane.after_chunk(int(pick(code)), int(pick(pointer)), scalars, fields)
-            if bar is not None and not lane.done and not batched:
-                bar.set_postfix_str(resolved.step_texts[lane.pointer % len(resolved.step_texts)])
+            if not lane.done and not batched:
+                lane.checkpoint(state)
+                if bar is not None:
+                    bar.set_postfix_str(resolved.step_texts[lane.pointer % len(resolved.step_texts)])
     return state
 
 
@@ -257,17 +286,85 @@ def run_cell_device(scenario: Scenario, out_path, progress: bool = True, dtype=j
     A run whose potentials or Li fraction turn NaN/Inf writes what it had, marks the
     file "diverged" and raises :class:`SimulationDiverged`.
     """
-    from tqdm.auto import tqdm
-
     resolved = resolve_cell(scenario, dtype)
     check_resolved(resolved)
-    chunk = chunk or scenario.numerics.chunk_steps
     state = initial_state(resolved.geometry, resolved.params, resolved.x_initial, dtype)
     lane = LaneFile(scenario, resolved, out_path)
-    bar = tqdm(disable=not progress, desc=scenario.run.name, unit="step", dynamic_ncols=True)
-    bar.set_postfix_str(resolved.step_texts[0])
+    return _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snapshot=True)
+
+
+def resume_cell_device(path, progress: bool = True, chunk: int | None = None, step=cell_step) -> CellResult:
+    """Continue the killed (or failed) cell run of the run file ``path`` from the State
+    of its last chunk (engine.solve.restart), appending to the same file. On the same
+    device and dtype the file ends up as an uninterrupted run's (bit for bit).
+
+    Refused with a ConfigError naming why: a file of another ssbx version, one whose
+    geometry the scenario no longer reproduces, one without a restart state, and a run
+    that already ended (completed, stopped or diverged)."""
+    path = Path(path)
+    scenario, dtype = resume_scenario(path)
+    resolved = resolve_cell(scenario, dtype)
+    check_resolved(resolved)
+    with h5py.File(path, "r") as f:
+        same = (np.array_equal(f["geometry/labels"][...], resolved.micro.labels)
+                and np.array_equal(f["geometry/grain_id"][...], resolved.micro.grain_id))
+    if not same:
+        raise ConfigError(f"{path}: its scenario no longer gives the geometry stored in the file (another ssbx "
+                          "version or a changed generator); it cannot be resumed")
+    writer = RunWriter.reopen(path)
     try:
-        lane.snapshot(read_fields(resolved.geometry, resolved.params, state))
+        template = initial_state(resolved.geometry, resolved.params, resolved.x_initial, dtype)
+        state, bookkeeping = load_checkpoint(writer._file, template)
+        writer.truncate(int(bookkeeping["n_rows"]), int(bookkeeping["n_snapshots"]))
+        writer.set_status("running", "")
+    except Exception:
+        writer.close()
+        raise
+    lane = LaneFile(scenario, resolved, path, writer=writer)
+    lane.restore(bookkeeping)
+    return _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snapshot=False)
+
+
+RESUMABLE = ("running", "failed", "interrupted")
+
+
+def resume_scenario(path) -> tuple[Scenario, object]:
+    """The scenario and dtype of a run file that can be resumed (checks its status and
+    ssbx version; see :func:`resume_cell_device`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--resume {path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            status = str(f.attrs.get("status", ""))
+            written_by = str(f.attrs.get("ssbx_version", ""))
+            config = json.loads(f["config"].attrs["json"])
+    except (OSError, KeyError) as err:
+        raise ConfigError(f"--resume {path}: not an ssbx run file ({err})") from None
+    if written_by != _ssbx_version():
+        raise ConfigError(f"--resume {path}: written by ssbx {written_by}, this is ssbx {_ssbx_version()}; "
+                          "a run can only be resumed by the version that started it")
+    if status not in RESUMABLE:
+        raise ConfigError(f"--resume {path}: the run has status {status!r}, nothing to resume (only a run that "
+                          f"was killed or failed, status {' / '.join(RESUMABLE)}, can be continued)")
+    scenario = scenario_from_dict(config)
+    if not scenario.cell.enabled or scenario.numerics.cell_driver != "device":
+        raise ConfigError(f"--resume {path}: only cell runs on the device stepper can be resumed so far "
+                          "(particle runs still use the host loop)")
+    return scenario, jnp.float64 if scenario.run.dtype == "float64" else jnp.float32
+
+
+def _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snapshot) -> CellResult:
+    from tqdm.auto import tqdm
+
+    chunk = chunk or scenario.numerics.chunk_steps
+    bar = tqdm(disable=not progress, desc=scenario.run.name, unit="step", dynamic_ncols=True,
+               initial=lane.n_steps)
+    bar.set_postfix_str(resolved.step_texts[lane.pointer % len(resolved.step_texts)])
+    try:
+        if first_snapshot:
+            lane.snapshot(read_fields(resolved.geometry, resolved.params, state))
+            lane.checkpoint(state)
         drive(resolved, resolved.params, resolved.numerics, resolved.protocol, state, resolved.x_initial, [lane],
               chunk, step, bar)
     finally:
