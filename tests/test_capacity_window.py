@@ -106,7 +106,7 @@ def test_s2_example_initial_li_and_window():
     M_Li(0) = x_initial c_max V_active; the matched voxel volume is within half a voxel
     (1 µm³) of 4/3 π (5 µm)³ = 523.6 µm³, i.e. within 0.1 %, so 0.2 % is the tolerance.
     At rest the window puts 4.3 V at removed fraction 1 − x(4.3 V)/x_initial; the 0.1C
-    charge removes somewhat less (polarisation; 93.1 % measured, docs/materials.md),
+    charge removes somewhat less (polarisation; 92.9 % measured, docs/materials.md),
     so the rest value must lie between 93 % and 100 %.
     """
     from ssbx.engine.cell import cell_microstructure
