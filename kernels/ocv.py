@@ -47,9 +47,11 @@ Stoichiometry window (``windowed_ocv``): measured OCVs are tabulated against the
 stoichiometry of the cell they were measured in, whose 0 % and 100 % SOC ends are not
 the lattice's x = 1 and x = 0. Battery models therefore state the electrode's
 accessible window, the lattice Li fraction at 0 % SOC (x_0, discharged) and at 100 %
-SOC (x_100, charged), and map it linearly onto the fit's own window (as the
-"Initial concentration" / "Maximum concentration" pairs of PyBaMM parameter sets and
-the stoichiometry limits sto_0 / sto_100 of their electrode-SOH solver do). Here the
+SOC (x_100, charged). PyBaMM parameter sets keep the fit's own stoichiometry c / c_max
+(with a c_max that belongs to the fit) and state the window as the stoichiometry
+limits of their electrode state-of-health solver (y_0, y_100 for the positive
+electrode). With the lattice c_max the equivalent is to map the fit's own window
+linearly onto the lattice window, which is what this does. The
 fit's own window is its stated range: x_max of the OCVModel is its 0 % SOC end and
 x_min its 100 % SOC end, so
 
