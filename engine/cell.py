@@ -248,7 +248,7 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
         voxel_size_m=micro.voxel_size_m,
         cell_area_m2=float(info["cell_area_m2"]),
         c_max=scenario.material.resolved_c_max(),
-        ocv_name=ec.ocv,
+        ocv_name=scenario.material.ocv_key(ec.ocv),
         i0_ref=ec.exchange_current_A_m2,
         alpha_a=ec.alpha_a,
         alpha_c=ec.alpha_c,
@@ -408,7 +408,7 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     # voxel and every interface current is inside it): at 100 nm that is a fifth of the grid
     box = model.box
     active_box = active[box]
-    v_ref = float(get_ocv(ec.ocv)(mat.x_initial))  # φ_s is stored as φ_s − v_ref
+    v_ref = float(get_ocv(mat.ocv_key(ec.ocv))(mat.x_initial))  # φ_s is stored as φ_s − v_ref
     phi_s = jnp.zeros_like(x)
     phi_e = jnp.zeros_like(phi_s)
     li_of = lambda xa: model.c_max * h**micro.ndim * float(np.sum(xa, dtype=np.float64))  # noqa: E731

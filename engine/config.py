@@ -47,8 +47,12 @@ class ParticleConfig:
     margin_voxels: int = 2
     ndim: int = 3
     seed: int = 0
+    match_sphere_volume: bool = False  # true: active volume = 4/3 π r³ within half a voxel
 
     def validate(self):
+        if not isinstance(self.match_sphere_volume, bool):
+            raise ConfigError(
+                f"particle.match_sphere_volume = {self.match_sphere_volume!r}: valid values are true or false")
         _positive("particle.radius_m", self.radius_m)
         _positive("particle.voxel_size_m", self.voxel_size_m)
         if self.n_grains is not None:
@@ -79,8 +83,26 @@ class MaterialConfig:
     diffusivity_m2_s: tuple[float, float, float] | None = None  # None: the material's default
     c_max_mol_m3: float | None = None  # None: the material's default
     x_initial: float = 0.95
+    # accessible stoichiometry window (lattice x at 0 % and 100 % SOC) onto which the
+    # OCV fit's own window is mapped (kernels/ocv.py: windowed_ocv); None: the OCV is
+    # used on the lattice x directly
+    x_at_0_soc: float | None = None
+    x_at_100_soc: float | None = None
 
     def validate(self):
+        if (self.x_at_0_soc is None) != (self.x_at_100_soc is None):
+            raise ConfigError(
+                f"material.x_at_0_soc = {self.x_at_0_soc!r}, material.x_at_100_soc = "
+                f"{self.x_at_100_soc!r}: give both (the accessible window) or neither"
+            )
+        if self.x_at_0_soc is not None:
+            _in_range("material.x_at_0_soc", self.x_at_0_soc, 0.0, 1.0)
+            _in_range("material.x_at_100_soc", self.x_at_100_soc, 0.0, 1.0)
+            if not self.x_at_100_soc < self.x_at_0_soc:
+                raise ConfigError(
+                    f"material.x_at_100_soc = {self.x_at_100_soc!r} must be below material.x_at_0_soc = "
+                    f"{self.x_at_0_soc!r} (charging removes Li); valid range: [0, x_at_0_soc)"
+                )
         material = get_active_material(self.name)
         d = self.resolved_diffusivity(material)
         if len(d) != 3:
@@ -99,6 +121,13 @@ class MaterialConfig:
 
     def resolved_c_max(self) -> float:
         return float(self.c_max_mol_m3 or get_active_material(self.name).c_max_mol_m3)
+
+    def ocv_key(self, ocv: str) -> str:
+        """The OCV name the solver resolves: ``ocv`` itself, or its windowed name when
+        the accessible window is set (kernels/ocv.py: windowed_ocv_name)."""
+        from ssbx.kernels.ocv import windowed_ocv_name
+
+        return windowed_ocv_name(ocv, self.x_at_0_soc, self.x_at_100_soc)
 
 
 MAX_CYCLES = 100_000  # the device stepper counts protocol steps in int32
@@ -510,7 +539,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
 # Keys that accept ``false`` in TOML (which has no null) to mean "not set".
 _OPTIONAL_KEYS = {
     "n_grains", "mean_grain_size_m", "diffusivity_m2_s", "c_max_mol_m3", "max_time_step_s",
-    "expansion", "x_ref", "capacity_Ah",
+    "expansion", "x_ref", "capacity_Ah", "x_at_0_soc", "x_at_100_soc",
 }
 
 

@@ -15,17 +15,34 @@ stress-free reference state (typically the initial, as-assembled state).
 
 Sources (each value also in the material's ``source``)
 ------------------------------------------------------
-* NCM (layered R-3m, transversely isotropic about c): elastic constants
-  **TO BE VERIFIED** — the values below are literature-plausible placeholders, not
+* NCM, default ``"NCM"`` (= ``"NCM_xu2017"``): isotropic, x-dependent stiffness from
+  measured secondary-particle moduli. Xu, Sun, de Vasconcelos & Zhao, "Mechanical and
+  structural degradation of LiNixMnyCozO2 cathode in Li-ion batteries: an experimental
+  study", J. Electrochem. Soc. 164, A3333 (2017): nanoindentation of NMC532 secondary
+  particles in the electrode, E ≈ 142 GPa lithiated (pristine) and ≈ 112 GPa at full
+  charge. E(x = 1) = 142 GPa, E(x = 0) = 112 GPa, linear in x in between (the solver
+  interpolates C linearly, and at fixed ν C is proportional to E). ν = 0.3, the value
+  the paper's Oliver–Pharr reduction assumed. NOT VERIFIED in the paper itself (it
+  could not be retrieved in this session): 142 and 112 GPa are the values quoted in
+  issue #12; a third-party transcription gives 142.5 ± 11.3 GPa for pristine NMC532
+  secondary particles (Berkovich tip, Oliver–Pharr, ν = 0.3 assumed), consistent
+  with 142. The paper's "full charge" is the charged electrode (cut-off voltage), not
+  x = 0; putting its modulus at x = 0 is this code's approximation. A secondary
+  particle's modulus includes grain boundaries and porosity, which is what a voxel
+  grain of a coarse S2 particle stands for; for resolved primary grains the
+  single-crystal tensor is the right input (not yet sourced, see below).
+  Chemical expansion β = (0.028, 0.028, −0.040) per unit x (NCM622 study, physics.md
+  S1), rotated per grain as before: an isotropic stiffness with an anisotropic β.
+* NCM, alternative ``"NCM_hexagonal_placeholder"`` (transversely isotropic about c):
+  elastic constants **UNSOURCED PLACEHOLDERS** — literature-plausible values, not
   transcribed from a table: DFT studies of layered LiMO2 / NCM (Sun & Zhao,
   J. Phys. Chem. C 121, 6002 (2017); Liu et al., PRX Energy 3, 013012 (2024), which
   reports that the moduli fall with Ni content and that Mn stiffens the lattice)
   give in-plane C11 of a few hundred GPa, a softer c axis (C33 < C11), and a strong
   softening of C33 / C44 on delithiation (weakened interlayer bonding). The exact
-  numbers of those tables could not be retrieved in this session; replace the two
-  tuples below with them and keep the citation.
-  Chemical expansion β = (0.028, 0.028, −0.040) per unit x: NCM622 single-particle
-  study used for physics.md scenario S1.
+  numbers of those tables could not be retrieved; replace the two tuples below with
+  them and keep the citation. Select it with
+  ``mechanics.active_material = "NCM_hexagonal_placeholder"``.
 * LLZO (cubic garnet Li7La3Zr2O12, isotropic): E = 149.8 GPa (resonant ultrasound,
   3 % porosity), ν = 0.257 — Ni, Case, Sakamoto et al., J. Mater. Sci. 47, 7978
   (2012), "Room temperature elastic moduli and Vickers hardness of hot-pressed LLZO
@@ -123,6 +140,41 @@ def isotropic_material(name, youngs_modulus_pa, poisson_ratio, source=""):
     return ElasticMaterial(name, c, c, (0.0, 0.0, 0.0), False, source)
 
 
+def _isotropic_np(e, nu):
+    lam, mu = e * nu / ((1 + nu) * (1 - 2 * nu)), e / (2 * (1 + nu))
+    c = np.zeros((6, 6))
+    c[:3, :3] = lam
+    c[np.arange(3), np.arange(3)] = lam + 2 * mu
+    c[np.arange(3, 6), np.arange(3, 6)] = mu
+    return c
+
+
+def isotropic_intercalation_material(name, youngs_delithiated_pa, youngs_lithiated_pa,
+                                     poisson_ratio, expansion, source=""):
+    """Isotropic stiffness that depends on x, with an anisotropic chemical expansion.
+
+    C(x) = (1 − x) C(E_0, ν) + x C(E_1, ν) as for :func:`hexagonal_material` (the solver
+    interpolates the two tables); at fixed ν that is E(x) = E_0 + x (E_1 − E_0). The
+    expansion (β1, β2, β3) is per crystal axis and still rotated per grain.
+
+    Raises ElasticParameterError for E ≤ 0 or ν outside (−1, 0.5).
+    """
+    for e in (youngs_delithiated_pa, youngs_lithiated_pa):
+        isotropic_stiffness(e, poisson_ratio)  # validates concrete E, ν
+    if len(expansion) != 3:
+        raise ElasticParameterError(
+            f"{name}.expansion: {len(expansion)} values given; expected (β1, β2, β3)"
+        )
+    concrete = all(_is_concrete(v) for v in (youngs_delithiated_pa, youngs_lithiated_pa,
+                                             poisson_ratio))
+    make = (lambda e: _isotropic_np(float(e), float(poisson_ratio))) if concrete else (
+        lambda e: isotropic_stiffness(e, poisson_ratio))
+    return ElasticMaterial(
+        name, make(youngs_delithiated_pa), make(youngs_lithiated_pa),
+        tuple(expansion) if _is_concrete(expansion) else expansion, False, source,
+    )
+
+
 def _hexagonal_np(c11, c12, c13, c33, c44):
     c = np.zeros((6, 6))
     c[0, 0] = c[1, 1] = c11
@@ -173,22 +225,39 @@ def hexagonal_material(name, constants_delithiated_pa, constants_lithiated_pa, e
     )
 
 
-#: NCM elastic constants (C11, C12, C13, C33, C44) in Pa. TO BE VERIFIED (see module doc).
+#: NCM secondary-particle Young's moduli (Pa) and Poisson ratio, Xu et al., JES 164,
+#: A3333 (2017), NMC532 (values as quoted in issue #12; see the module docstring).
+NCM_YOUNGS_LITHIATED_PA = 142e9
+NCM_YOUNGS_DELITHIATED_PA = 112e9
+NCM_POISSON_RATIO = 0.3
+#: NCM elastic constants (C11, C12, C13, C33, C44) in Pa: UNSOURCED PLACEHOLDERS (module doc).
 NCM_CONSTANTS_LITHIATED_PA = (280e9, 100e9, 70e9, 230e9, 70e9)
 NCM_CONSTANTS_DELITHIATED_PA = (250e9, 90e9, 40e9, 110e9, 30e9)
 #: NCM622 chemical expansion per unit x (physics.md S1); + = expands on lithiation.
 NCM622_EXPANSION = (0.028, 0.028, -0.040)
 
+_NCM_XU2017_SOURCE = (
+    "isotropic E(x): 142 GPa at x = 1, 112 GPa at x = 0, nu = 0.3: NMC532 secondary "
+    "particles, Xu et al., JES 164, A3333 (2017) (values as quoted in issue #12, not "
+    "verified in the paper); expansion: NCM622 study of physics.md S1"
+)
 _NCM_SOURCE = (
-    "elastic constants: literature-plausible placeholders, TO BE VERIFIED against "
+    "UNSOURCED PLACEHOLDER elastic constants, to be replaced by the tables of "
     "Sun & Zhao, JPCC 121, 6002 (2017) / Liu et al., PRX Energy 3, 013012 (2024); "
     "expansion: NCM622 study of physics.md S1"
 )
 
+_NCM_XU2017 = isotropic_intercalation_material(
+    "NCM_xu2017", NCM_YOUNGS_DELITHIATED_PA, NCM_YOUNGS_LITHIATED_PA, NCM_POISSON_RATIO,
+    NCM622_EXPANSION, _NCM_XU2017_SOURCE,
+)
+
 MECHANICS_MATERIALS: dict[str, ElasticMaterial] = {
-    "NCM": hexagonal_material(
-        "NCM", NCM_CONSTANTS_DELITHIATED_PA, NCM_CONSTANTS_LITHIATED_PA, NCM622_EXPANSION,
-        _NCM_SOURCE,
+    "NCM": _NCM_XU2017,  # the default active material
+    "NCM_xu2017": _NCM_XU2017,
+    "NCM_hexagonal_placeholder": hexagonal_material(
+        "NCM_hexagonal_placeholder", NCM_CONSTANTS_DELITHIATED_PA, NCM_CONSTANTS_LITHIATED_PA,
+        NCM622_EXPANSION, _NCM_SOURCE,
     ),
     "LLZO": isotropic_material(
         "LLZO", 149.8e9, 0.257, "Ni et al., J. Mater. Sci. 47, 7978 (2012)"

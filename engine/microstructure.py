@@ -205,6 +205,7 @@ def polycrystalline_particle(
     margin_voxels: int = 2,
     ndim: int = 3,
     seed: int = 0,
+    match_volume: bool = False,
 ) -> Microstructure:
     """A spherical (3D) or disc-shaped (2D) secondary particle of Voronoi grains.
 
@@ -231,6 +232,14 @@ def polycrystalline_particle(
             faces, ≥ 1.
         ndim: 3 (sphere) or 2 (disc).
         seed: random seed; the same seed gives the same microstructure.
+        match_volume: False (default): the active voxels are those whose centre lies
+            within radius_m (the digitised sphere; its volume is off by a surface term,
+            +5.4 % for a 5 µm sphere at 1 µm voxels). True: the N = round(V / h^ndim)
+            voxel centres nearest the particle centre, V = 4/3 π r³ (π r² in 2D), so
+            the active volume equals the sphere's within half a voxel. The voxel
+            centres lie on shells of equal distance; ties at the last shell are broken
+            by a seeded random order, so the shape stays a sphere up to one partial
+            shell. Grains are assigned as before (same seeds, same power diagram).
     """
     _check_positive("radius_m", radius_m)
     _check_positive("voxel_size_m", voxel_size_m)
@@ -271,7 +280,11 @@ def polycrystalline_particle(
     centre = 0.5 * n
     axes = [np.arange(n) + 0.5 - centre for _ in range(ndim)]
     coords = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # voxel centres
-    inside = np.sum(coords**2, axis=-1) <= radius_vox**2
+    dist2 = np.sum(coords**2, axis=-1)
+    if match_volume:
+        inside = _volume_matched_ball(dist2, radius_vox, ndim, np.random.default_rng([seed, 1]))
+    else:
+        inside = dist2 <= radius_vox**2
 
     seeds = _uniform_in_ball(n_seeds, radius_vox, ndim, rng)
     if grain_size_spread > 0:
@@ -308,6 +321,21 @@ def polycrystalline_particle(
         reactive[unreactive] = False
         micro = dataclasses.replace(micro, reactive_grains=reactive)
     return micro
+
+
+def _volume_matched_ball(dist2: np.ndarray, radius_vox: float, ndim: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Mask of the round(V / h^ndim) voxel centres nearest the centre (V the ball's volume
+    in voxel units). On a grid of voxel centres at half-integer coordinates the squared
+    distances differ by multiples of 1/4 (3D: Σ(k + ½)² = integer + 3/4), so a
+    tie-breaking jitter in [0, 1/8) changes no order between distinct shells."""
+    volume = 4.0 / 3.0 * math.pi * radius_vox**3 if ndim == 3 else math.pi * radius_vox**2
+    n_target = int(round(volume))
+    key = dist2.reshape(-1) + 0.125 * rng.random(dist2.size)
+    order = np.argpartition(key, n_target - 1)[:n_target]
+    mask = np.zeros(dist2.size, dtype=bool)
+    mask[order] = True
+    return mask.reshape(dist2.shape)
 
 
 def _check_positive(name: str, value) -> None:

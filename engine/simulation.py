@@ -62,6 +62,7 @@ def build_microstructure(scenario: Scenario) -> Microstructure:
         margin_voxels=p.margin_voxels,
         ndim=p.ndim,
         seed=p.seed,
+        match_volume=p.match_sphere_volume,
     )
 
 

@@ -42,10 +42,32 @@ Available (``get_ocv(name)``, case-insensitive; "NMC" spellings are aliases):
 :func:`tabulated_ocv` turns digitised (x, U) data (e.g. a half-cell GITT curve) into a
 monotone piecewise-linear OCVModel, and :func:`msmr_ocv` builds an OCVModel from any
 MSMR parameter table.
+
+Stoichiometry window (``windowed_ocv``): measured OCVs are tabulated against the
+stoichiometry of the cell they were measured in, whose 0 % and 100 % SOC ends are not
+the lattice's x = 1 and x = 0. Battery models therefore state the electrode's
+accessible window, the lattice Li fraction at 0 % SOC (x_0, discharged) and at 100 %
+SOC (x_100, charged). PyBaMM parameter sets keep the fit's own stoichiometry c / c_max
+(with a c_max that belongs to the fit) and state the window as the stoichiometry
+limits of their electrode state-of-health solver (y_0, y_100 for the positive
+electrode). With the lattice c_max the equivalent is to map the fit's own window
+linearly onto the lattice window, which is what this does. The
+fit's own window is its stated range: x_max of the OCVModel is its 0 % SOC end and
+x_min its 100 % SOC end, so
+
+    U_window(x) = U(θ),  θ = x_min + (x − x_100) (x_max − x_min) / (x_0 − x_100),
+
+which gives U_window(x_100) = U(x_min) and U_window(x_0) = U(x_max) exactly. The map is
+affine and increasing, so U_window stays decreasing and differentiable; outside
+[x_100, x_0] it extrapolates the fit like U itself does. ``get_ocv`` accepts the name
+built by :func:`windowed_ocv_name` (a plain string, so it can stay a static field of
+the solver's parameter pytree).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -55,7 +77,7 @@ import numpy as np
 from .constants import FARADAY, GAS_CONSTANT
 
 __all__ = ["OCVModel", "ocv_ncm811_chen2020", "ocv_ncm111_wu2012", "get_ocv", "available_ocv",
-           "tabulated_ocv", "msmr_fraction", "msmr_potential", "msmr_ocv",
+           "tabulated_ocv", "windowed_ocv", "windowed_ocv_name", "msmr_fraction", "msmr_potential", "msmr_ocv",
            "NCM622_MSMR_VERBRUGGE2017"]
 
 
@@ -261,12 +283,70 @@ def available_ocv():
     return tuple(sorted(_REGISTRY))
 
 
+def windowed_ocv(model, x_at_0_soc, x_at_100_soc):
+    """``model`` re-expressed on the lattice Li fraction x = c / c_max of an electrode
+    whose accessible window runs from x_at_0_soc (0 % SOC, discharged) down to
+    x_at_100_soc (100 % SOC, charged); see the module docstring for the map.
+
+    Raises:
+        ValueError: window ends outside [0, 1] or not x_at_100_soc < x_at_0_soc.
+    """
+    x0, x100 = float(x_at_0_soc), float(x_at_100_soc)
+    for field, value in (("x_at_0_soc", x0), ("x_at_100_soc", x100)):
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{field} = {value!r}; valid range: [0, 1]")
+    if not x100 < x0:
+        raise ValueError(
+            f"x_at_100_soc = {x100!r}, x_at_0_soc = {x0!r}; valid: x_at_100_soc < x_at_0_soc "
+            "(charging removes Li)"
+        )
+    theta_100, theta_0 = model.x_min, model.x_max
+    slope = (theta_0 - theta_100) / (x0 - x100)
+    fn = model.fn
+
+    def u(x):
+        return fn(theta_100 + (jnp.asarray(x) - x100) * slope)
+
+    return OCVModel(
+        windowed_ocv_name(model.name, x0, x100), u, model.c_max_mol_m3, x100, x0,
+        f"{model.reference}; own window [{theta_100}, {theta_0}] mapped onto lattice x "
+        f"[{x100}, {x0}] (100 % / 0 % SOC)",
+    )
+
+
+def windowed_ocv_name(name, x_at_0_soc=None, x_at_100_soc=None):
+    """The registry name of ``name`` on the window [x_at_100_soc, x_at_0_soc]; the plain
+    name when both are None. ``get_ocv`` resolves it."""
+    if x_at_0_soc is None and x_at_100_soc is None:
+        return str(name)
+    if x_at_0_soc is None or x_at_100_soc is None:
+        raise ValueError(
+            f"x_at_0_soc = {x_at_0_soc!r}, x_at_100_soc = {x_at_100_soc!r}; valid: both given or both None"
+        )
+    return f"{name}|x_at_0_soc={float(x_at_0_soc)!r}|x_at_100_soc={float(x_at_100_soc)!r}"
+
+
+@functools.lru_cache(maxsize=64)
+def _get_windowed(spec):
+    base, *fields = spec.split("|")
+    values = dict(f.split("=", 1) for f in fields)
+    if set(values) != {"x_at_0_soc", "x_at_100_soc"}:
+        raise ValueError(
+            f"ocv name = {spec!r}: a windowed name needs x_at_0_soc and x_at_100_soc "
+            "(build it with windowed_ocv_name)"
+        )
+    return windowed_ocv(get_ocv(base), float(values["x_at_0_soc"]), float(values["x_at_100_soc"]))
+
+
 def get_ocv(name):
-    """Look up an open-circuit potential by name (case-insensitive).
+    """Look up an open-circuit potential by name (case-insensitive), or a windowed one
+    by a name from :func:`windowed_ocv_name`.
 
     Raises:
         ValueError: unknown name; the message lists the valid names.
     """
+    if "|" in str(name):
+        return _get_windowed(str(name))
     key = str(name).strip().upper().replace("-", "").replace(" ", "")
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:

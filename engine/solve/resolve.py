@@ -229,7 +229,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         active_sigma_S_m=None if law is None else a(law[1]),
         one_c_A=a(info["capacity_Ah"]),  # 1C = capacity / 1 h: Ah -> A numerically
         coupling=scenario_stress_coupling(scenario, micro, dtype, cell=True),
-        ocv_name=ec.ocv,
+        ocv_name=mat.ocv_key(ec.ocv),  # the windowed name when material.x_at_0_soc is set
     )
     numerics = CellNumerics(
         time_step_s=a(ec.time_step_s),
