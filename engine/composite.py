@@ -249,9 +249,14 @@ def relax_packing(centres, radii, box, max_overlap=0.1, periodic=(True, True, Fa
     tree_box = np.where(periodic, box, box + 4 * rmax + 1.0)
     keep = 1.0 - max_overlap
     worst = 0.0
-    for it in range(1, max_iter + 1):
+
+    def wrap(c):
         for a in range(3):
             c[:, a] = np.mod(c[:, a], box[a]) if periodic[a] else np.clip(c[:, a], 0, box[a])
+        return c
+
+    for it in range(1, max_iter + 1):
+        c = wrap(c)
         if r.size < 2:
             return c, 0.0, it
         pairs = cKDTree(c, boxsize=tree_box).query_pairs(2 * rmax * keep, output_type="ndarray")
@@ -272,7 +277,7 @@ def relax_packing(centres, radii, box, max_overlap=0.1, periodic=(True, True, Fa
         step = 1.05 * over
         np.add.at(c, i, (wi * step)[:, None] * u)
         np.add.at(c, j, -((1 - wi) * step)[:, None] * u)
-    return c, worst, max_iter
+    return wrap(c), worst, max_iter
 
 
 def _lognormal_radii(rng, target_volume, mean, std, rmin, rmax):
@@ -340,24 +345,29 @@ def _ball_offsets(radius):
     return o[np.sum(o**2, 1) <= (radius + 1) ** 2]
 
 
+def _flat(cand, shape):
+    """Flat C-order index of (n, 3) voxel indices after x/y wrap (z already in range)."""
+    x = np.mod(cand[:, 0], shape[0])
+    y = np.mod(cand[:, 1], shape[1])
+    return (x * shape[1] + y) * shape[2] + cand[:, 2]
+
+
 def _fibre_voxels(rng, shape, length, radius, offsets):
-    """Voxels (n, 3, wrapped x/y, z clipped) of one random fibre and their axial coordinate."""
+    """Flat indices of the voxels of one random fibre (x/y wrapped, z clipped) and their
+    axial coordinate from one end."""
     centre = rng.random(3) * np.array(shape)
     u = rng.standard_normal(3)
     u /= np.linalg.norm(u)
     s = np.arange(-0.5 * length, 0.5 * length + 0.5, 0.5)
     pts = centre + s[:, None] * u
-    cand = np.unique((np.floor(pts)[:, None, :] + offsets[None]).reshape(-1, 3).astype(np.int64),
-                     axis=0)
+    cand = (np.floor(pts)[:, None, :] + offsets[None]).reshape(-1, 3).astype(np.int64)
     rel = cand + 0.5 - centre
     t = rel @ u
-    perp = np.linalg.norm(rel - t[:, None] * u, axis=1)
-    ok = (np.abs(t) <= 0.5 * length) & (perp <= radius) & (cand[:, 2] >= 0) & (cand[:, 2] < shape[2])
-    cand, t = cand[ok], t[ok]
-    cand[:, 0] %= shape[0]
-    cand[:, 1] %= shape[1]
-    cand, first = np.unique(cand, axis=0, return_index=True)  # a fibre longer than the box
-    return cand, t[first] + 0.5 * length  # fill from one end when cut short
+    perp2 = np.sum(rel * rel, axis=1) - t * t
+    ok = (np.abs(t) <= 0.5 * length) & (perp2 <= radius * radius) & (cand[:, 2] >= 0) \
+        & (cand[:, 2] < shape[2])
+    flat, first = np.unique(_flat(cand[ok], shape), return_index=True)
+    return flat, t[ok][first] + 0.5 * length
 
 
 def _sphere_voxels(rng, shape, radius, offsets):
@@ -365,10 +375,7 @@ def _sphere_voxels(rng, shape, radius, offsets):
     cand = (np.floor(centre) + offsets).astype(np.int64)
     dist = np.linalg.norm(cand + 0.5 - centre, axis=1)
     ok = (dist <= radius) & (cand[:, 2] >= 0) & (cand[:, 2] < shape[2])
-    cand, dist = cand[ok], dist[ok]
-    cand[:, 0] %= shape[0]
-    cand[:, 1] %= shape[1]
-    return cand, dist
+    return _flat(cand[ok], shape), dist[ok]
 
 
 def _fill_objects(labels, target, label, make, rng, max_tries):
@@ -376,22 +383,23 @@ def _fill_objects(labels, target, label, make, rng, max_tries):
     exactly ``target`` voxels carry it; the last object keeps only its first voxels
     (along the fibre from one end / outward from the sphere centre). Object voxel sets
     are unique as long as objects are smaller than the box."""
-    free = labels == SOLID_ELECTROLYTE
+    flat_labels = labels.reshape(-1)  # a view: writes go to labels
+    free = flat_labels == SOLID_ELECTROLYTE
     count, objects = 0, 0
     for _ in range(max_tries):
         if count >= target:
             break
         vox, order = make(rng)
-        ok = free[vox[:, 0], vox[:, 1], vox[:, 2]]
+        ok = free[vox]
         vox, order = vox[ok], order[ok]
-        if vox.shape[0] == 0:
+        if vox.size == 0:
             continue
         need = target - count
-        if vox.shape[0] > need:
+        if vox.size > need:
             vox = vox[np.argsort(order, kind="stable")[:need]]
-        labels[vox[:, 0], vox[:, 1], vox[:, 2]] = label
-        free[vox[:, 0], vox[:, 1], vox[:, 2]] = False
-        count += vox.shape[0]
+        flat_labels[vox] = label
+        free[vox] = False
+        count += vox.size
         objects += 1
     return count, objects
 
@@ -627,8 +635,9 @@ def _unpackable(req, ratios, porosity, centres, radii, box, max_overlap, worst, 
         f"active volume fraction {req['active']:.4f} (ratios = {ratios!r}, porosity = {porosity!r}) "
         f"cannot be packed: after {iters} relaxation sweeps the worst overlap still exceeds the "
         f"allowed {max_overlap:.2f} of the radii sum by {worst:.3f}; without the overlapping "
-        f"particles only {reach:.4f} was achieved. Valid: up to ≈0.55–0.65 with max_overlap 0.1; "
-        "lower the NCM ratio, widen radius_std_m or raise max_overlap (≤ 0.5)."
+        f"particles only {reach:.4f} was achieved. Hard spheres (max_overlap 0) jam near 0.64 "
+        "(random close packing); lower the NCM ratio or the porosity, widen radius_std_m or "
+        "raise max_overlap (≤ 0.5)."
     )
 
 
