@@ -289,6 +289,23 @@ def _finite(x):
     return x if math.isfinite(x) else (None if math.isnan(x) else ("inf" if x > 0 else "-inf"))
 
 
+def json_ready(obj):
+    """Replace ±inf/NaN (not valid JSON) by "inf"/"-inf"/None, recursively; arrays to lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return _finite(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
 def analyze(labels, voxel_size_m, particle_id=None, sigma=None, axes=(0, 1, 2),
             transport=True, D_li=1e-14, float64=False):
     """All network metrics of a label volume as a JSON-ready dict, plus the arrays
@@ -335,16 +352,20 @@ def analyze(labels, voxel_size_m, particle_id=None, sigma=None, axes=(0, 1, 2),
         tr = {}
         for name, table in tables.items():
             tr[name] = {}
+            conducting = np.isin(lab, [k for k, v in table.items() if v > 0])
             for a in axes:
-                r = tortuosity(lab, table, h, a, float64=float64)
-                tr[name]["xyz"[a]] = {
-                    "sigma_eff_S_m": r.effective_conductivity_S_m,
-                    "tortuosity": _finite(r.tortuosity),
-                    "volume_fraction": r.volume_fraction,
-                    "converged": r.converged,
-                    "iterations": r.iterations,
-                    "percolates": r.effective_conductivity_S_m > 0,
-                }
+                entry = {"volume_fraction": float(conducting.mean())}
+                # Decide percolation from geometry: a solve of a non-percolating volume
+                # returns round-off currents, not an exact zero.
+                if percolating_fraction(conducting, a, periodic=(False, False, False)) == 0:
+                    entry.update(sigma_eff_S_m=0.0, tortuosity="inf", converged=True,
+                                 iterations=0, percolates=False)
+                else:
+                    r = tortuosity(lab, table, h, a, float64=float64)
+                    entry.update(sigma_eff_S_m=r.effective_conductivity_S_m,
+                                 tortuosity=_finite(r.tortuosity), converged=r.converged,
+                                 iterations=r.iterations, percolates=True)
+                tr[name]["xyz"[a]] = entry
         result["transport"] = tr
         result["not_percolating"] = [f"{name} along {ax}" for name, d in tr.items()
                                      for ax, v in d.items() if not v["percolates"]]
@@ -358,11 +379,14 @@ def analyze(labels, voxel_size_m, particle_id=None, sigma=None, axes=(0, 1, 2),
     di, de = d_ion[act], d_e[act]
 
     def stats(x):
-        if x.size == 0:
-            return None
-        return {"mean_m": _finite(np.mean(x)), "max_m": _finite(np.max(x)),
-                "p90_m": _finite(np.percentile(x, 90)),
-                "fraction_unreachable": float(np.mean(~np.isfinite(x)))}
+        ok = np.isfinite(x)
+        if not ok.any():
+            return {"mean_m": None, "max_m": None, "p90_m": None,
+                    "fraction_unreachable": 1.0 if x.size else None}
+        y = x[ok]
+        return {"mean_m": float(y.mean()), "max_m": float(y.max()),
+                "p90_m": float(np.percentile(y, 90)),
+                "fraction_unreachable": float(1.0 - ok.mean())}
 
     result["diffusion_distance"] = {"ion": stats(di), "electron": stats(de)}
     keep = imp["volume_vox"] > 0
@@ -476,12 +500,11 @@ def run(args) -> int:
         print(f"ssbx analyze: invalid input: {err}", file=sys.stderr)
         return 2
     arrays = res.pop("_arrays")
-    print(json.dumps({k: v for k, v in res.items()}, indent=1))
+    print(json.dumps(json_ready(res), indent=1))
     if args.json:
-        parts = arrays["particles"]
-        res["particles"] = {k: (np.asarray(v).tolist() if np.ndim(v) else v)
-                            for k, v in parts.items()}
-        Path(args.json).write_text(json.dumps(res, indent=1, default=_finite) + "\n")
+        res["particles"] = arrays["particles"]
+        Path(args.json).write_text(json.dumps(json_ready(res), indent=1) + "\n")
+        del res["particles"]
     if args.png:
         res["_arrays"] = arrays
         for path in write_figures(res, labels, args.png):
