@@ -484,6 +484,29 @@ def add_parser(sub):
     return p
 
 
+def _print_summary(name, res):
+    print(f"ssbx analyze: {name}  shape {res['shape']}  voxel {res['voxel_size_m']:.3g} m")
+    print(f"{'phase':>18} {'fraction':>9}  percolating fraction x / y / z")
+    for k, v in res["volume_fractions"].items():
+        pf = " / ".join(f"{x:.3f}" for x in res["percolating_fraction"][k])
+        print(f"{k:>18} {v:9.4f}  {pf}")
+    for name_, d in res.get("transport", {}).items():
+        for ax, e in d.items():
+            print(f"{name_:>10} {ax}: sigma_eff {e['sigma_eff_S_m']:.4g} S/m  tau {e['tortuosity']}")
+    for k, v in res["interface_areas"].items():
+        print(f"{k:>14}: {v['smoothed_m2_per_m3']:.4g} m2/m3 (smoothed), "
+              f"{v['face_count_m2_per_m3']:.4g} (face count)")
+    for k, v in res["diffusion_distance"].items():
+        if v and v["mean_m"] is not None:
+            print(f"distance to {k} contact: mean {v['mean_m']:.3g} m, p90 {v['p90_m']:.3g} m, "
+                  f"unreachable {v['fraction_unreachable']:.3f}")
+        else:
+            print(f"distance to {k} contact: no contact")
+    z = res["impedance_index"]
+    print(f"impedance index: median Z {z['median_Z_s']} s over {z['n_particles']} particles; "
+          f"without carbon contact {z['fraction_particles_without_carbon_contact']}")
+
+
 def run(args) -> int:
     try:
         labels, pid, h = _load(args.volume, args.map, args.voxel_size)
@@ -500,7 +523,7 @@ def run(args) -> int:
         print(f"ssbx analyze: invalid input: {err}", file=sys.stderr)
         return 2
     arrays = res.pop("_arrays")
-    print(json.dumps(json_ready(res), indent=1))
+    _print_summary(args.volume, res)
     if args.json:
         res["particles"] = arrays["particles"]
         Path(args.json).write_text(json.dumps(json_ready(res), indent=1) + "\n")
