@@ -11,7 +11,8 @@ What is computed (all SI):
   axis a itself is not wrapped). Percolating fraction = voxels of the phase in such
   clusters / voxels of the phase.
 * **Effective conductivity and tortuosity** along x, y, z through
-  :func:`ssbx.engine.tortuosity.tortuosity` (no-flux lateral faces, TauFactor τ):
+  :func:`ssbx.engine.tortuosity.tortuosity` (TauFactor τ; along z the x/y faces are
+  periodic, along x or y the side faces are no-flux because z must not wrap):
   electronic with σ(active) and σ(carbon), ionic with σ(SE). τ = ∞ when nothing
   percolates; this is a result, not an error.
 * **Specific interface area** (m²/m³ of box) of active|SE and active|carbon, twice:
@@ -357,11 +358,17 @@ def analyze(labels, voxel_size_m, particle_id=None, sigma=None, axes=(0, 1, 2),
                 entry = {"volume_fraction": float(conducting.mean())}
                 # Decide percolation from geometry: a solve of a non-percolating volume
                 # returns round-off currents, not an exact zero.
-                if percolating_fraction(conducting, a, periodic=(False, False, False)) == 0:
+                # Along z the x/y faces wrap (the composite is laterally periodic); along
+                # x or y the solver has one lateral mode for both other axes, and z must
+                # not wrap, so the side faces are sealed.
+                lateral = "periodic" if a == 2 else "noflux"
+                wrap = (True, True, False) if a == 2 else (False, False, False)
+                entry["lateral"] = lateral
+                if percolating_fraction(conducting, a, periodic=wrap) == 0:
                     entry.update(sigma_eff_S_m=0.0, tortuosity="inf", converged=True,
                                  iterations=0, percolates=False)
                 else:
-                    r = tortuosity(lab, table, h, a, float64=float64)
+                    r = tortuosity(lab, table, h, a, float64=float64, lateral=lateral)
                     entry.update(sigma_eff_S_m=r.effective_conductivity_S_m,
                                  tortuosity=_finite(r.tortuosity), converged=r.converged,
                                  iterations=r.iterations, percolates=True)
