@@ -385,15 +385,17 @@ def _fill_objects(labels, target, label, make, rng, max_tries):
     are unique as long as objects are smaller than the box."""
     flat_labels = labels.reshape(-1)  # a view: writes go to labels
     free = flat_labels == SOLID_ELECTROLYTE
-    count, objects = 0, 0
+    count, objects, misses = 0, 0, 0
     for _ in range(max_tries):
-        if count >= target:
+        if count >= target or misses > 2000:  # 2000 objects in a row found no free voxel
             break
         vox, order = make(rng)
         ok = free[vox]
         vox, order = vox[ok], order[ok]
         if vox.size == 0:
+            misses += 1
             continue
+        misses = 0
         need = target - count
         if vox.size > need:
             vox = vox[np.argsort(order, kind="stable")[:need]]
@@ -496,9 +498,14 @@ def generate_composite(
                             iters_total, shape)
             owner = _rasterise_particles(centres, radii, shape)
             achieved = np.count_nonzero(owner >= 0) / n_vox
-            if abs(achieved - target) <= FRACTION_TOLERANCE:
+            if abs(achieved - target) <= FRACTION_TOLERANCE or rounds == 6:
                 break
             radii = radii * (target / max(achieved, 1e-9)) ** (1.0 / 3.0)
+        if abs(achieved - target) > 0.01:
+            raise ConfigError(
+                f"active volume fraction {target:.4f} (ratios = {ratios!r}) reached only "
+                f"{achieved:.4f} after {rounds} rescaling rounds; the box ({shape}) is too small "
+                "for this radius distribution: use a larger size or smaller radius_mean_m")
     t_pack = time.perf_counter() - t0
 
     # --- grains -----------------------------------------------------------------------
@@ -702,8 +709,6 @@ def load_volume(path_or_array, label_map, voxel_size_m, seed=0) -> Composite:
     (x/y periodic) becomes one particle with one grain of random orientation (grains
     are not resolved in segmented tomograms); its radius is the equivalent-sphere radius.
     """
-    from scipy import ndimage
-
     from .network import periodic_components
     from .tortuosity import load_labels
 
@@ -750,7 +755,6 @@ def load_volume(path_or_array, label_map, voxel_size_m, seed=0) -> Composite:
         "grain_offset": np.arange(n, dtype=np.int64),
     }
     src = str(path_or_array) if isinstance(path_or_array, (str, Path)) else "array"
-    del ndimage
     return Composite(micro, pid, particles, None,
                      {"source": src, "label_map": {str(k): int(v) for k, v in mapping.items()}})
 
