@@ -216,6 +216,10 @@ def main(argv=None) -> int:
     from . import fit_cli
 
     fit_cli.add_parser(sub)
+    from . import composite, network
+
+    composite.add_parser(sub)
+    network.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
@@ -223,6 +227,10 @@ def main(argv=None) -> int:
         return tortuosity_run(args)
     if args.command == "fit":
         return fit_cli.run(args)
+    if args.command == "composite":
+        return composite.run(args)
+    if args.command == "analyze":
+        return network.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

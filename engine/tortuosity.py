@@ -188,7 +188,7 @@ def _check_voxel_size(voxel_size_m):
 # ----------------------------------------------------------------------------------
 
 
-def _solve_axis(sigma_np, h, axis, rtol, maxiter, preconditioner, float64):
+def _solve_axis(sigma_np, h, axis, rtol, maxiter, preconditioner, float64, lateral="noflux"):
     import jax
     import jax.numpy as jnp
 
@@ -198,7 +198,7 @@ def _solve_axis(sigma_np, h, axis, rtol, maxiter, preconditioner, float64):
         dtype = jnp.float64 if float64 else jnp.float32
         sigma = jnp.asarray(sigma_np, dtype)
         sol = solve_potential(
-            sigma, h, axis=axis, value_lo=1.0, value_hi=0.0, lateral="noflux",
+            sigma, h, axis=axis, value_lo=1.0, value_hi=0.0, lateral=lateral,
             rtol=rtol, maxiter=maxiter, preconditioner=preconditioner,
         )
         i_lo, i_hi = boundary_currents(sol.phi, sigma, h, axis=axis, value_lo=1.0, value_hi=0.0,
@@ -209,7 +209,7 @@ def _solve_axis(sigma_np, h, axis, rtol, maxiter, preconditioner, float64):
 
 
 def _transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_conductivity, rtol,
-               maxiter, preconditioner, float64):
+               maxiter, preconditioner, float64, lateral="noflux"):
     lab = _check_labels(labels)
     table = _check_conductivities(conductivity_by_label)
     h = _check_voxel_size(voxel_size_m)
@@ -232,7 +232,7 @@ def _transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_conductiv
     # Normalise by the largest conductivity for the solve (results scale linearly).
     smax = float(sigma.max())
     currents, iters, resid, conv = _solve_axis(sigma / smax, h, ax, rtol, maxiter,
-                                               preconditioner, float64)
+                                               preconditioner, float64, lateral)
     currents = currents * smax
     i_mean = float(currents.mean())
     imbalance = float(np.max(np.abs(currents - i_mean)) / abs(i_mean)) if i_mean != 0 else 0.0
@@ -264,16 +264,18 @@ def effective_conductivity(labels, conductivity_by_label, voxel_size_m, axis=0, 
 
 
 def tortuosity(labels, conductivity_by_label, voxel_size_m, axis=0, *, bulk_conductivity=None,
-               rtol=1e-6, maxiter=5000, preconditioner="fft", float64=False):
+               rtol=1e-6, maxiter=5000, preconditioner="fft", float64=False, lateral="noflux"):
     """Tortuosity factor τ = ε σ_bulk / σ_eff along ``axis`` (TauFactor convention).
 
     Same arguments as :func:`effective_conductivity`, plus ``bulk_conductivity``
     (S/m; default: volume-weighted mean σ of the conducting voxels, see module
     docstring). Returns a :class:`TransportResult` with σ_eff, ε, σ_bulk, τ, the
     current, solver iterations/residual and the plane-to-plane current imbalance.
+    ``lateral="periodic"`` wraps the faces of the other axes (laterally periodic
+    composites); the default "noflux" seals them.
     """
     return _transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_conductivity,
-                      rtol, maxiter, preconditioner, float64)
+                      rtol, maxiter, preconditioner, float64, lateral)
 
 
 # ----------------------------------------------------------------------------------
