@@ -33,6 +33,7 @@ class RunConfig:
 
     def validate(self):
         _choice("run.dtype", self.dtype, ("float32", "float64"))
+        _file_stem("run.name", self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,18 +523,33 @@ _OPTIONAL_KEYS = {
 def read_toml(path: str | Path, what: str = "scenario file") -> dict[str, Any]:
     """Parse a TOML file; ConfigError if it is missing or not valid TOML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give a .toml file")
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 byte-order mark is accepted
+        return tomllib.loads(text)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}); "
+                          "a scenario is a TOML text file") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from err
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     return scenario_from_dict(read_toml(path, "scenario file"))
+
+
+def _file_stem(field: str, value) -> None:
+    """Names that become file names (``<run.name>.h5``) stay in the working folder: no separators, no dots-only."""
+    if (not isinstance(value, str) or not value.strip() or "/" in value or "\\" in value or "\0" in value
+            or value.strip(".") == ""):
+        raise ConfigError(f"{field} = {value!r}: must be a non-empty name without '/', '\\' or NUL and not "
+                          "only dots (it names the output file)")
 
 
 def _unknown(what: str, name: str, valid) -> str:

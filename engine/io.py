@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError
+from .safe_files import OutputLock, check_hdf5_self_contained
 from .microstructure import Microstructure
 
 
@@ -45,8 +46,12 @@ class RunWriter:
 
     def __init__(self, path: str | Path, config_json: str, micro: Microstructure):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, "w")
+        self._lock = OutputLock(self.path)  # before "w": never truncate another run's file
+        try:
+            self._file = h5py.File(self.path, "w")
+        except BaseException:
+            self._lock.release()
+            raise
         f = self._file
         f.attrs["ssbx_version"] = _ssbx_version()
         f.attrs["status"] = "running"
@@ -73,6 +78,7 @@ class RunWriter:
     def close(self):
         if self._file.id.valid:
             self._file.close()
+        self._lock.release()
 
     def _append(self, group: str, name: str, rows: np.ndarray, compression=None):
         g = self._file[group]
@@ -148,6 +154,7 @@ def load_run(path: str | Path) -> RunData:
     except OSError as err:
         raise ConfigError(f"run file {str(path)!r} is not a readable HDF5 file: {err}") from err
     with fh as f:
+        check_hdf5_self_contained(f, f"run file {str(path)!r}")
         missing = [g for g in ("config", "geometry", "timeseries", "fields") if g not in f]
         if missing:
             raise ConfigError(f"run file {str(path)!r} lacks the groups {missing}; not an ssbx run file")

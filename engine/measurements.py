@@ -282,7 +282,10 @@ def _str_or_none(value):
 def _read_hdf5(path: Path, meta: dict) -> np.ndarray:
     import h5py
 
+    from .safe_files import check_hdf5_self_contained
+
     with h5py.File(path, "r") as fh:
+        check_hdf5_self_contained(fh, f"measurement.file = {str(path)!r}")
         if "maps" not in fh:
             raise ConfigError(
                 f"measurement.file = {str(path)!r}: HDF5 file has no dataset '/maps' "

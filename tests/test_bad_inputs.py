@@ -1,0 +1,183 @@
+"""Bad inputs, unsafe files and crashes (issue #15): each case fails cleanly, naming what is wrong.
+
+Most cases are refused during validation, before any JAX work; the few that run use a 2-D
+particle of 1 µm and a one-minute protocol.
+"""
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ssbx.engine import simulation
+from ssbx.engine.cli import main
+from ssbx.engine.errors import ConfigError
+from ssbx.engine.io import load_run
+from ssbx.engine.measurements import load_measurement
+from ssbx.engine.safe_files import OutputLock
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TINY = ("--set", "particle.radius_m=1e-6", "--set", "particle.n_grains=5", "--set", "particle.ndim=2",
+        "--set", "protocol.duration_s=60.0")
+
+
+def run_cli(*args):
+    return main(["run", "-q", "--no-png", *args])
+
+
+# --- scenario files and values refused at validation --------------------------------------
+
+def _write(path: Path, data) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", "not UTF-8 text"),
+    ('[run]\nname = "../x"\n', "run.name = '../x'"),
+    ('[run]\nname = "a/b"\n', "run.name = 'a/b'"),
+    ('[run]\nname = ".."\n', "run.name = '..'"),
+], ids=["binary-toml", "name-parent", "name-separator", "name-dots"])
+def test_scenario_file_refused(tmp_path, capsys, monkeypatch, content, expected):
+    monkeypatch.chdir(tmp_path)
+    scenario = _write(tmp_path / "s.toml", content)
+    assert run_cli(str(scenario)) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path.parent / "x.h5").exists()
+
+
+def test_scenario_folder_refused(tmp_path, capsys):
+    assert run_cli(str(tmp_path)) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_utf8_bom_is_accepted():
+    from ssbx.engine.config import read_toml
+
+    path = Path(__file__).parent / "_bom.toml"
+    try:
+        _write(path, b'\xef\xbb\xbf[run]\nname = "bom"\n')
+        assert read_toml(path)["run"]["name"] == "bom"
+    finally:
+        path.unlink()
+
+
+# --- output files ------------------------------------------------------------------------
+
+def test_out_is_a_folder(tmp_path, capsys):
+    assert run_cli("--overwrite", "--out", str(tmp_path), *TINY) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_out_in_read_only_folder(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: the folder stays writable")
+        assert run_cli("--out", str(folder / "r.h5"), *TINY) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        folder.chmod(0o755)
+
+
+def test_second_run_on_a_locked_output_keeps_the_first_file(tmp_path, capsys):
+    """Item 1: a run already writing <out> holds <out>.lock; a second run fails without truncating."""
+    out = tmp_path / "shared.h5"
+    out.write_bytes(b"first run's bytes")
+    lock = OutputLock(out)
+    try:
+        assert run_cli("--overwrite", "--out", str(out), *TINY) == 2
+        assert "being written by another run" in capsys.readouterr().err
+        assert out.read_bytes() == b"first run's bytes"
+    finally:
+        lock.release()
+    assert not Path(str(out) + ".lock").exists()
+
+
+# --- crashes during a run ------------------------------------------------------------------
+
+@pytest.mark.parametrize("exc, code, status", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 60 GiB"), 4, "failed"),
+    (OSError(28, "No space left on device"), 4, "failed"),
+], ids=["ctrl-c", "resource-exhausted", "io-error"])
+def test_exception_during_run_marks_the_file(tmp_path, monkeypatch, capsys, exc, code, status):
+    """Item 2: the partial file says interrupted/failed with the message, never completed."""
+    original = simulation._timeseries_rows
+    calls = []
+
+    def crash_on_second(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise exc
+        return original(*args)
+
+    monkeypatch.setattr(simulation, "_timeseries_rows", crash_on_second)
+    out = tmp_path / "crash.h5"
+    assert run_cli("--out", str(out), *TINY) == code
+    run = load_run(out)
+    assert run.status == status
+    if status == "failed":
+        assert str(exc).split(":")[0].strip("[]0-9 ") in run.message or type(exc).__name__ in run.message
+    assert run.fields["soc"].shape[0] >= 1
+    assert not Path(str(out) + ".lock").exists()
+
+
+# --- ssbx fit --make-synthetic -------------------------------------------------------------
+
+def test_make_synthetic_never_overwrites_the_measurement(tmp_path, capsys):
+    """Item 3."""
+    fit = (EXAMPLES / "fit.toml").read_text().replace('file = "default.toml"',
+                                                      f'file = "{EXAMPLES / "default.toml"}"')
+    fit_file = _write(tmp_path / "fit.toml", fit)
+    measured = _write(tmp_path / "fit_example_maps.h5", b"real measurement")
+    assert main(["fit", str(fit_file), "--make-synthetic", "-q", "--no-plots"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert measured.read_bytes() == b"real measurement"
+
+
+# --- HDF5 inputs that point at other files -------------------------------------------------
+
+def _external_link(path: Path, target: Path):
+    with h5py.File(target, "w") as f:
+        f["maps"] = np.zeros((1, 4, 4))
+    with h5py.File(path, "w") as f:
+        f["maps"] = h5py.ExternalLink(str(target), "/maps")
+        f["t_s"] = [30.0]
+
+
+def _external_storage(path: Path, target: Path):
+    target.write_bytes(np.zeros(16, "<f8").tobytes())
+    with h5py.File(path, "w") as f:
+        f.create_dataset("maps", shape=(1, 4, 4), dtype="<f8", external=[(str(target), 0, 128)])
+        f["t_s"] = [30.0]
+
+
+def _virtual(path: Path, target: Path):
+    with h5py.File(target, "w") as f:
+        f["maps"] = np.zeros((1, 4, 4))
+    layout = h5py.VirtualLayout(shape=(1, 4, 4), dtype="f8")
+    layout[:] = h5py.VirtualSource(str(target), "maps", shape=(1, 4, 4))
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("maps", layout)
+        f["t_s"] = [30.0]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_external_link, "external link"), (_external_storage, "external storage"), (_virtual, "virtual dataset"),
+], ids=["external-link", "external-storage", "virtual"])
+def test_hdf5_measurement_referring_to_other_files(tmp_path, make, expected):
+    """Item 9: measurement files and run files read back."""
+    path = tmp_path / "m.h5"
+    make(path, tmp_path / "secret.bin")
+    with pytest.raises(ConfigError, match=expected):
+        load_measurement(path, pixel_size_m=1e-7, kind="projection", beam_axis="z")
+    with h5py.File(path, "a") as f:
+        for group in ("config", "geometry", "timeseries", "fields"):
+            f.create_group(group)
+    with pytest.raises(ConfigError, match=expected):
+        load_run(path)
