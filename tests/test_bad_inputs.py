@@ -181,3 +181,32 @@ def test_hdf5_measurement_referring_to_other_files(tmp_path, make, expected):
             f.create_group(group)
     with pytest.raises(ConfigError, match=expected):
         load_run(path)
+
+
+# --- values refused at validation (items 4, 5, 7) -------------------------------------------
+
+@pytest.mark.parametrize("override, expected", [
+    ("material.diffusivity_m2_s=5e-15", "material.diffusivity_m2_s = 5e-15: needs a list of 3"),
+    ("numerics.time_step_safety='abc'", "numerics.time_step_safety = 'abc'"),
+    ("particle.reactive_fraction=0", "particle.reactive_fraction = 0"),
+    ("particle.grain_size_spread=inf", "particle.grain_size_spread = inf"),
+    ("material.diffusivity_m2_s=[1e300, 1e300, 1e300]", "valid range is (0, 1e-06]"),
+    ("material.diffusivity_m2_s=[]", "material.diffusivity_m2_s = []"),
+    ("material.diffusivity_m2_s=[1e-300, 1e-300, 1e-300]", "underflows run.dtype = 'float32'"),
+    ("particle.n_grains=100000", "particle.n_grains = 100000: the particle has only about"),
+    ("output.summary_png='no'", "output.summary_png = 'no'"),
+    ("output.n_snapshots=100000000", "output.n_snapshots = 100000000"),
+    ("protocol.cycles=1000000000", "protocol.cycles = 1000000000"),
+], ids=lambda v: v if "=" in v else "")
+def test_value_refused(tmp_path, capsys, override, expected):
+    out = tmp_path / "v.h5"
+    assert run_cli("--out", str(out), *TINY, "--set", override) == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_c_over_zero_step_refused():
+    from ssbx.engine.protocol import parse_step
+
+    with pytest.raises(ConfigError, match="C-rate must be a finite number > 0"):
+        parse_step("charge at C/0 until 4.3 V")
