@@ -4,6 +4,7 @@ Most cases are refused during validation, before any JAX work; the few that run 
 particle of 1 µm and a one-minute protocol.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -210,3 +211,55 @@ def test_c_over_zero_step_refused():
 
     with pytest.raises(ConfigError, match="C-rate must be a finite number > 0"):
         parse_step("charge at C/0 until 4.3 V")
+
+
+# --- ssbx tortuosity (items 5, 6, 7) -------------------------------------------------------
+
+def _channel(tmp_path) -> Path:
+    labels = np.zeros((6, 4, 4), np.uint8)
+    labels[:, 1:3, 1:3] = 2  # a straight electrolyte channel along x
+    path = tmp_path / "channel.npy"
+    np.save(path, labels)
+    return path
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--rtol", "nan"], "--rtol nan"),
+    (["--rtol", "0"], "--rtol 0.0"),
+    (["--voxel-size-m", "inf"], "--voxel-size-m inf"),
+], ids=["rtol-nan", "rtol-zero", "voxel-inf"])
+def test_tortuosity_solver_options_refused(tmp_path, capsys, args, expected):
+    assert main(["tortuosity", str(_channel(tmp_path)), "--axis", "x", *args]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_tortuosity_json_where_no_file_can_be(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["tortuosity", str(_channel(tmp_path)), "--json", str(blocker / "out.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_tortuosity_json_into_a_missing_folder_is_created(tmp_path):
+    out = tmp_path / "new" / "t.json"
+    assert main(["tortuosity", str(_channel(tmp_path)), "--axis", "x", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["converged"] is True
+
+
+def test_tortuosity_not_converged_exits_non_zero(tmp_path, monkeypatch, capsys):
+    from ssbx.engine import tortuosity
+
+    original = tortuosity._solve_axis
+    monkeypatch.setattr(tortuosity, "_solve_axis", lambda *a: (*original(*a)[:3], False))
+    out = tmp_path / "t.json"
+    assert main(["tortuosity", str(_channel(tmp_path)), "--axis", "x", "--json", str(out)]) == 5
+    assert "not converged" in capsys.readouterr().err
+    assert json.loads(out.read_text())["converged"] is False
+
+
+def test_rgb_tiff_refused(tmp_path, capsys):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
+    assert main(["tortuosity", str(path)]) == 2
+    assert "3-channel (colour) TIFF" in capsys.readouterr().err
