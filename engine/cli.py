@@ -90,9 +90,10 @@ def cmd_run(args) -> int:
         from .simulation import jnp_dtype, run_scenario
 
         out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
-        from .safe_files import check_writable_folder
+        from .safe_files import check_resources, check_writable_folder
 
         check_writable_folder(out, "--out")
+        check_resources(scenario, out)
         existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
         if existing and not args.overwrite:
             names = ", ".join(str(p) for p in existing)

@@ -10,7 +10,7 @@ Layout::
     /geometry/orientations  (n_grains, 4) quaternions (w, x, y, z)
     /geometry/reactive_grains (n_grains,) bool
     /timeseries/t_s and /timeseries/<name>   one row per recorded step
-    /fields/t_s and /fields/<name>           (n_snapshots, *grid)
+    /fields/t_s and /fields/<name>           (n_snapshots, *grid), in the run's dtype
     /grains/<name>          (n_snapshots, n_grains) per-grain statistics
     /snapshots/<name>       (n_snapshots,) scalar statistics (e.g. von_mises_max_Pa)
 
@@ -46,6 +46,9 @@ class RunWriter:
 
     def __init__(self, path: str | Path, config_json: str, micro: Microstructure):
         self.path = Path(path)
+        # grid fields in the run's dtype: a float64 run keeps its precision in the file
+        run_dtype = json.loads(config_json).get("run", {}).get("dtype", "float32")
+        self.field_dtype = np.float64 if run_dtype == "float64" else np.float32
         self._lock = OutputLock(self.path)  # before "w": never truncate another run's file
         try:
             self._file = h5py.File(self.path, "w")
@@ -113,7 +116,7 @@ class RunWriter:
         for name, value in (stats or {}).items():
             self._append("snapshots", name, np.asarray([value], dtype=np.float64))
         for name, value in fields.items():
-            self._append("fields", name, np.asarray(value, dtype=np.float32)[None], compression="gzip")
+            self._append("fields", name, np.asarray(value, dtype=self.field_dtype)[None], compression="gzip")
         for name, value in grains.items():
             self._append("grains", name, np.asarray(value, dtype=np.float64)[None])
         self._file.flush()

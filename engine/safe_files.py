@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
+import shutil
 from pathlib import Path
 
 from .errors import ConfigError
@@ -97,3 +99,49 @@ def exception_status(err: BaseException, t_s: float | None) -> tuple[str, str]:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return "failed", (f"failed{where} on {type(err).__name__}: {text[:500]}; the file keeps every step "
                       "written so far")
+
+
+# working arrays per grid voxel (state, geometry, orientations, gradients and the stress
+# solver's fields), counted generously; used only to refuse runs that cannot fit
+_ARRAYS_PER_VOXEL = {False: 24, True: 96}
+# fields written per snapshot: soc, plus the stress components and invariants
+_FIELDS_PER_SNAPSHOT = {False: 1, True: 8}
+
+
+def particle_grid_voxels(scenario) -> int:
+    """Voxels of the particle grid: the particle's diameter plus the margin on each side."""
+    p = scenario.particle
+    side = math.ceil(2 * p.radius_m / p.voxel_size_m) + 2 * p.margin_voxels + 1
+    return side ** p.ndim
+
+
+def total_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where ``os.sysconf`` cannot tell)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def check_resources(scenario, out: Path) -> None:
+    """Refuse a particle run whose working memory or output file exceed this machine, before allocating.
+
+    Cell runs are not estimated here (their grid comes from the composite generator).
+    """
+    if scenario.cell.enabled:
+        return
+    voxels = particle_grid_voxels(scenario)
+    itemsize = 8 if scenario.run.dtype == "float64" else 4
+    mech = bool(scenario.mechanics.enabled)
+    memory = voxels * itemsize * _ARRAYS_PER_VOXEL[mech]
+    limit = total_memory_bytes()
+    if limit is not None and memory > limit:
+        raise ConfigError(f"particle grid of {voxels} voxels (radius_m / voxel_size_m, ndim = "
+                          f"{scenario.particle.ndim}) needs about {memory / 2**30:.3g} GiB of memory; this machine "
+                          f"has {limit / 2**30:.3g} GiB: use a coarser particle.voxel_size_m or a smaller radius_m")
+    output = scenario.output.n_snapshots * voxels * itemsize * _FIELDS_PER_SNAPSHOT[mech]
+    free = shutil.disk_usage(Path(out).resolve().parent).free
+    if output > free:
+        raise ConfigError(f"output.n_snapshots = {scenario.output.n_snapshots}: the run file would hold up to "
+                          f"{output / 2**30:.3g} GiB of fields (before compression) but {Path(out).resolve().parent} "
+                          f"has {free / 2**30:.3g} GiB free; write fewer snapshots or choose another --out")

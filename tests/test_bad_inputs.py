@@ -263,3 +263,43 @@ def test_rgb_tiff_refused(tmp_path, capsys):
     tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), photometric="rgb")
     assert main(["tortuosity", str(path)]) == 2
     assert "3-channel (colour) TIFF" in capsys.readouterr().err
+
+
+# --- resources, dtypes, measurement contents (items 4, 5, 7) --------------------------------
+
+def test_grid_beyond_memory_refused(tmp_path, capsys):
+    assert run_cli("--out", str(tmp_path / "big.h5"), "--set", "particle.radius_m=5e-4",
+                   "--set", "particle.voxel_size_m=1e-7", "--set", "particle.mean_grain_size_m=1e-5",
+                   "--set", "particle.n_grains=false") == 2
+    err = capsys.readouterr().err
+    assert "GiB of memory; this machine has" in err
+
+
+def test_output_beyond_free_disk_refused(tmp_path, capsys, monkeypatch):
+    from ssbx.engine import safe_files
+
+    monkeypatch.setattr(safe_files.shutil, "disk_usage", lambda p: shutil_usage(free=1000))
+    assert run_cli("--out", str(tmp_path / "o.h5"), *TINY) == 2
+    assert "output.n_snapshots = 7: the run file would hold up to" in capsys.readouterr().err
+
+
+def shutil_usage(free):
+    import collections
+
+    return collections.namedtuple("usage", "total used free")(free, 0, free)
+
+
+def test_float64_run_stores_fields_in_float64(tmp_path):
+    out = tmp_path / "f64.h5"
+    assert run_cli("--float64", "--out", str(out), *TINY) == 0
+    with h5py.File(out, "r") as f:
+        assert f["fields/soc"].dtype == np.float64
+
+
+def test_measurement_times_as_strings_refused(tmp_path):
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f["maps"] = np.zeros((1, 4, 4))
+        f["t_s"] = np.array([b"30"])
+    with pytest.raises(ConfigError, match="/t_s holds"):
+        load_measurement(path, pixel_size_m=1e-7, kind="projection", beam_axis="z")
