@@ -303,3 +303,32 @@ def test_measurement_times_as_strings_refused(tmp_path):
         f["t_s"] = np.array([b"30"])
     with pytest.raises(ConfigError, match="/t_s holds"):
         load_measurement(path, pixel_size_m=1e-7, kind="projection", beam_axis="z")
+
+
+CELL = {
+    "run": {"name": "small_cell"},
+    "particle": {"radius_m": 2e-6, "voxel_size_m": 5e-7, "n_grains": 6},
+    "material": {"name": "NCM111", "x_initial": 0.95},
+    "cell": {"enabled": True, "areal_capacity_mAh_cm2": 0.05, "separator_thickness_m": 2e-6},
+    "electrochemistry": {"time_step_s": 60.0},
+    "mechanics": {"enabled": False},
+    "protocol": {"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min"]},
+}
+
+
+@pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "interrupted"), (MemoryError("device"), "failed")],
+                         ids=["ctrl-c", "memory"])
+def test_exception_in_cell_run_marks_the_file(tmp_path, exc, status):
+    """Item 2, cell (device driver) path: the exception propagates, the file says why."""
+    from ssbx.engine.config import scenario_from_dict
+    from ssbx.engine.solve.cell_run import run_cell_device
+
+    def broken_step(*args, **kwargs):
+        raise exc
+
+    out = tmp_path / "cell.h5"
+    with pytest.raises(type(exc)):
+        run_cell_device(scenario_from_dict(CELL), out, progress=False, step=broken_step)
+    run = load_run(out)
+    assert run.status == status and status in run.message
+    assert not Path(str(out) + ".lock").exists()
