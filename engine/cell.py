@@ -62,6 +62,7 @@ from .microstructure import (ACTIVE, CARBON, COLLECTOR, ECBD, ION_CONDUCTORS, LA
                              SOLID_ELECTROLYTE, Microstructure)
 from .model import component_table, TransportParams
 from .protocol import parse_protocol
+from .safe_files import exception_status
 
 from ssbx.kernels.constants import GAS_CONSTANT  # noqa: E402
 
@@ -518,6 +519,9 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
                     break
         except SimulationDiverged as err:
             status, message = "diverged", str(err)
+        except BaseException as err:  # Ctrl-C → "interrupted", anything else → "failed"; never "completed"
+            status, message = exception_status(err, None)
+            raise
         finally:
             bar.close()
             writer.set_status(status, message)

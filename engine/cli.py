@@ -45,6 +45,12 @@ def _run_parser(sub):
     return p
 
 
+# exit codes (docs/errors_and_files.md): 0 completed or stopped, 2 invalid input or usage,
+# 3 diverged, 4 failed on an unexpected error, 130 interrupted (Ctrl-C)
+EXIT_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+
 def _parse_overrides(items):
     try:
         import tomllib
@@ -89,6 +95,10 @@ def cmd_run(args) -> int:
         from .simulation import jnp_dtype, run_scenario
 
         out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
+        from .safe_files import check_resources, check_writable_folder
+
+        check_writable_folder(out, "--out")
+        check_resources(scenario, out)
         existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
         if existing and not args.overwrite:
             names = ", ".join(str(p) for p in existing)
@@ -127,6 +137,13 @@ def cmd_run(args) -> int:
     except ConfigError as err:
         print(f"ssbx run: invalid input: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ssbx run: interrupted; the run file is marked 'interrupted' and keeps what was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the run file already says "failed"; the user gets one line
+        print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -33,6 +33,7 @@ class RunConfig:
 
     def validate(self):
         _choice("run.dtype", self.dtype, ("float32", "float64"))
+        _file_stem("run.name", self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ParticleConfig:
                 " set n_grains = false to use mean_grain_size_m"
             )
         _in_range("particle.grain_size_spread", self.grain_size_spread, 0.0, math.inf)
+        if not _is_number(self.grain_size_spread):
+            raise ConfigError(f"particle.grain_size_spread = {self.grain_size_spread!r}: must be a finite number ≥ 0")
+        _grains_fit("particle.n_grains", self.n_grains, self.radius_m, self.voxel_size_m, self.ndim)
         _in_range("particle.reactive_fraction", self.reactive_fraction, 0.0, 1.0)
         surroundings = tuple(v for k, v in LABEL_NAMES.items() if k in (0, 2, 4))
         _choice("particle.surrounding", self.surrounding, surroundings)
@@ -104,6 +108,10 @@ class MaterialConfig:
                     f"{self.x_at_0_soc!r} (charging removes Li); valid range: [0, x_at_0_soc)"
                 )
         material = get_active_material(self.name)
+        if self.diffusivity_m2_s is not None and (isinstance(self.diffusivity_m2_s, (str, bytes))
+                                                  or not hasattr(self.diffusivity_m2_s, "__len__")):
+            raise ConfigError(f"material.diffusivity_m2_s = {self.diffusivity_m2_s!r}: needs a list of 3 "
+                              "values [D1, D2, D3] in m²/s, e.g. [5e-15, 5e-15, 1e-20]")
         d = self.resolved_diffusivity(material)
         if len(d) != 3:
             raise ConfigError(
@@ -111,13 +119,17 @@ class MaterialConfig:
             )
         for i, value in enumerate(d):
             _positive(f"material.diffusivity_m2_s[{i}]", value)
+            if value > MAX_DIFFUSIVITY:
+                raise ConfigError(f"material.diffusivity_m2_s[{i}] = {value!r}: valid range is (0, "
+                                  f"{MAX_DIFFUSIVITY:g}] m²/s (solid-state diffusion)")
         if self.c_max_mol_m3 is not None:
             _positive("material.c_max_mol_m3", self.c_max_mol_m3)
         _in_range("material.x_initial", self.x_initial, 0.0, 1.0)
 
     def resolved_diffusivity(self, material=None) -> tuple[float, ...]:
         material = material or get_active_material(self.name)
-        return tuple(self.diffusivity_m2_s or material.diffusivity_m2_s)
+        given = self.diffusivity_m2_s
+        return tuple(material.diffusivity_m2_s if given is None else given)
 
     def resolved_c_max(self) -> float:
         return float(self.c_max_mol_m3 or get_active_material(self.name).c_max_mol_m3)
@@ -130,6 +142,8 @@ class MaterialConfig:
         return windowed_ocv_name(ocv, self.x_at_0_soc, self.x_at_100_soc)
 
 
+MAX_DIFFUSIVITY = 1e-6  # m²/s; liquids are ~1e-9, larger values only overflow the time grid
+MAX_SNAPSHOTS = 100_000
 MAX_CYCLES = 100_000  # the device stepper counts protocol steps in int32
 
 
@@ -341,7 +355,7 @@ class NumericsConfig:
     cutoff_tolerance: float = 1e-3
 
     def validate(self):
-        if not 0 < self.time_step_safety <= 1:
+        if not _is_number(self.time_step_safety) or not 0 < self.time_step_safety <= 1:
             raise ConfigError(
                 f"numerics.time_step_safety = {self.time_step_safety!r}: valid range is (0, 1]"
             )
@@ -367,8 +381,11 @@ class OutputConfig:
     summary_png: bool = True
 
     def validate(self):
-        if not _is_int(self.n_snapshots) or self.n_snapshots < 2:
-            raise ConfigError(f"output.n_snapshots = {self.n_snapshots!r}: must be an integer ≥ 2")
+        if not _is_int(self.n_snapshots) or not 2 <= self.n_snapshots <= MAX_SNAPSHOTS:
+            raise ConfigError(f"output.n_snapshots = {self.n_snapshots!r}: must be an integer in [2, "
+                              f"{MAX_SNAPSHOTS}]")
+        if not isinstance(self.summary_png, bool):
+            raise ConfigError(f"output.summary_png = {self.summary_png!r}: must be true or false")
         if not _is_int(self.timeseries_every) or self.timeseries_every < 1:
             raise ConfigError(
                 f"output.timeseries_every = {self.timeseries_every!r}: must be an integer ≥ 1"
@@ -438,6 +455,7 @@ class Scenario:
     def __post_init__(self):
         for name in SECTIONS:
             getattr(self, name).validate()
+        _representable(self)
         if self.sweep.parameter:
             for i, value in enumerate(self.sweep.values):
                 try:
@@ -546,18 +564,60 @@ _OPTIONAL_KEYS = {
 def read_toml(path: str | Path, what: str = "scenario file") -> dict[str, Any]:
     """Parse a TOML file; ConfigError if it is missing or not valid TOML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder; give a .toml file")
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 byte-order mark is accepted
+        return tomllib.loads(text)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start}); "
+                          "a scenario is a TOML text file") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from err
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario TOML file."""
     return scenario_from_dict(read_toml(path, "scenario file"))
+
+
+def _file_stem(field: str, value) -> None:
+    """Names that become file names (``<run.name>.h5``) stay in the working folder: no separators, no dots-only."""
+    if (not isinstance(value, str) or not value.strip() or "/" in value or "\\" in value or "\0" in value
+            or value.strip(".") == ""):
+        raise ConfigError(f"{field} = {value!r}: must be a non-empty name without '/', '\\' or NUL and not "
+                          "only dots (it names the output file)")
+
+
+def _grains_fit(field: str, n_grains, radius_m: float, voxel_size_m: float, ndim: int) -> None:
+    """Refuse more grains than the particle has voxels (the generator would silently cap them)."""
+    if n_grains is None:
+        return
+    r = radius_m / voxel_size_m
+    voxels = math.pi * r * r if ndim == 2 else 4.0 / 3.0 * math.pi * r ** 3
+    if n_grains > voxels:
+        raise ConfigError(f"{field} = {n_grains!r}: the particle has only about {voxels:.0f} voxels "
+                          f"(radius_m / voxel_size_m = {r:.3g}, ndim = {ndim}); use at most that many grains")
+
+
+def _representable(scenario) -> None:
+    """Cross-section checks: a particle run needs a reactive surface; diffusivities must survive
+    the run's dtype (1e-300 is 0 in float32)."""
+    import numpy as np
+
+    if not scenario.cell.enabled and scenario.particle.reactive_fraction == 0:
+        raise ConfigError("particle.reactive_fraction = 0: a prescribed-flux run needs reactive surface; valid "
+                          "range is (0, 1]")
+    dtype = scenario.run.dtype
+    tiny = float(np.finfo(dtype).tiny)
+    for i, value in enumerate(scenario.material.resolved_diffusivity()):
+        if value < tiny:
+            raise ConfigError(f"material.diffusivity_m2_s[{i}] = {value!r}: underflows run.dtype = {dtype!r} "
+                              f"(smallest normal value {tiny:g}); use a larger value or run.dtype = 'float64'")
 
 
 def _unknown(what: str, name: str, valid) -> str:

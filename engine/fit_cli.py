@@ -38,6 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default=None, help="output folder (default: [output] folder of the fit file)")
     p.add_argument("--make-synthetic", action="store_true",
                    help="write a synthetic measurement from [synthetic] at [measurement] file, then fit it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --make-synthetic replace an existing [measurement] file")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     p.add_argument("--float64", action="store_true", help="fit in float64 (overrides run.dtype)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-iteration log")
@@ -80,6 +82,9 @@ def _run(cfg, args) -> int:
     if args.make_synthetic:
         if cfg.synthetic is None:
             raise ConfigError("--make-synthetic needs a [synthetic] section with truth = {D1 = ..., ...}")
+        if cfg.measurement_path.exists() and not args.overwrite:
+            raise ConfigError(f"measurement.file = {str(cfg.measurement_path)!r} already exists; "
+                              "--make-synthetic would replace it: pass --overwrite, or name another file")
         measured = make_synthetic(cfg)
         save_measurement(cfg.measurement_path, measured, cfg.measurement.format)
         log(f"ssbx fit: wrote synthetic measurement {cfg.measurement_path} (truth {cfg.synthetic.truth})")

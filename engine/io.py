@@ -10,7 +10,7 @@ Layout::
     /geometry/orientations  (n_grains, 4) quaternions (w, x, y, z)
     /geometry/reactive_grains (n_grains,) bool
     /timeseries/t_s and /timeseries/<name>   one row per recorded step
-    /fields/t_s and /fields/<name>           (n_snapshots, *grid)
+    /fields/t_s and /fields/<name>           (n_snapshots, *grid), in the run's dtype
     /grains/<name>          (n_snapshots, n_grains) per-grain statistics
     /snapshots/<name>       (n_snapshots,) scalar statistics (e.g. von_mises_max_Pa)
 
@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError
+from .safe_files import OutputLock, check_hdf5_self_contained
 from .microstructure import Microstructure
 
 
@@ -45,8 +46,15 @@ class RunWriter:
 
     def __init__(self, path: str | Path, config_json: str, micro: Microstructure):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.path, "w")
+        # grid fields in the run's dtype: a float64 run keeps its precision in the file
+        run_dtype = json.loads(config_json).get("run", {}).get("dtype", "float32")
+        self.field_dtype = np.float64 if run_dtype == "float64" else np.float32
+        self._lock = OutputLock(self.path)  # before "w": never truncate another run's file
+        try:
+            self._file = h5py.File(self.path, "w")
+        except BaseException:
+            self._lock.release()
+            raise
         f = self._file
         f.attrs["ssbx_version"] = _ssbx_version()
         f.attrs["status"] = "running"
@@ -91,6 +99,7 @@ class RunWriter:
     def close(self):
         if self._file.id.valid:
             self._file.close()
+        self._lock.release()
 
     def _append(self, group: str, name: str, rows: np.ndarray, compression=None):
         g = self._file[group]
@@ -125,7 +134,7 @@ class RunWriter:
         for name, value in (stats or {}).items():
             self._append("snapshots", name, np.asarray([value], dtype=np.float64))
         for name, value in fields.items():
-            self._append("fields", name, np.asarray(value, dtype=np.float32)[None], compression="gzip")
+            self._append("fields", name, np.asarray(value, dtype=self.field_dtype)[None], compression="gzip")
         for name, value in grains.items():
             self._append("grains", name, np.asarray(value, dtype=np.float64)[None])
         self._file.flush()
@@ -166,6 +175,7 @@ def load_run(path: str | Path) -> RunData:
     except OSError as err:
         raise ConfigError(f"run file {str(path)!r} is not a readable HDF5 file: {err}") from err
     with fh as f:
+        check_hdf5_self_contained(f, f"run file {str(path)!r}")
         missing = [g for g in ("config", "geometry", "timeseries", "fields") if g not in f]
         if missing:
             raise ConfigError(f"run file {str(path)!r} lacks the groups {missing}; not an ssbx run file")

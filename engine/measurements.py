@@ -282,7 +282,10 @@ def _str_or_none(value):
 def _read_hdf5(path: Path, meta: dict) -> np.ndarray:
     import h5py
 
+    from .safe_files import check_hdf5_self_contained
+
     with h5py.File(path, "r") as fh:
+        check_hdf5_self_contained(fh, f"measurement.file = {str(path)!r}")
         if "maps" not in fh:
             raise ConfigError(
                 f"measurement.file = {str(path)!r}: HDF5 file has no dataset '/maps' "
@@ -291,6 +294,9 @@ def _read_hdf5(path: Path, meta: dict) -> np.ndarray:
         maps = fh["maps"][()]
         if "t_s" in fh:
             meta["t_s"] = fh["t_s"][()]
+            if not np.issubdtype(np.asarray(meta["t_s"]).dtype, np.number):
+                raise ConfigError(f"measurement.file = {str(path)!r}: /t_s holds {np.asarray(meta['t_s']).dtype} "
+                                  "values; store the map times as numbers (float64 seconds)")
         if "mask" in fh:
             meta["mask"] = fh["mask"][()].astype(bool)
         for key in ("pixel_size_m", "kind", "beam_axis", "noise_std"):

@@ -16,6 +16,7 @@ capacity F·c_max·V_active of the active material in one hour.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from .errors import ConfigError
@@ -54,7 +55,10 @@ class Step:
 
 def _rate(text: str) -> float:
     text = text.replace(" ", "").upper()
-    return 1.0 / float(text[2:]) if text.startswith("C/") else float(text[:-1])
+    if text.startswith("C/"):
+        divisor = float(text[2:])
+        return 1.0 / divisor if divisor != 0 else math.inf  # "C/0" is refused as a non-finite rate
+    return float(text[:-1])
 
 
 def _seconds(match) -> float | None:
@@ -77,8 +81,8 @@ def parse_step(text: str, field: str = "protocol step") -> Step:
         step = Step(clean, "rest", max_duration_s=_seconds(m))
     else:
         raise ConfigError(f"{field} = {text!r}: not a protocol step; valid forms: {GRAMMAR}")
-    if step.mode != "rest" and not step.c_rate > 0:
-        raise ConfigError(f"{field} = {text!r}: the C-rate must be > 0")
+    if step.mode != "rest" and not 0 < step.c_rate < math.inf:
+        raise ConfigError(f"{field} = {text!r}: the C-rate must be a finite number > 0")
     if step.mode != "rest" and not 0 < step.voltage_V < 10:
         raise ConfigError(f"{field} = {text!r}: voltage {step.voltage_V} V outside (0, 10) V")
     if step.max_duration_s is not None and not step.max_duration_s > 0:

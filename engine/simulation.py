@@ -21,6 +21,7 @@ import numpy as np
 from .config import Scenario
 from .errors import ConfigError, SimulationDiverged
 from .io import RunWriter
+from .safe_files import exception_status
 from .materials import FARADAY
 from .mechanics import StressSolver, scenario_stress_coupling, stress_free_x, stress_outputs
 from .microstructure import ECBD, LABEL_NAMES, Microstructure, polycrystalline_particle
@@ -195,6 +196,9 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
                 if status != "completed":
                     break
                 snapshot(writer, step_index * dt, x)
+        except BaseException as err:  # the file must not say "completed" after a crash or Ctrl-C
+            status, message = exception_status(err, step_index * dt)
+            raise
         finally:
             bar.close()
             writer.set_status(status if status != "completed" else "completed", message)

@@ -306,7 +306,14 @@ def load_labels(path):
             f"file = {str(p)!r}: reading TIFF needs the 'tifffile' package (pip install tifffile)"
         ) from None
     try:
+        with tifffile.TiffFile(p) as tif:
+            samples = int(tif.pages[0].samplesperpixel) if len(tif.pages) else 1
+        if samples > 1:  # colour images are not label volumes: refuse rather than read channels as slices
+            raise ConfigError(f"file = {str(p)!r} is a {samples}-channel (colour) TIFF; a label volume is a "
+                              "single-channel integer stack, one page per z slice")
         arr = np.asarray(tifffile.imread(p))
+    except ConfigError:
+        raise
     except Exception as err:
         raise ConfigError(f"file = {str(p)!r} is not a readable TIFF: {err}") from None
     if arr.size == 0:
@@ -370,6 +377,7 @@ def _fill_parser(p):
 def run(args) -> int:
     """Execute the parsed ``tortuosity`` command; returns the exit code."""
     try:
+        _check_solver_options(args)
         labels = _check_labels(load_labels(args.file))
         table = {label: 1.0 for label in PHASE_LABELS[args.phase]}
         table.update(_parse_sigma(args.sigma))
@@ -397,10 +405,30 @@ def run(args) -> int:
             "conductivity_by_label_S_m": {str(k): v for k, v in table.items()},
             "results": {names[r.axis]: r.as_dict() for r in results},
         }
+        payload["converged"] = all(r.converged for r in results)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     if not all(r.converged for r in results):
-        print("ssbx tortuosity: warning: solver did not reach the tolerance", file=sys.stderr)
+        print("ssbx tortuosity: not converged: the solver did not reach the tolerance; the values above "
+              "are not results", file=sys.stderr)
+        return EXIT_NOT_CONVERGED
     return 0
+
+
+EXIT_NOT_CONVERGED = 5  # docs/errors_and_files.md
+
+
+def _check_solver_options(args) -> None:
+    """Refuse solver options that would make a "result" without solving (rtol = nan stops at 0 iterations)."""
+    import math
+
+    if not (math.isfinite(args.rtol) and 0 < args.rtol < 1):
+        raise ConfigError(f"--rtol {args.rtol!r}: valid range is (0, 1)")
+    if not (math.isfinite(args.voxel_size_m) and args.voxel_size_m > 0):
+        raise ConfigError(f"--voxel-size-m {args.voxel_size_m!r}: must be a finite number > 0")
+    if args.json:
+        from .safe_files import check_writable_folder
+
+        check_writable_folder(Path(args.json), "--json")
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,7 @@ from ..errors import ConfigError, SimulationDiverged
 from ..io import RunWriter, _ssbx_version
 from ..mechanics import StressSolver, stress_free_x, stress_outputs
 from ..microstructure import SOLID_ELECTROLYTE
+from ..safe_files import exception_status
 from .cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RUNNING, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
                         electronic_conductivity, initial_state)
 from .loop import advance
@@ -367,6 +368,10 @@ def _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snap
             lane.checkpoint(state)
         drive(resolved, resolved.params, resolved.numerics, resolved.protocol, state, resolved.x_initial, [lane],
               chunk, step, bar)
+    except BaseException as err:  # Ctrl-C → "interrupted", any other exception → "failed", with its message
+        bar.close()
+        lane.close(*exception_status(err, getattr(lane, "t", None)))
+        raise
     finally:
         bar.close()
         lane.close("failed" if not lane.done else None, "the run stopped on an exception" if not lane.done else None)

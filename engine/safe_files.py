@@ -1,0 +1,147 @@
+"""Guards for the files ssbx writes and reads: one writer per output, no HDF5 indirection.
+
+* :class:`OutputLock` — an exclusive ``fcntl.flock`` on a ``<out>.lock`` sidecar, taken
+  *before* the output is opened for writing, so a second run aimed at the same file fails
+  without truncating the first run's file.
+* :func:`check_hdf5_self_contained` — refuses external links, external-storage datasets
+  and virtual datasets, which would make a reader open other local files.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import math
+import os
+import shutil
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+class OutputLock:
+    """Exclusive advisory lock on ``<path>.lock``; released (and the sidecar removed) by :meth:`release`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        check_writable_folder(self.path, "output")
+        self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(self._fd)
+            self._fd = None
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ConfigError(f"output {str(self.path)!r} is being written by another run (lock "
+                                  f"{str(self.lock_path)!r} is held); choose another --out") from err
+            raise
+
+    def release(self):
+        """Drop the lock and remove the sidecar (only the holder ever removes it)."""
+        if self._fd is None:
+            return
+        try:
+            self.lock_path.unlink()
+        except FileNotFoundError:  # pragma: no cover - removed by hand
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def check_writable_folder(path: str | Path, field: str) -> Path:
+    """ConfigError unless ``path`` names a file (not a folder) whose folder exists or can be made, writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{field} = {str(path)!r} is a folder; give a file name")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{field} = {str(path)!r}: cannot create the folder {str(folder)!r}: "
+                          f"{err.strerror}") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field} = {str(path)!r}: the folder {str(folder)!r} is not writable")
+    return path
+
+
+def check_hdf5_self_contained(fh, what: str) -> None:
+    """ConfigError if the open h5py file ``fh`` holds external links, external or virtual datasets."""
+    import h5py
+
+    bad: list[str] = []
+
+    def visit(name, link):
+        if isinstance(link, h5py.ExternalLink):
+            bad.append(f"/{name} (external link to {link.filename}:{link.path})")
+            return None
+        if isinstance(link, h5py.HardLink):
+            obj = fh.get(name)
+            if isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    bad.append(f"/{name} (virtual dataset)")
+                elif obj.external:
+                    bad.append(f"/{name} (external storage)")
+        return None
+
+    fh.visititems_links(visit)
+    if bad:
+        raise ConfigError(f"{what} refers to other files, which ssbx does not read: {', '.join(bad)}; "
+                          "store the data inside the file")
+
+
+def exception_status(err: BaseException, t_s: float | None) -> tuple[str, str]:
+    """File status and message for a run ended by ``err``: "interrupted" for Ctrl-C, else "failed"."""
+    where = f" at t = {t_s:.6g} s" if t_s is not None else ""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted", f"interrupted (Ctrl-C){where}; the file keeps every step written so far"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return "failed", (f"failed{where} on {type(err).__name__}: {text[:500]}; the file keeps every step "
+                      "written so far")
+
+
+# working arrays per grid voxel (state, geometry, orientations, gradients and the stress
+# solver's fields), counted generously; used only to refuse runs that cannot fit
+_ARRAYS_PER_VOXEL = {False: 24, True: 96}
+# fields written per snapshot: soc, plus the stress components and invariants
+_FIELDS_PER_SNAPSHOT = {False: 1, True: 8}
+
+
+def particle_grid_voxels(scenario) -> int:
+    """Voxels of the particle grid: the particle's diameter plus the margin on each side."""
+    p = scenario.particle
+    side = math.ceil(2 * p.radius_m / p.voxel_size_m) + 2 * p.margin_voxels + 1
+    return side ** p.ndim
+
+
+def total_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where ``os.sysconf`` cannot tell)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def check_resources(scenario, out: Path) -> None:
+    """Refuse a particle run whose working memory or output file exceed this machine, before allocating.
+
+    Cell runs are not estimated here (their grid comes from the composite generator).
+    """
+    if scenario.cell.enabled:
+        return
+    voxels = particle_grid_voxels(scenario)
+    itemsize = 8 if scenario.run.dtype == "float64" else 4
+    mech = bool(scenario.mechanics.enabled)
+    memory = voxels * itemsize * _ARRAYS_PER_VOXEL[mech]
+    limit = total_memory_bytes()
+    if limit is not None and memory > limit:
+        raise ConfigError(f"particle grid of {voxels} voxels (radius_m / voxel_size_m, ndim = "
+                          f"{scenario.particle.ndim}) needs about {memory / 2**30:.3g} GiB of memory; this machine "
+                          f"has {limit / 2**30:.3g} GiB: use a coarser particle.voxel_size_m or a smaller radius_m")
+    output = scenario.output.n_snapshots * voxels * itemsize * _FIELDS_PER_SNAPSHOT[mech]
+    free = shutil.disk_usage(Path(out).resolve().parent).free
+    if output > free:
+        raise ConfigError(f"output.n_snapshots = {scenario.output.n_snapshots}: the run file would hold up to "
+                          f"{output / 2**30:.3g} GiB of fields (before compression) but {Path(out).resolve().parent} "
+                          f"has {free / 2**30:.3g} GiB free; write fewer snapshots or choose another --out")
