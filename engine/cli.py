@@ -184,6 +184,13 @@ def cmd_resume(args) -> int:
     except ConfigError as err:
         print(f"ssbx run: invalid input: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ssbx run: interrupted; the run file is marked 'interrupted' and can be resumed again",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the run file already says "failed"; the user gets one line
+        print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

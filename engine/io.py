@@ -76,7 +76,17 @@ class RunWriter:
         """An existing run file, opened to append to it (``ssbx run --resume``)."""
         writer = cls.__new__(cls)
         writer.path = Path(path)
-        writer._file = h5py.File(writer.path, "r+")
+        writer._lock = OutputLock(writer.path)  # a killed run's lock died with it; a live run still holds it
+        try:
+            writer._file = h5py.File(writer.path, "r+")
+            check_hdf5_self_contained(writer._file, f"run file {str(path)!r}")
+            run_dtype = json.loads(writer._file["config"].attrs["json"]).get("run", {}).get("dtype", "float32")
+        except BaseException:
+            if getattr(writer, "_file", None) is not None and writer._file.id.valid:
+                writer._file.close()
+            writer._lock.release()
+            raise
+        writer.field_dtype = np.float64 if run_dtype == "float64" else np.float32
         return writer
 
     def truncate(self, n_rows: int, n_snapshots: int):

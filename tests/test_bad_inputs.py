@@ -72,17 +72,19 @@ def test_out_is_a_folder(tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
 
 
-def test_out_in_read_only_folder(tmp_path, capsys):
+def test_out_in_a_folder_that_cannot_be_made_or_written(tmp_path, capsys, monkeypatch):
+    """A parent that is a file cannot become a folder; a folder the process may not write
+    (simulated: the tests run as root, for whom chmod 555 still writes) is refused too."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run_cli("--out", str(blocker / "r.h5"), *TINY) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: the folder stays writable")
-        assert run_cli("--out", str(folder / "r.h5"), *TINY) == 2
-        assert "not writable" in capsys.readouterr().err
-    finally:
-        folder.chmod(0o755)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+    assert run_cli("--out", str(folder / "r.h5"), *TINY) == 2
+    assert "not writable" in capsys.readouterr().err
 
 
 def test_second_run_on_a_locked_output_keeps_the_first_file(tmp_path, capsys):
