@@ -72,6 +72,22 @@ def _parse_overrides(items):
     return out
 
 
+def _exit_code(err: BaseException, after_interrupt: str) -> int:
+    """One line for the user and the documented exit code of an exception that ended
+    ``ssbx run``: invalid input 2, interrupted 130, any other failure 4 (the run file
+    already says "interrupted" or "failed")."""
+    from .errors import ConfigError
+
+    if isinstance(err, ConfigError):
+        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        print(f"ssbx run: interrupted; the run file is marked 'interrupted' and {after_interrupt}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_run(args) -> int:
     if args.resume:
         return cmd_resume(args)
@@ -134,16 +150,8 @@ def cmd_run(args) -> int:
             png = Path(args.png) if args.png else out.with_suffix(".png")
             summary_figure(out, png)
             print(f"ssbx run: summary figure {png}", file=sys.stderr)
-    except ConfigError as err:
-        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ssbx run: interrupted; the run file is marked 'interrupted' and keeps what was written",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # noqa: BLE001 - the run file already says "failed"; the user gets one line
-        print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    except (Exception, KeyboardInterrupt) as err:
+        return _exit_code(err, "keeps what was written")
     return 0
 
 
@@ -181,16 +189,8 @@ def cmd_resume(args) -> int:
 
             summary_figure(path, png)
             print(f"ssbx run: summary figure {png}", file=sys.stderr)
-    except ConfigError as err:
-        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ssbx run: interrupted; the run file is marked 'interrupted' and can be resumed again",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as err:  # noqa: BLE001 - the run file already says "failed"; the user gets one line
-        print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    except (Exception, KeyboardInterrupt) as err:
+        return _exit_code(err, "can be resumed with --resume")
     return 0
 
 
