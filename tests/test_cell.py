@@ -213,8 +213,12 @@ def test_cell_run_writes_stress_in_every_solid_phase(small_run):
     _, run = small_run
     f, snaps = run.fields, run.snapshots
     assert f["von_mises_Pa"].shape == f["soc"].shape
-    assert np.nanmax(f["von_mises_Pa"][0]) < 1.0  # Pa: none at the start
-    assert snaps["von_mises_max_Pa"][0] < 1.0
+    # none at the start beyond float32 round-off of the GPa-scale operator (70 Pa with the
+    # isotropic x-dependent NCM stiffness, < 1 Pa with the hexagonal placeholder)
+    scale = snaps["von_mises_max_Pa"][1]
+    assert scale > 1e8
+    assert np.nanmax(f["von_mises_Pa"][0]) < 1e-6 * scale
+    assert snaps["von_mises_max_Pa"][0] < 1e-6 * scale
     active = np.isfinite(f["soc"][1])
     hydro = f["hydrostatic_Pa"][1]
     assert np.mean(hydro[active]) > 1e7
@@ -293,7 +297,7 @@ def test_protocol_parser():
 @pytest.mark.parametrize(
     "steps, words",
     [
-        (["charge at 0C until 4.3 V"], ["C-rate must be > 0"]),
+        (["charge at 0C until 4.3 V"], ["C-rate must be a finite number > 0"]),
         (["charge at 1C until 3.0 V", "discharge at 1C until 4.3 V"], ["lower cut-off 4.3 V", "upper cut-off 3.0 V"]),
         (["charge at 1C"], ["not a protocol step", "charge at 1C until 4.3 V"]),
         (["hold 4.3 V"], ["protocol.steps[0]", "not a protocol step"]),
