@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
+from test_cell import SMALL
+
 from ssbx.engine import simulation
 from ssbx.engine.cli import main
 from ssbx.engine.errors import ConfigError
@@ -307,15 +309,7 @@ def test_measurement_times_as_strings_refused(tmp_path):
         load_measurement(path, pixel_size_m=1e-7, kind="projection", beam_axis="z")
 
 
-CELL = {
-    "run": {"name": "small_cell"},
-    "particle": {"radius_m": 2e-6, "voxel_size_m": 5e-7, "n_grains": 6},
-    "material": {"name": "NCM111", "x_initial": 0.95},
-    "cell": {"enabled": True, "areal_capacity_mAh_cm2": 0.05, "separator_thickness_m": 2e-6},
-    "electrochemistry": {"time_step_s": 60.0},
-    "mechanics": {"enabled": False},
-    "protocol": {"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min"]},
-}
+CELL = dict(SMALL, protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 10 min"]})
 
 
 @pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "interrupted"), (MemoryError("device"), "failed")],
