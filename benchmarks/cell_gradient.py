@@ -24,9 +24,9 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, time_call, write_result  # noqa: E402
 
-from ssbx.engine.config import scenario_from_dict  # noqa: E402
+from ssbx.engine.config.scenario import scenario_from_dict  # noqa: E402
 from ssbx.engine.solve.cell_step import initial_state  # noqa: E402
-from ssbx.engine.solve.resolve import resolve_cell  # noqa: E402
+from ssbx.engine.model.resolve import resolve_cell  # noqa: E402
 from ssbx.engine.solve.rollout import rollout, step_budget  # noqa: E402
 
 CELL = {

@@ -15,7 +15,7 @@ voltage at common times, with its difference from the finest grid (the voxelised
 sphere, its interface area and the surface-concentration extrapolation all converge
 with h). Results go to benchmarks/results/cell_resolution_<device>.json.
 
-Timing: ``engine.cell.electrochemical_solve`` and ``engine.cell.diffuse`` are wrapped to
+Timing: ``engine.runs.host_cell.electrochemical_solve`` and ``engine.runs.host_cell.diffuse`` are wrapped to
 block on their results and record wall times; the first call of each (compilation) is
 reported separately.
 
@@ -41,9 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result  # noqa: E402
 
-from ssbx.engine import cell as cellmod  # noqa: E402
-from ssbx.engine.config import load_scenario  # noqa: E402
-from ssbx.engine.io import load_run  # noqa: E402
+from ssbx.engine.geometry import cell_stack  # noqa: E402
+from ssbx.engine.runs import host_cell as cellmod  # noqa: E402
+from ssbx.engine.config.scenario import load_scenario  # noqa: E402
+from ssbx.engine.io.run_file import load_run  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ncm111_llzo_single_particle.toml"
 
@@ -88,7 +89,7 @@ def run_one(h: float, minutes: float | None, preconditioner: str, workdir: Path,
     if minutes is not None:
         changes["protocol"] = {"steps": (f"charge at 1C until 4.3 V or {minutes:g} min",), "cycles": 1}
     scenario = load_scenario(EXAMPLE).replace(**changes)
-    micro, _ = cellmod.cell_microstructure(scenario)
+    micro, _ = cell_stack.cell_microstructure(scenario)
     out = workdir / f"s2_{h:.0e}.h5"
     t0 = time.perf_counter()
     deadline = None if wall_limit_s is None else t0 + wall_limit_s
@@ -139,7 +140,7 @@ def full_run_summary(path: Path, ts: dict, status: str, x_initial: float) -> dic
     """Capacities, Coulombic efficiency and the charge balance of a whole-protocol run."""
     import h5py
 
-    from ssbx.engine.materials import FARADAY
+    from ssbx.kernels.constants import FARADAY
 
     with h5py.File(path, "r") as f:
         cycles = {k: f["cycles"][k][()].tolist() for k in f["cycles"]} if "cycles" in f else {}

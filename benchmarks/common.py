@@ -93,8 +93,8 @@ def benchmark_particle(n: int, n_grains: int, voxel_size_m: float = 1e-7):
     1C delithiation flux: (micro, geometry, params) in float32, for the benchmarks."""
     import jax.numpy as jnp
 
-    from ssbx.engine.microstructure import polycrystalline_particle
-    from ssbx.engine.model import ParticleGeometry, TransportParams, galvanostatic_flux
+    from ssbx.engine.geometry.microstructure import polycrystalline_particle
+    from ssbx.engine.model.particle import ParticleGeometry, TransportParams, galvanostatic_flux
 
     micro = polycrystalline_particle(radius_m=(n / 2 - 2.5) * voxel_size_m, voxel_size_m=voxel_size_m,
                                      n_grains=n_grains, seed=0)

@@ -1,11 +1,11 @@
 """Three NCM811 : Li6PS5Cl : carbon-fibre composites (physics.md S4): 7:3:1, 7:3:0, 7:3:0.3.
 
-For each mass ratio: generate a laterally periodic composite (engine.composite), then
-run the network analysis (engine.network): effective electronic and ionic conductivity
+For each mass ratio: generate a laterally periodic composite (engine.geometry.composite), then
+run the network analysis (engine.observables.network): effective electronic and ionic conductivity
 and tortuosity along x, y, z, percolation, interface areas, diffusion distances and the
 per-particle impedance index. Also times the generation of a 256³ composite.
 
-Intrinsic conductivities (S/m; sources in engine/network.py DEFAULT_SIGMA_S_M):
+Intrinsic conductivities (S/m; sources in engine/observables/network.py DEFAULT_SIGMA_S_M):
 Li6PS5Cl 0.2 (2 mS/cm), carbon fibre 1e3 (10 S/cm), NCM811 electronic 1e-3 (1e-5 S/cm).
 
 Usage::
@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, device_info, device_slug  # noqa: E402
 
-from ssbx.engine.composite import generate_composite  # noqa: E402
-from ssbx.engine.microstructure import ACTIVE  # noqa: E402
-from ssbx.engine.network import analyze, json_ready  # noqa: E402
+from ssbx.engine.geometry.composite import generate_composite  # noqa: E402
+from ssbx.engine.geometry.microstructure import ACTIVE  # noqa: E402
+from ssbx.engine.observables.network import analyze, json_ready  # noqa: E402
 
 RECIPES = {
     "7:3:1": "Li+-deficient (carbon-rich)",

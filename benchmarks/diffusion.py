@@ -32,7 +32,7 @@ from common import (  # noqa: E402
     write_result,
 )
 
-from ssbx.engine.model import rollout  # noqa: E402
+from ssbx.engine.model.particle import rollout  # noqa: E402
 from ssbx.kernels.diffusion import stable_time_step  # noqa: E402
 
 BYTES_PER_VOXEL_STEP = 16

@@ -36,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, measured_copy_bandwidth_GBs, write_result  # noqa: E402
 
-from ssbx.engine.mechanics_materials import build_phase_tables  # noqa: E402
-from ssbx.engine.microstructure import polycrystalline_particle  # noqa: E402
+from ssbx.engine.materials.elastic import build_phase_tables  # noqa: E402
+from ssbx.engine.geometry.microstructure import polycrystalline_particle  # noqa: E402
 from ssbx.kernels.elasticity import solve_elasticity, von_mises  # noqa: E402
 from ssbx.kernels.stiffness import isotropic_stiffness  # noqa: E402
 

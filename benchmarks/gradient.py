@@ -38,8 +38,8 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import benchmark_particle, device_info, time_call, write_result  # noqa: E402
 
-from ssbx.engine.fitting import checkpoint_plan  # noqa: E402
-from ssbx.engine.model import TransportParams, component_table, rollout  # noqa: E402
+from ssbx.engine.inverse.fitting import checkpoint_plan  # noqa: E402
+from ssbx.engine.model.particle import TransportParams, component_table, rollout  # noqa: E402
 from ssbx.kernels import diffusion as kdiff  # noqa: E402
 
 

@@ -33,9 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, device_info  # noqa: E402
 
-from ssbx.engine.cell import cell_microstructure, run_cell  # noqa: E402
-from ssbx.engine.config import scenario_from_dict  # noqa: E402
-from ssbx.engine.io import load_run  # noqa: E402
+from ssbx.engine.geometry.cell_stack import cell_microstructure  # noqa: E402
+from ssbx.engine.runs.host_cell import run_cell  # noqa: E402
+from ssbx.engine.config.scenario import scenario_from_dict  # noqa: E402
+from ssbx.engine.io.run_file import load_run  # noqa: E402
 
 C_MAX = 63104.0
 D = 4e-15

@@ -1,5 +1,5 @@
 """The device-resident cell stepper (engine.solve) against the legacy host loop
-(engine/cell.run_cell), side by side on the S2 example, whole protocol.
+(engine/runs/host_cell.run_cell), side by side on the S2 example, whole protocol.
 
 Run:  python benchmarks/stepper.py [--voxel-sizes 1e-6 4e-7] [--drivers device host]
 
@@ -30,10 +30,10 @@ import jax.monitoring
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result  # noqa: E402
 
-from ssbx.engine import cell as cellmod  # noqa: E402
-from ssbx.engine.config import load_scenario  # noqa: E402
-from ssbx.engine.io import load_run  # noqa: E402
-from ssbx.engine.solve import cell_run  # noqa: E402
+from ssbx.engine.runs import host_cell as cellmod  # noqa: E402
+from ssbx.engine.config.scenario import load_scenario  # noqa: E402
+from ssbx.engine.io.run_file import load_run  # noqa: E402
+from ssbx.engine.runs import cell_run  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ncm111_llzo_single_particle.toml"
 HOST_READS_PER_STEP = 8

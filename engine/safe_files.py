@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import ConfigError
+from ssbx.engine.errors import ConfigError
 
 
 class OutputLock:

@@ -33,7 +33,7 @@ Available (``get_ocv(name)``, case-insensitive; "NMC" spellings are aliases):
 
   Normalisation caveat: the MSMR x is the filled fraction of the host sites of the fit
   (Σ X_j = 1), not Li per formula unit. ssbx uses it with x = c / c_max and, by
-  default, the lattice c_max of ``engine/materials.py`` (the fit gives none). With that
+  default, the lattice c_max of ``engine/materials/active.py`` (the fit gives none). With that
   choice 4.3 V sits at x ≈ 0.13, i.e. ≈ 240 mAh/g removed, more than the ≈ 180–200
   mAh/g NCM622 delivers up to 4.3 V. This suggests the fit's host-site basis is the
   accessible capacity (≈ 0.8 of the lattice value). To match a measured capacity, set
@@ -262,7 +262,7 @@ _REGISTRY = {
         name="NCM622",
         window_V=(3.3, 4.4),
         reference="Verbrugge et al., J. Electrochem. Soc. 164, E3243 (2017), Table 1: NMC622 "
-        "MSMR parameters at 25 C; c_max from the NCM622 lattice (engine/materials.py)",
+        "MSMR parameters at 25 C; c_max from the NCM622 lattice (engine/materials/active.py)",
     ),
 }
 

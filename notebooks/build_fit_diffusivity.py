@@ -21,7 +21,7 @@ This notebook builds a synthetic measurement with a known truth, fits it by grad
 through the differentiable simulator, reports Laplace (Gauss–Newton) uncertainties, and
 compares what 2D projections and 3D volumes can determine. It is small enough to run in CI
 (a 1.2 µm particle on a 16³ grid); the same calls work for real data loaded with
-`ssbx.engine.measurements.load_measurement`."""),
+`ssbx.engine.io.measurements.load_measurement`."""),
     new_code_cell("""\
 import tempfile
 from pathlib import Path
@@ -30,12 +30,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from ssbx.engine.config import Scenario
-from ssbx.engine.fit_plots import plot_loss, plot_maps, plot_uncertainty
-from ssbx.engine.fitting import FitProblem, fit, forward_setup, laplace_uncertainty
-from ssbx.engine.measurements import synthetic_projection_maps
-from ssbx.engine.observation import ObservationOperator
-from ssbx.engine.parameters import FreeParameter
+from ssbx.engine.config.scenario import Scenario
+from ssbx.engine.plots.fit import plot_loss, plot_maps, plot_uncertainty
+from ssbx.engine.inverse.fitting import FitProblem, fit, forward_setup, laplace_uncertainty
+from ssbx.engine.inverse.fitting import synthetic_projection_maps
+from ssbx.engine.observables.observation import ObservationOperator
+from ssbx.engine.inverse.parameters import FreeParameter
 
 out = Path(tempfile.mkdtemp(prefix="ssbx_fit_"))"""),
     new_markdown_cell("""\

@@ -14,11 +14,11 @@ import pytest
 
 from test_cell import SMALL
 
-from ssbx.engine import simulation
-from ssbx.engine.cli import main
+from ssbx.engine.runs import particle_run as simulation
+from ssbx.engine.cli.main import main
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.io import load_run
-from ssbx.engine.measurements import load_measurement
+from ssbx.engine.io.run_file import load_run
+from ssbx.engine.io.measurements import load_measurement
 from ssbx.engine.safe_files import OutputLock
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -57,7 +57,7 @@ def test_scenario_folder_refused(tmp_path, capsys):
 
 
 def test_utf8_bom_is_accepted():
-    from ssbx.engine.config import read_toml
+    from ssbx.engine.config.scenario import read_toml
 
     path = Path(__file__).parent / "_bom.toml"
     try:
@@ -211,7 +211,7 @@ def test_value_refused(tmp_path, capsys, override, expected):
 
 
 def test_c_over_zero_step_refused():
-    from ssbx.engine.protocol import parse_step
+    from ssbx.engine.config.protocol import parse_step
 
     with pytest.raises(ConfigError, match="C-rate must be a finite number > 0"):
         parse_step("charge at C/0 until 4.3 V")
@@ -251,7 +251,7 @@ def test_tortuosity_json_into_a_missing_folder_is_created(tmp_path):
 
 
 def test_tortuosity_not_converged_exits_non_zero(tmp_path, monkeypatch, capsys):
-    from ssbx.engine import tortuosity
+    from ssbx.engine.observables import tortuosity
 
     original = tortuosity._solve_axis
     monkeypatch.setattr(tortuosity, "_solve_axis", lambda *a: (*original(*a)[:3], False))
@@ -316,8 +316,8 @@ CELL = dict(SMALL, protocol={"kind": "cycling", "steps": ["charge at 2C until 4.
                          ids=["ctrl-c", "memory"])
 def test_exception_in_cell_run_marks_the_file(tmp_path, exc, status):
     """Item 2, cell (device driver) path: the exception propagates, the file says why."""
-    from ssbx.engine.config import scenario_from_dict
-    from ssbx.engine.solve.cell_run import run_cell_device
+    from ssbx.engine.config.scenario import scenario_from_dict
+    from ssbx.engine.runs.cell_run import run_cell_device
 
     def broken_step(*args, **kwargs):
         raise exc

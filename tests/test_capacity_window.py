@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.config import ConfigError, Scenario, load_scenario
-from ssbx.engine.materials import get_active_material
-from ssbx.engine.microstructure import ACTIVE, polycrystalline_particle
+from ssbx.engine.config.scenario import ConfigError, Scenario, load_scenario
+from ssbx.engine.materials.active import get_active_material
+from ssbx.engine.geometry.microstructure import ACTIVE, polycrystalline_particle
 from ssbx.kernels.ocv import get_ocv, msmr_fraction, windowed_ocv, windowed_ocv_name, NCM622_MSMR_VERBRUGGE2017
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -109,7 +109,7 @@ def test_s2_example_initial_li_and_window():
     charge removes somewhat less (polarisation; 92.9 % measured, docs/materials.md),
     so the rest value must lie between 93 % and 100 %.
     """
-    from ssbx.engine.cell import cell_microstructure
+    from ssbx.engine.geometry.cell_stack import cell_microstructure
 
     s = load_scenario(EXAMPLES / "ncm111_llzo_single_particle.toml")
     micro, _ = cell_microstructure(s)

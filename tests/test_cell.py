@@ -1,4 +1,4 @@
-"""Cell cycling (engine/cell.py, kernels/electrode.py): exact series resistance,
+"""Cell cycling (engine/runs/host_cell.py, kernels/electrode.py): exact series resistance,
 charge conservation, protocol handling and failure messages."""
 
 import h5py
@@ -7,17 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine import cell as cellmod
-from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.geometry import cell_stack
+from ssbx.engine.runs import host_cell as cellmod
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.errors import ConfigError, SimulationDiverged
-from ssbx.engine.io import load_run
-from ssbx.engine.materials import FARADAY
-from ssbx.engine.protocol import parse_protocol, parse_step
-from ssbx.engine.materials import ELECTRONIC_CONDUCTIVITY_LAWS
-from ssbx.engine.microstructure import ACTIVE, CARBON, ION_CONDUCTORS, LI_METAL, SOLID_ELECTROLYTE
+from ssbx.engine.io.run_file import load_run
+from ssbx.kernels.constants import FARADAY
+from ssbx.engine.config.protocol import parse_protocol, parse_step
+from ssbx.engine.materials.active import ELECTRONIC_CONDUCTIVITY_LAWS
+from ssbx.engine.geometry.microstructure import ACTIVE, CARBON, ION_CONDUCTORS, LI_METAL, SOLID_ELECTROLYTE
 from ssbx.engine.solve import cell_step as stepmod
-from ssbx.engine.solve.cell_run import run_cell_device
-from ssbx.engine.solve.resolve import resolve_cell
+from ssbx.engine.runs.cell_run import run_cell_device
+from ssbx.engine.model.resolve import resolve_cell
 from ssbx.kernels.conduction import log_interpolated_conductivity
 from ssbx.kernels.electrode import interface_faces, solve_coupled
 
@@ -116,7 +117,7 @@ def test_carbon_and_electrolyte_phases_in_a_series_column(x64):
     labels[..., 3:5] = ACTIVE
     ec = scenario_from_dict(dict(SMALL, electrochemistry={
         "carbon_electronic_S_m": sig_c, "active_electronic_S_m": sig_a, "separator_ionic_S_m": sig_se})).electrochemistry
-    sigma_s, sigma_e = cellmod.phase_conductivities(labels, ec)
+    sigma_s, sigma_e = cell_stack.phase_conductivities(labels, ec)
     assert set(np.unique(sigma_s)) == {0.0, sig_a, sig_c} and set(np.unique(sigma_e)) == {0.0, sig_se}
     faces = interface_faces(labels == ACTIVE, np.isin(labels, ION_CONDUCTORS), stack_axis=2)
     area = 4 * h * h
@@ -128,7 +129,7 @@ def test_carbon_and_electrolyte_phases_in_a_series_column(x64):
     assert float(sol.voltage) == pytest.approx(current * resistance, rel=1e-9)
     labels[0, 0, -1] = LI_METAL
     with pytest.raises(ConfigError, match=r"1 voxels are labelled 'li_metal' \(5\)"):
-        cellmod.phase_conductivities(labels, ec)
+        cell_stack.phase_conductivities(labels, ec)
 
 
 SMALL = {
@@ -359,7 +360,7 @@ def test_bad_cell_inputs():
         scenario_from_dict(dict(SMALL, electrochemistry={"ecbd_ionic_S_m": -1}))
     big = scenario_from_dict(dict(SMALL, cell=dict(SMALL["cell"], areal_capacity_mAh_cm2=5.0)))
     with pytest.raises(ConfigError, match="cell.areal_capacity_mAh_cm2 = 5.0"):
-        cellmod.cell_microstructure(big)
+        cell_stack.cell_microstructure(big)
 
 
 def _compare_first_step(new, old):
@@ -383,7 +384,7 @@ def _compare_first_step(new, old):
 
 
 def test_device_stepper_matches_the_host_loop(small_run, tmp_path):
-    """SMALL through the legacy host loop of engine/cell.py and through engine.solve.
+    """SMALL through the legacy host loop of engine/runs/host_cell.py and through engine.solve.
     The first protocol step (2C for 10 min, a time cap) is the same in both, to float32
     round-off (measured ≈ 3e-7 V), and so is the field at its end. The CV step's
     current cut-off is where they part: the host loop ends it after the step that

@@ -12,14 +12,14 @@ import pytest
 from test_cell import SMALL
 from test_cell_gradients import CUT
 
-from ssbx.engine.config import scenario_from_dict
-from ssbx.engine.io import load_run
-from ssbx.engine.materials import FARADAY
-from ssbx.engine.model import ParticleGeometry, TransportParams
-from ssbx.engine.model import rollout as particle_rollout
-from ssbx.engine.solve.cell_run import run_cell_device
+from ssbx.engine.config.scenario import scenario_from_dict
+from ssbx.engine.io.run_file import load_run
+from ssbx.kernels.constants import FARADAY
+from ssbx.engine.model.particle import ParticleGeometry, TransportParams
+from ssbx.engine.model.particle import rollout as particle_rollout
+from ssbx.engine.runs.cell_run import run_cell_device
 from ssbx.engine.solve.cell_step import derive, diffuse, initial_state
-from ssbx.engine.solve.resolve import resolve_cell
+from ssbx.engine.model.resolve import resolve_cell
 from ssbx.engine.solve.rollout import rollout, step_budget
 
 COUPLED = {"enabled": True, "electrolyte_material": "LLZO", "couple_diffusion": True, "coupling_every_steps": 2}
@@ -27,7 +27,7 @@ COUPLED = {"enabled": True, "electrolyte_material": "LLZO", "couple_diffusion": 
 
 def test_cell_diffusion_with_stress_is_the_particle_runs_coupled_transport(x64):
     """One cell step's diffusion with the stress (χ solved for the whole cell: particle,
-    ECBD, LLZO separator) equals engine.model.rollout's coupled transport on the same
+    ECBD, LLZO separator) equals engine.model.particle.rollout's coupled transport on the same
     voxels with the same StressCoupling — the path validated against the Zhang–Shyy–
     Sastry nonlinear diffusion in test_stress_coupling.py — for a non-uniform x, k
     sub-steps of one χ solve carried by the local θ update; and the stress moves Li

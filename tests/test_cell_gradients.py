@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.solve.cell_step import initial_state
-from ssbx.engine.solve.resolve import resolve_cell
+from ssbx.engine.model.resolve import resolve_cell
 from ssbx.engine.solve.rollout import delivered_charge_C, rollout, step_budget
 
 from test_cell import SMALL

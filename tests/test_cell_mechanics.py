@@ -1,4 +1,4 @@
-"""Stress in cell runs (engine.mechanics with cell=True): equilibrium of the whole
+"""Stress in cell runs (engine.physics.mechanics with cell=True): equilibrium of the whole
 stack, the materials of its phases, and the combinations that are refused rather than
 ignored. The run file's stress fields are tested on the shared cell run of test_cell.py."""
 
@@ -8,12 +8,12 @@ import pytest
 
 from test_cell import SMALL, SMALL_STRESS
 
-from ssbx.engine import cell as cellmod
-from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.geometry import cell_stack
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.mechanics import StressSolver
-from ssbx.engine.mechanics_materials import get_mechanics_material
-from ssbx.engine.microstructure import ACTIVE, ECBD, SOLID_ELECTROLYTE
+from ssbx.engine.physics.mechanics import StressSolver
+from ssbx.engine.materials.elastic import get_mechanics_material
+from ssbx.engine.geometry.microstructure import ACTIVE, ECBD, SOLID_ELECTROLYTE
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def cell_solver():
     data = dict(SMALL, mechanics={"enabled": True, "electrolyte_material": "LLZO", "stack_pressure_Pa": 5e6,
                                   "tol": 1e-10, "maxiter": 2000})
     scenario = scenario_from_dict(data)
-    micro, _ = cellmod.cell_microstructure(scenario)
+    micro, _ = cell_stack.cell_microstructure(scenario)
     return micro, scenario
 
 

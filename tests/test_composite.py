@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ssbx.engine.composite import (
+from ssbx.engine.geometry.composite import (
     DENSITY_G_CM3,
     FRACTION_TOLERANCE,
     generate_composite,
@@ -16,7 +16,7 @@ from ssbx.engine.composite import (
     parse_ratios,
 )
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.microstructure import ACTIVE, CARBON, PORE, SOLID_ELECTROLYTE
+from ssbx.engine.geometry.microstructure import ACTIVE, CARBON, PORE, SOLID_ELECTROLYTE
 
 KW = dict(size=40, voxel_size_m=0.25e-6, radius_mean_m=1.5e-6, radius_std_m=0.4e-6,
           mean_grain_size_m=1.0e-6, fibre_length_m=4e-6)
@@ -103,7 +103,7 @@ def test_particle_table_and_grains_are_consistent(comp):
 def test_lateral_periodicity_of_particles():
     # particles that cross an x or y face continue on the opposite face: each particle is
     # one face-connected piece with wrap-around, and a crossing one is split without it
-    from ssbx.engine.network import periodic_components
+    from ssbx.engine.observables.network import periodic_components
 
     c = generate_composite(size=32, voxel_size_m=1e-6, ratios=[1, 9, 0], radius_mean_m=6e-6,
                            radius_std_m=0, seed=0)
@@ -164,8 +164,8 @@ def test_load_segmented_volume_with_label_map(tmp_path):
 def test_cli_writes_npy_tif_h5(tmp_path, capsys):
     import h5py
 
-    from ssbx.engine.cli import main
-    from ssbx.engine.tortuosity import load_labels
+    from ssbx.engine.cli.main import main
+    from ssbx.engine.observables.tortuosity import load_labels
 
     outs = [tmp_path / "c.npy", tmp_path / "c.tif", tmp_path / "c.h5"]
     argv = ["composite", "--ratios", "7:3:1", "--size", "32", "--voxel-size", "0.25e-6",

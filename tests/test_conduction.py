@@ -1,4 +1,4 @@
-"""Potential solver (kernels/conduction.py) and tortuosity tool (engine/tortuosity.py).
+"""Potential solver (kernels/conduction.py) and tortuosity tool (engine/observables/tortuosity.py).
 
 Physics checks: ohmic drop of a uniform slab, series/parallel laminates (exact
 harmonic/arithmetic means), agreement with a direct sparse solve of an independently
@@ -254,7 +254,7 @@ TSHAPE = (12, 10, 8)
 
 
 def test_tortuosity_of_straight_channels_is_one():
-    from ssbx.engine.tortuosity import effective_conductivity, tortuosity
+    from ssbx.engine.observables.tortuosity import effective_conductivity, tortuosity
 
     labels = np.ones(TSHAPE, np.uint8)  # NCM
     labels[:, 2:4, 1:3] = 2  # straight SE channels along x
@@ -270,7 +270,7 @@ def test_tortuosity_of_straight_channels_is_one():
 
 def test_tortuosity_with_dead_ends_counts_them_in_epsilon():
     """TauFactor dead-end case: side pockets carry no current, so τ = ε_total/ε_channel."""
-    from ssbx.engine.tortuosity import tortuosity
+    from ssbx.engine.observables.tortuosity import tortuosity
 
     labels = np.ones(TSHAPE, np.uint8)
     labels[:, 4, 3] = 2  # one straight channel
@@ -284,7 +284,7 @@ def test_tortuosity_with_dead_ends_counts_them_in_epsilon():
 
 def test_tortuosity_rejects_bad_input(tmp_path):
     from ssbx.engine.errors import ConfigError
-    from ssbx.engine.tortuosity import load_labels, tortuosity
+    from ssbx.engine.observables.tortuosity import load_labels, tortuosity
 
     good = np.ones((4, 4, 4), np.uint8)
     with pytest.raises(ValueError, match="labels.ndim = 1"):
@@ -318,7 +318,7 @@ def test_tortuosity_cli_reads_tiff_in_zyx_order(tmp_path, capsys):
 
     import tifffile
 
-    from ssbx.engine.tortuosity import main
+    from ssbx.engine.observables.tortuosity import main
 
     labels = np.ones(TSHAPE, np.uint8)
     labels[:, 2:4, 1:3] = 2  # channels along x

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ssbx.engine.config import Scenario, load_scenario, scenario_from_dict
+from ssbx.engine.config.scenario import Scenario, load_scenario, scenario_from_dict
 from ssbx.engine.errors import ConfigError
 
 
@@ -12,8 +12,8 @@ def test_default_example_file_equals_built_in_default(examples_dir):
 
 def test_every_example_file_is_valid(examples_dir):
     """Scenario files load as scenarios, fit files (with a [scenario] table) as fits."""
-    from ssbx.engine.config import read_toml
-    from ssbx.engine.fit_config import load_fit_config
+    from ssbx.engine.config.scenario import read_toml
+    from ssbx.engine.inverse.fit_file import load_fit_config
 
     files = sorted(examples_dir.glob("*.toml"))
     assert len(files) >= 4

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.microstructure import polycrystalline_particle
-from ssbx.engine.model import ParticleGeometry, TransportParams, li_rate, rollout
+from ssbx.engine.geometry.microstructure import polycrystalline_particle
+from ssbx.engine.model.particle import ParticleGeometry, TransportParams, li_rate, rollout
 from ssbx.kernels import diffusion as kd
 from ssbx.kernels.rotations import axis_angle_quaternion, quaternion_multiply, quaternion_to_matrix
 

@@ -533,7 +533,7 @@ def test_invalid_inputs_raise_with_field_names():
 
 
 def test_engine_phase_tables_and_material_validation():
-    from ssbx.engine.mechanics_materials import (
+    from ssbx.engine.materials.elastic import (
         MECHANICS_MATERIALS,
         build_phase_tables,
         get_mechanics_material,

@@ -1,15 +1,15 @@
 """Fitting cell parameters to a measured V(t) through the differentiable cycle
-(engine.solve.fit_voltage): a synthetic curve from known i0 and D is fitted from a
+(engine.inverse.voltage_fit): a synthetic curve from known i0 and D is fitted from a
 perturbed start, and the Laplace uncertainty covers the error."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.solve.fit_voltage import CELL_PARAMETERS, fit_voltage_curve, model_voltage
-from ssbx.engine.solve.resolve import resolve_cell
+from ssbx.engine.inverse.voltage_fit import CELL_PARAMETERS, fit_voltage_curve, model_voltage
+from ssbx.engine.model.resolve import resolve_cell
 from ssbx.engine.solve.rollout import step_budget
 
 from test_cell import SMALL

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine import fit_cli
-from ssbx.engine.config import Scenario
+from ssbx.engine.cli import fit as fit_cli
+from ssbx.engine.config.scenario import Scenario
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.fit_config import fit_config_from_dict, load_fit_config
-from ssbx.engine.fitting import FitDiverged, FitProblem, checkpoint_plan, fit, forward_setup
-from ssbx.engine.measurements import synthetic_projection_maps
-from ssbx.engine.observation import ObservationOperator
-from ssbx.engine.parameters import FreeParameter
+from ssbx.engine.inverse.fit_file import fit_config_from_dict, load_fit_config
+from ssbx.engine.inverse.fitting import FitDiverged, FitProblem, checkpoint_plan, fit, forward_setup
+from ssbx.engine.inverse.fitting import synthetic_projection_maps
+from ssbx.engine.observables.observation import ObservationOperator
+from ssbx.engine.inverse.parameters import FreeParameter
 
 # ------------------------------------------------------------------ exact gradients
 
@@ -282,8 +282,8 @@ def test_example_fit_file_is_valid(examples_dir):
 def test_observation_segments_match_one_rollout(small_problem, x64):
     """Fields at the observation times equal a plain rollout with the same steps; a map
     at t = 0 is the initial state; uneven times fall back to one rollout per segment."""
-    from ssbx.engine.fitting import simulate_fields
-    from ssbx.engine.model import rollout
+    from ssbx.engine.inverse.fitting import simulate_fields
+    from ssbx.engine.model.particle import rollout
 
     setup, _, free = small_problem
     geometry = setup.geometry

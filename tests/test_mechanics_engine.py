@@ -1,13 +1,13 @@
-"""Stress at snapshots (engine/mechanics.py): free crystals, misfit, stack pressure, run output."""
+"""Stress at snapshots (engine/physics/mechanics.py): free crystals, misfit, stack pressure, run output."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.config import MechanicsConfig, scenario_from_dict
+from ssbx.engine.config.scenario import MechanicsConfig, scenario_from_dict
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.mechanics import StressSolver, stress_outputs
-from ssbx.engine.microstructure import polycrystalline_particle
+from ssbx.engine.physics.mechanics import StressSolver, stress_outputs
+from ssbx.engine.geometry.microstructure import polycrystalline_particle
 
 H = 1e-7
 
@@ -60,8 +60,8 @@ def test_stack_pressure_sets_mean_axial_stress(polycrystal):
 
 
 def test_run_writes_stress_fields(tmp_path):
-    from ssbx.engine.cli import main
-    from ssbx.engine.io import load_run
+    from ssbx.engine.cli.main import main
+    from ssbx.engine.io.run_file import load_run
 
     out = tmp_path / "mech.h5"
     assert main(["run", "-q", "--out", str(out), "--set", "particle.radius_m=1e-6",
@@ -101,7 +101,7 @@ def test_bad_mechanics_input(data, words):
 ])
 def test_isotropic_defaults_reproduce_the_papers_other_moduli(name, shear_gpa, bulk_gpa):
     """E and ν are transcribed; the paper's independently reported G (and B) must follow."""
-    from ssbx.engine.mechanics_materials import MECHANICS_MATERIALS
+    from ssbx.engine.materials.elastic import MECHANICS_MATERIALS
 
     c = np.asarray(MECHANICS_MATERIALS[name].stiffness_lithiated) / 1e9
     assert abs(c[3, 3] - shear_gpa) < 0.005 * shear_gpa

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.microstructure import (
+from ssbx.engine.geometry.microstructure import (
     ACTIVE,
     ECBD,
     Microstructure,

@@ -1,13 +1,13 @@
-"""Default NCM stiffness (engine/mechanics_materials.py): isotropic, x-dependent secondary-
+"""Default NCM stiffness (engine/materials/elastic.py): isotropic, x-dependent secondary-
 particle moduli of Xu et al., JES 164, A3333 (2017); the unsourced hexagonal tensor
 stays selectable by name."""
 
 import numpy as np
 import pytest
 
-from ssbx.engine.config import ConfigError, Scenario
-from ssbx.engine.mechanics import voigt_moduli
-from ssbx.engine.mechanics_materials import (
+from ssbx.engine.config.scenario import ConfigError, Scenario
+from ssbx.engine.physics.mechanics import voigt_moduli
+from ssbx.engine.materials.elastic import (
     MECHANICS_MATERIALS,
     NCM622_EXPANSION,
     ElasticParameterError,

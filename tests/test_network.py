@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from ssbx.engine.microstructure import ACTIVE, CARBON, PORE, SOLID_ELECTROLYTE
-from ssbx.engine.network import (
+from ssbx.engine.geometry.microstructure import ACTIVE, CARBON, PORE, SOLID_ELECTROLYTE
+from ssbx.engine.observables.network import (
     analyze,
     contact_voxels,
     diffusion_distances,
@@ -52,7 +52,7 @@ def test_maxwell_garnett_insulating_spheres(x64):
     # unit of the infinite array, so Rayleigh's result applies:
     #   σ_eff/σ_m = 1 − 3φ / (2 + φ − 0.394 φ^(10/3) + …)  (Rayleigh 1892; the φ^(10/3)
     # term is < 1e-4 here), i.e. Maxwell–Garnett at low φ.
-    from ssbx.engine.tortuosity import effective_conductivity
+    from ssbx.engine.observables.tortuosity import effective_conductivity
 
     n = 32
     lab = np.full((n, n, n), SOLID_ELECTROLYTE, np.uint8)
@@ -139,7 +139,7 @@ def test_no_percolating_path_reports_infinite_tortuosity():
 
 
 def test_analyze_cli_on_generated_composite(tmp_path):
-    from ssbx.engine.cli import main
+    from ssbx.engine.cli.main import main
 
     h5 = tmp_path / "c.h5"
     assert main(["composite", "--size", "32", "--radius-mean", "1.5e-6", "--seed", "1",

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import tifffile
 
-from ssbx.engine.config import Scenario
+from ssbx.engine.config.scenario import Scenario
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.fitting import FitProblem, forward_setup
-from ssbx.engine.measurements import MeasuredMaps, load_measurement, save_measurement
-from ssbx.engine.microstructure import polycrystalline_particle
-from ssbx.engine.observation import (
+from ssbx.engine.inverse.fitting import FitProblem, forward_setup
+from ssbx.engine.io.measurements import MeasuredMaps, load_measurement, save_measurement
+from ssbx.engine.geometry.microstructure import polycrystalline_particle
+from ssbx.engine.observables.observation import (
     ObservationOperator,
     block_average,
     project,
     shift_image,
 )
-from ssbx.engine.parameters import FreeParameter
+from ssbx.engine.inverse.parameters import FreeParameter
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 
 from test_cell import SMALL
 
-from ssbx.engine.config import scenario_from_dict
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.solve.cell_run import resume_cell_device, run_cell_device
+from ssbx.engine.runs.cell_run import resume_cell_device, run_cell_device
 
 TESTS = Path(__file__).resolve().parent
 # the coupled cell: the State carries the stress potential too; chunks of 4 steps
@@ -28,8 +28,8 @@ CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from test_resume import RESUMED
-from ssbx.engine.config import scenario_from_dict
-from ssbx.engine.solve import cell_run
+from ssbx.engine.config.scenario import scenario_from_dict
+from ssbx.engine.runs import cell_run
 
 save = cell_run.LaneFile.checkpoint
 def checkpoint(self, state):
@@ -116,7 +116,7 @@ def test_files_that_cannot_be_resumed_are_refused(uninterrupted, tmp_path):
 
 
 def test_cli_resume_refuses_a_scenario_or_out_beside_it(uninterrupted, capsys):
-    from ssbx.engine.cli import main
+    from ssbx.engine.cli.main import main
 
     assert main(["run", "--resume", str(uninterrupted), "--out", "x.h5"]) == 2
     assert "give no scenario, --out" in capsys.readouterr().err

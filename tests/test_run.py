@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine import simulation
-from ssbx.engine.cli import main
-from ssbx.engine.config import Scenario
+from ssbx.engine.runs import particle_run as simulation
+from ssbx.engine.cli.main import main
+from ssbx.engine.config.scenario import Scenario
 from ssbx.engine.errors import ConfigError, SimulationDiverged
-from ssbx.engine.io import load_run
-from ssbx.engine.materials import FARADAY
-from ssbx.engine.microstructure import Microstructure
+from ssbx.engine.io.run_file import load_run
+from ssbx.kernels.constants import FARADAY
+from ssbx.engine.geometry.microstructure import Microstructure
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +166,16 @@ def test_existing_outputs_are_never_overwritten_unasked(tmp_path, capsys):
     assert main(["run", "-q", "--no-png", "--out", str(sweep), "--set", "sweep.parameter='protocol.duration_s'",
                  "--set", "sweep.values=[60, 120]"]) == 2
     assert "sweep_1.h5" in capsys.readouterr().err and not (tmp_path / "sweep_0.h5").exists()
+
+
+def test_api_run_refuses_to_overwrite(default_run, tmp_path):
+    """api.run (what `ssbx run` calls) names the existing file and leaves its bytes alone;
+    a scenario that is neither a Scenario nor a path is refused by name."""
+    from ssbx.engine import api
+
+    before = default_run.path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        api.run(Scenario(), default_run.path)
+    assert default_run.path.read_bytes() == before
+    with pytest.raises(ConfigError, match="scenario = dict"):
+        api.run({"particle": {}}, tmp_path / "x.h5")

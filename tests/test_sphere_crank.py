@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from analytic import sphere_constant_influx
-from ssbx.engine.config import Scenario
-from ssbx.engine.microstructure import polycrystalline_particle
-from ssbx.engine.model import ParticleGeometry, TransportParams, rollout
+from ssbx.engine.config.scenario import Scenario
+from ssbx.engine.geometry.microstructure import polycrystalline_particle
+from ssbx.engine.model.particle import ParticleGeometry, TransportParams, rollout
 
 D = 1e-14  # m²/s
 RADIUS = 5e-6  # m, the default particle

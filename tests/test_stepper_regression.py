@@ -1,16 +1,16 @@
 """The device-resident stepper (engine.solve) against the legacy host loop
-(engine/cell.run_cell) on the coarse S2 cell of examples/ — 1C charge to the 4.3 V
+(engine/runs/host_cell.run_cell) on the coarse S2 cell of examples/ — 1C charge to the 4.3 V
 cut-off, rest, 1C discharge to the 3.0 V cut-off — the located cut-offs, and charge
 conservation of the new path."""
 
 import numpy as np
 import pytest
 
-from ssbx.engine import cell as cellmod
-from ssbx.engine.config import load_scenario, scenario_from_dict
-from ssbx.engine.io import load_run
-from ssbx.engine.materials import FARADAY
-from ssbx.engine.solve.cell_run import run_cell_device
+from ssbx.engine.runs import host_cell as cellmod
+from ssbx.engine.config.scenario import load_scenario, scenario_from_dict
+from ssbx.engine.io.run_file import load_run
+from ssbx.kernels.constants import FARADAY
+from ssbx.engine.runs.cell_run import run_cell_device
 
 from test_cell import _compare_first_step
 

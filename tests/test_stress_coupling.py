@@ -1,5 +1,5 @@
 """Stress-assisted Li transport (physics.md §1): kernels.diffusion.stress_drift_rate
-with engine.mechanics.StressCoupling inside model.rollout.
+with engine.physics.mechanics.StressCoupling inside model.rollout.
 
 Analytic check: in a homogeneous isotropic body with isotropic chemical expansion
 ε* = b (x − x_ref) I, any Li field that varies along one axis of a laterally periodic,
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from ssbx.engine.mechanics import GAS_CONSTANT, StressCoupling
-from ssbx.engine.mechanics_materials import isotropic_material
-from ssbx.engine.microstructure import polycrystalline_particle
-from ssbx.engine.model import ParticleGeometry, TransportParams, rollout
+from ssbx.engine.physics.mechanics import GAS_CONSTANT, StressCoupling
+from ssbx.engine.materials.elastic import isotropic_material
+from ssbx.engine.geometry.microstructure import polycrystalline_particle
+from ssbx.engine.model.particle import ParticleGeometry, TransportParams, rollout
 from ssbx.kernels import diffusion as kd
 
 H = 1e-7
@@ -85,7 +85,7 @@ def test_slab_reduces_to_zhang_shyy_sastry_nonlinear_diffusion(x64):
 @pytest.fixture(scope="module")
 def coupled_particle():
     micro = polycrystalline_particle(0.6e-6, H, n_grains=5, seed=2)  # ECBD around: reactive faces
-    from ssbx.engine.config import MechanicsConfig
+    from ssbx.engine.config.scenario import MechanicsConfig
 
     with jax.enable_x64(True):
         coupling = StressCoupling.build(micro, MechanicsConfig(tol=1e-10), 0.6, T, jnp.float64)
@@ -133,12 +133,12 @@ def test_fit_loss_gradient_wrt_expansion_and_laplace(x64):
     """β is a fittable parameter once stress is coupled: ∂L/∂u vs central differences
     through the whole fitting pipeline (projection maps), and the forward-mode Laplace
     step runs on the same coupled model. Without coupling β is refused."""
-    from ssbx.engine.config import Scenario
+    from ssbx.engine.config.scenario import Scenario
     from ssbx.engine.errors import ConfigError
-    from ssbx.engine.fitting import FitProblem, forward_setup, laplace_uncertainty
-    from ssbx.engine.measurements import synthetic_projection_maps
-    from ssbx.engine.observation import ObservationOperator
-    from ssbx.engine.parameters import FreeParameter
+    from ssbx.engine.inverse.fitting import FitProblem, forward_setup, laplace_uncertainty
+    from ssbx.engine.io.measurements import synthetic_projection_maps
+    from ssbx.engine.observables.observation import ObservationOperator
+    from ssbx.engine.inverse.parameters import FreeParameter
 
     base = Scenario().replace(
         run={"dtype": "float64"},
@@ -168,9 +168,9 @@ def test_fit_loss_gradient_wrt_expansion_and_laplace(x64):
 
 def test_coupled_run_conserves_li_and_differs_from_uncoupled(tmp_path):
     """`ssbx run` path with mechanics.couple_diffusion: Li bookkeeping still exact."""
-    from ssbx.engine.config import Scenario
-    from ssbx.engine.io import load_run
-    from ssbx.engine.simulation import run_scenario
+    from ssbx.engine.config.scenario import Scenario
+    from ssbx.engine.io.run_file import load_run
+    from ssbx.engine.runs.particle_run import run_scenario
 
     base = Scenario().replace(
         particle={"radius_m": 0.5e-6, "voxel_size_m": 1e-7, "n_grains": 6, "seed": 4},

@@ -1,4 +1,4 @@
-"""Batched sweeps (engine.solve.sweep): lanes of one vmapped run equal separate runs,
+"""Batched sweeps (engine.runs.sweep): lanes of one vmapped run equal separate runs,
 and sweeps that cannot be batched are refused with a message."""
 
 import h5py
@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssbx.engine.config import lane_scenario, scenario_from_dict
+from ssbx.engine.config.scenario import lane_scenario, scenario_from_dict
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.io import load_run
-from ssbx.engine.solve.cell_run import run_cell_device
-from ssbx.engine.solve.sweep import run_sweep
+from ssbx.engine.io.run_file import load_run
+from ssbx.engine.runs.cell_run import run_cell_device
+from ssbx.engine.runs.sweep import run_sweep
 
 from test_cell import SMALL
 

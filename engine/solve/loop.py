@@ -14,9 +14,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .cell_step import RECORD_FLOAT, RECORD_INT, RUNNING, CellState, cell_step, derive
-from .protocol import ProtocolTable
-from .resolve import CellGeometry, CellNumerics, CellParams
+from ssbx.engine.solve.cell_step import RECORD_FLOAT, RECORD_INT, RUNNING, CellState, cell_step, derive
+from ssbx.engine.model.protocol_table import ProtocolTable
+from ssbx.engine.model.resolve import CellGeometry, CellNumerics, CellParams
 
 
 @eqx.filter_jit

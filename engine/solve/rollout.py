@@ -39,9 +39,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .cell_step import RUNNING, CellState, cell_step, derive
-from .protocol import ProtocolTable
-from .resolve import CellGeometry, CellNumerics, CellParams, ResolvedCell
+from ssbx.engine.solve.cell_step import RUNNING, CellState, cell_step, derive
+from ssbx.engine.model.protocol_table import ProtocolTable
+from ssbx.engine.model.resolve import CellGeometry, CellNumerics, CellParams, ResolvedCell
 
 
 def step_budget(resolved: ResolvedCell, diffusivity_headroom: float = 4.0) -> int:

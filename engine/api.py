@@ -1,0 +1,113 @@
+"""One entry point for scripts, notebooks, benchmarks and the CLI.
+
+    from ssbx.engine import api
+    result = api.run("examples/default.toml", "run.h5")      # or a Scenario
+    data = result.load()                                       # RunData: timeseries, fields
+
+:func:`run` picks the driver the scenario asks for: a particle run, a cell run on the
+device stepper (or the legacy host loop with ``numerics.cell_driver = "host"``), or a
+batched ``[sweep]`` (one file per lane). It writes the run file(s) and, unless told
+not to, the summary PNG next to each; it never replaces an existing file unless
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+
+from ssbx.engine.config.scenario import Scenario, jnp_dtype, load_scenario
+from ssbx.engine.errors import ConfigError
+from ssbx.engine.io.run_file import RunData, load_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """How a run ended and where it is. ``status``: completed, stopped, diverged (a
+    particle or cell run), or one Result per lane in ``lanes`` for a sweep."""
+
+    path: Path
+    status: str
+    message: str
+    t_end_s: float
+    n_steps: int
+    lanes: tuple = ()
+
+    def load(self) -> RunData:
+        """The run file's contents (timeseries, snapshots, attributes)."""
+        return load_run(self.path)
+
+
+def output_paths(scenario: Scenario, out: str | Path, summary_png: bool = True) -> list[Path]:
+    """Every file :func:`run` would write: the run file(s) and their summary PNGs."""
+    out = Path(out)
+    if scenario.sweep.parameter:
+        from ssbx.engine.runs.sweep import lane_paths
+
+        runs = [Path(p) for p in lane_paths(out, len(scenario.sweep.values))]
+    else:
+        runs = [out]
+    pngs = [p.with_suffix(".png") for p in runs] if summary_png and scenario.output.summary_png else []
+    return runs + pngs
+
+
+def _scenario(scenario) -> Scenario:
+    if isinstance(scenario, Scenario):
+        return scenario
+    if isinstance(scenario, (str, Path)):
+        return load_scenario(scenario)
+    raise ConfigError(f"scenario = {type(scenario).__name__}: valid: a Scenario or the path of a TOML file")
+
+
+def run(scenario: Scenario | str | Path, out: str | Path, *, progress: bool = False,
+        overwrite: bool = False, summary_png: bool = True) -> Result:
+    """Run ``scenario`` (a :class:`Scenario` or a TOML path) into the HDF5 file ``out``.
+
+    Raises ConfigError for invalid input (nothing written), and
+    :class:`~ssbx.engine.errors.SimulationDiverged` after a NaN/Inf, when the file
+    already keeps every step before it and says "diverged".
+    """
+    scenario = _scenario(scenario)
+    out = Path(out)
+    existing = [p for p in output_paths(scenario, out, summary_png) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"output {', '.join(map(str, existing))} already exists; pass overwrite=True "
+                          "(--overwrite) to replace it, or choose another output path")
+    if scenario.run.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp_dtype(scenario.run.dtype)
+    if scenario.sweep.parameter:
+        from ssbx.engine.runs.sweep import run_sweep
+
+        lanes = tuple(_as_result(r) for r in run_sweep(scenario, out, progress=progress, dtype=dtype))
+        status = "diverged" if any(r.status == "diverged" for r in lanes) else (
+            "completed" if all(r.status == "completed" for r in lanes) else "stopped")
+        result = Result(out, status, f"{len(lanes)} lanes of {scenario.sweep.parameter}",
+                        max(r.t_end_s for r in lanes), max(r.n_steps for r in lanes), lanes)
+        pngs = [r.path for r in lanes]
+    else:
+        if scenario.cell.enabled and scenario.numerics.cell_driver == "host":
+            from ssbx.engine.runs.host_cell import run_cell as driver
+        elif scenario.cell.enabled:
+            from ssbx.engine.runs.cell_run import run_cell_device as driver
+        else:
+            driver = None
+        if driver is None:
+            from ssbx.engine.runs.particle_run import run_scenario
+
+            result = _as_result(run_scenario(scenario, out, progress=progress))
+        else:
+            result = _as_result(driver(scenario, out, progress=progress, dtype=dtype))
+        pngs = [out]
+    if summary_png and scenario.output.summary_png:
+        from ssbx.engine.plots.summary import summary_figure
+
+        for path in pngs:
+            summary_figure(path, Path(path).with_suffix(".png"))
+    return result
+
+
+def _as_result(r) -> Result:
+    return Result(Path(r.path), r.status, r.message, float(r.t_end_s), int(r.n_steps))

@@ -1,0 +1,244 @@
+"""Command line: ``ssbx run [SCENARIO.toml] [--out FILE.h5] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+ssbx: differentiable voxel simulations of solid-state battery cathode particles.
+
+Without a scenario file, `ssbx run` runs the built-in default: a 10 µm NCM622
+secondary particle of 400 Voronoi grains (random orientations, D = 5e-15, 5e-15,
+1e-20 m²/s along [100], [010], [001]), delithiated at 1C through its whole surface
+for 24 minutes (0.2 µm voxels), with the stress from chemical expansion at seven
+snapshots. examples/default.toml is the same scenario with every key commented;
+examples/ncm111_llzo_single_particle.toml cycles a particle in a cell.
+"""
+
+
+def _run_parser(sub):
+    p = sub.add_parser(
+        "run",
+        help="run a scenario (the built-in default if no file is given)",
+        description=DESCRIPTION + "\nWrites an HDF5 run file and a summary PNG beside it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (default: built-in scenario)")
+    p.add_argument("--out", "-o", default=None,
+                   help="output HDF5 file (default: <run.name>.h5 in the current folder)")
+    p.add_argument("--png", default=None,
+                   help="summary PNG path (default: the output path with .png)")
+    p.add_argument("--no-png", action="store_true", help="do not write the summary PNG")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (without it, ssbx run refuses to touch them)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--float64", action="store_true", help="run in float64 (overrides run.dtype)")
+    p.add_argument("--resume", metavar="FILE.h5", default=None,
+                   help="continue a killed cell run from the state saved in its run file (appends to that file; "
+                        "no scenario, --out or --set)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one scenario key, e.g. --set protocol.c_rate=2 (TOML value syntax); repeatable")
+    return p
+
+
+# exit codes (docs/errors_and_files.md): 0 completed or stopped, 2 invalid input or usage,
+# 3 diverged, 4 failed on an unexpected error, 130 interrupted (Ctrl-C)
+EXIT_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+
+def _parse_overrides(items):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover
+        import tomli as tomllib
+    from ssbx.engine.errors import ConfigError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. protocol.c_rate=2")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()  # bare strings: --set material.name=NCM811
+        out.setdefault(section, {})[name] = parsed
+    return out
+
+
+def _exit_code(err: BaseException, after_interrupt: str) -> int:
+    """One line for the user and the documented exit code of an exception that ended
+    ``ssbx run``: invalid input 2, interrupted 130, any other failure 4 (the run file
+    already says "interrupted" or "failed")."""
+    from ssbx.engine.errors import ConfigError
+
+    if isinstance(err, ConfigError):
+        print(f"ssbx run: invalid input: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        print(f"ssbx run: interrupted; the run file is marked 'interrupted' and {after_interrupt}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"ssbx run: failed: {type(err).__name__}: {err}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_run(args) -> int:
+    if args.resume:
+        return cmd_resume(args)
+    if args.float64:
+        os.environ["JAX_ENABLE_X64"] = "1"
+    from ssbx.engine.config.scenario import Scenario, load_scenario
+    from ssbx.engine.errors import ConfigError, SimulationDiverged
+
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else Scenario()
+        overrides = _parse_overrides(args.set)
+        if args.float64:
+            overrides.setdefault("run", {})["dtype"] = "float64"
+        if overrides:
+            scenario = scenario.replace(**overrides)
+        if scenario.run.dtype == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        from ssbx.engine import api
+        from ssbx.engine.plots.summary import summary_figure
+
+        out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
+        from ssbx.engine.safe_files import check_resources, check_writable_folder
+
+        check_writable_folder(out, "--out")
+        check_resources(scenario, out)
+        existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
+        if existing and not args.overwrite:
+            names = ", ".join(str(p) for p in existing)
+            raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
+                              "another --out")
+        print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            result = api.run(scenario, out, progress=not args.quiet, overwrite=args.overwrite, summary_png=False)
+        except SimulationDiverged as err:
+            print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
+            return 3
+        elapsed = time.perf_counter() - t0
+        write_png = not args.no_png and scenario.output.summary_png
+        if result.lanes:
+            print(f"ssbx run: sweep of {scenario.sweep.parameter} over {len(result.lanes)} lanes in "
+                  f"{elapsed:.1f} s wall time", file=sys.stderr)
+            for value, lane in zip(scenario.sweep.values, result.lanes):
+                print(f"ssbx run:   {scenario.sweep.parameter} = {value!r}: {lane.status}, {lane.n_steps} steps "
+                      f"(t = {lane.t_end_s:.6g} s) -> {lane.path}; {lane.message}", file=sys.stderr)
+                if write_png:
+                    summary_figure(lane.path, lane.path.with_suffix(".png"))
+            return 3 if result.status == "diverged" else 0
+        if result.status == "stopped":
+            print(f"ssbx run: {result.message}", file=sys.stderr)
+        print(
+            f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s) in "
+            f"{elapsed:.1f} s wall time; wrote {out}",
+            file=sys.stderr,
+        )
+        if write_png:
+            png = Path(args.png) if args.png else out.with_suffix(".png")
+            summary_figure(out, png)
+            print(f"ssbx run: summary figure {png}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as err:
+        return _exit_code(err, "keeps what was written")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    """``ssbx run --resume FILE.h5``: continue a killed cell run in its own file."""
+    from ssbx.engine.errors import ConfigError, SimulationDiverged
+
+    try:
+        if args.scenario or args.out or args.set or args.float64:
+            raise ConfigError("--resume FILE.h5 continues the run stored in that file: give no scenario, --out, "
+                              "--set or --float64 with it (the file holds the scenario and its dtype)")
+        from ssbx.engine.runs.cell_run import resume_cell_device, resume_scenario
+
+        path = Path(args.resume)
+        scenario, _ = resume_scenario(path)
+        if scenario.run.dtype == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        png = Path(args.png) if args.png else path.with_suffix(".png")
+        write_png = not args.no_png and scenario.output.summary_png
+        if write_png and png.exists() and not args.overwrite:
+            raise ConfigError(f"output {png} already exists; pass --overwrite to replace it, or --no-png")
+        print(f"ssbx run: resuming {path}", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            result = resume_cell_device(path, progress=not args.quiet)
+        except SimulationDiverged as err:
+            print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
+            return 3
+        print(f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s), resumed in "
+              f"{time.perf_counter() - t0:.1f} s wall time; wrote {path}", file=sys.stderr)
+        if write_png:
+            from ssbx.engine.plots.summary import summary_figure
+
+            summary_figure(path, png)
+            print(f"ssbx run: summary figure {png}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as err:
+        return _exit_code(err, "can be resumed with --resume")
+    return 0
+
+
+def _output_paths(scenario, out: Path, args) -> list[Path]:
+    """Every file ``ssbx run`` would write: the run file(s) and their summary PNGs."""
+    if scenario.sweep.parameter:
+        from ssbx.engine.runs.sweep import lane_paths
+
+        runs = [Path(p) for p in lane_paths(out, len(scenario.sweep.values))]
+        pngs = [p.with_suffix(".png") for p in runs]
+    else:
+        runs = [out]
+        pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
+    if args.no_png or not scenario.output.summary_png:
+        pngs = []
+    return runs + pngs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ssbx", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    from ssbx.engine.observables.tortuosity import add_parser as tortuosity_parser, run as tortuosity_run
+
+    tortuosity_parser(sub)
+    from ssbx.engine.cli import fit as fit_cli
+
+    fit_cli.add_parser(sub)
+    from ssbx.engine.geometry import composite
+    from ssbx.engine.observables import network
+
+    composite.add_parser(sub)
+    network.add_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "tortuosity":
+        return tortuosity_run(args)
+    if args.command == "fit":
+        return fit_cli.run(args)
+    if args.command == "composite":
+        return composite.run(args)
+    if args.command == "analyze":
+        return network.run(args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

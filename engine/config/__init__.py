@@ -1,0 +1,1 @@
+"""Scenario files: the TOML sections, their validation and the protocol grammar."""

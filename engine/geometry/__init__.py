@@ -1,0 +1,1 @@
+"""Voxel geometry: particles, composites, the cell stack, label volumes from files, connectivity."""

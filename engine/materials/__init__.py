@@ -1,0 +1,1 @@
+"""Parameter sets of materials: active-material transport and electrochemistry, elastic constants."""

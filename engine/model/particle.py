@@ -1,0 +1,240 @@
+"""The differentiable particle model: geometry + parameters -> time stepper.
+
+:class:`ParticleGeometry` holds the fixed voxel data (grain ids, reactive face counts),
+:class:`TransportParams` the quantities one may differentiate with respect to
+(principal diffusivities, grain orientations, the surface flux, c_max). Both are
+equinox Modules (pytrees), so ``jax.grad`` with respect to ``TransportParams`` works
+directly and ``eqx.filter_jit`` compiles once per grid shape.
+
+:func:`rollout` advances the state with one ``lax.scan`` over blocks of
+``checkpoint_every`` explicit steps; each block is wrapped in ``jax.checkpoint``, so
+reverse mode stores one state per block (n_steps / k of them) and recomputes the k
+steps of a block during the backward pass: memory O((n/k + k) · grid) instead of
+O(n · grid), for about one extra forward pass of compute.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels.rotations import quaternion_to_matrix
+
+from ssbx.engine.geometry.microstructure import Microstructure
+
+STATUS_RUNNING = 0
+STATUS_BELOW_ZERO = 1
+STATUS_ABOVE_ONE = 2
+STATUS_NOT_FINITE = 3
+STATUS_TEXT = {
+    STATUS_RUNNING: "running",
+    STATUS_BELOW_ZERO: "Li content x fell below 0 in an active voxel",
+    STATUS_ABOVE_ONE: "Li content x rose above 1 in an active voxel",
+    STATUS_NOT_FINITE: "the Li content became NaN/Inf",
+}
+
+
+class ParticleGeometry(eqx.Module):
+    """Fixed voxel data of a particle.
+
+    Attributes:
+        grain_id: int32 grid, −1 outside the active phase.
+        face_count: per-voxel reactive surface area in units of h² (float grid; the
+            number of reactive faces, corrected for the staircase by
+            :meth:`Microstructure.reactive_area_faces`).
+        voxel_size_m: voxel edge, m (static).
+    """
+
+    grain_id: jax.Array
+    face_count: jax.Array
+    voxel_size_m: float = eqx.field(static=True)
+
+    @property
+    def ndim(self) -> int:
+        return self.grain_id.ndim
+
+    @property
+    def voxel_volume_m3(self) -> float:
+        return self.voxel_size_m**self.ndim
+
+    @property
+    def reactive_area_m2(self) -> jax.Array:
+        """Total reactive face area (in 2D: per metre of depth, m)."""
+        return jnp.sum(self.face_count) * self.voxel_size_m ** (self.ndim - 1)
+
+    @classmethod
+    def from_microstructure(cls, micro: Microstructure, dtype=jnp.float32) -> "ParticleGeometry":
+        return cls(
+            grain_id=jnp.asarray(micro.grain_id, dtype=jnp.int32),
+            face_count=jnp.asarray(micro.reactive_area_faces(), dtype=dtype),
+            voxel_size_m=float(micro.voxel_size_m),
+        )
+
+
+class TransportParams(eqx.Module):
+    """Differentiable transport parameters (SI units).
+
+    Attributes:
+        diffusivity_m2_s: (3,) principal diffusivities along [100], [010], [001].
+        orientations: (n_grains, 4) unit quaternions.
+        flux_mol_m2_s: Li flux density into the particle through reactive faces
+            (negative on charge/delithiation).
+        c_max_mol_m3: maximum Li concentration.
+    """
+
+    diffusivity_m2_s: jax.Array
+    orientations: jax.Array
+    flux_mol_m2_s: jax.Array
+    c_max_mol_m3: jax.Array
+
+
+def component_table(params: TransportParams, ndim: int) -> jax.Array:
+    """Per-grain packed diffusion tensor components, m²/s."""
+    rotations = quaternion_to_matrix(params.orientations)
+    tensors = kdiff.grain_diffusion_tensors(rotations, params.diffusivity_m2_s, ndim)
+    return kdiff.tensor_components(tensors)
+
+
+def li_rate(geometry: ParticleGeometry, params: TransportParams, x: jax.Array) -> jax.Array:
+    """∂x/∂t of the particle (diffusion + prescribed surface flux), 1/s."""
+    table = component_table(params, geometry.ndim)
+    source = kdiff.surface_flux_rate(
+        params.flux_mol_m2_s, geometry.face_count, params.c_max_mol_m3, geometry.voxel_size_m
+    )
+    return kdiff.diffusion_rate(x, geometry.grain_id, table, geometry.voxel_size_m, source)
+
+
+def _status_of(x, active):
+    below = jnp.any(active & (x < 0))
+    above = jnp.any(active & (x > 1))
+    finite = jnp.all(jnp.isfinite(x))
+    return jnp.where(
+        ~finite,
+        STATUS_NOT_FINITE,
+        jnp.where(below, STATUS_BELOW_ZERO, jnp.where(above, STATUS_ABOVE_ONE, STATUS_RUNNING)),
+    ).astype(jnp.int32)
+
+
+def rollout(
+    geometry: ParticleGeometry,
+    params: TransportParams,
+    x0: jax.Array,
+    n_steps: int,
+    dt_s: float,
+    checkpoint_every: int = 16,
+    guard: bool = False,
+    adjoint: str = "symmetric",
+    coupling=None,
+):
+    """Advance ``n_steps`` explicit steps; returns ``(x_final, per_step)``.
+
+    ``adjoint`` chooses how reverse mode goes through a step: ``"symmetric"`` (default)
+    uses kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the
+    symmetry of the operator and gathers the per-grain tensor once per rollout;
+    ``"autodiff"`` lets JAX transpose the step, which also supports forward mode
+    (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical. The
+    symmetric path keeps the six tensor components per voxel for the whole rollout;
+    ``"autodiff"`` reads only the grain id and gathers from the per-grain table every
+    step, so forward-only runs (``ssbx run``) use it to keep memory at one int per voxel.
+
+    ``coupling`` (an engine.physics.mechanics.StressCoupling) turns on stress-assisted
+    transport. The stress potential χ is solved at the start of every block of
+    ``checkpoint_every`` steps, χ_s = χ(x_s), and carried through the block with the
+    voxel's own response, χ ≈ χ_s − θ (x − x_s) (θ: StressCoupling.local_theta).
+    Holding χ fixed instead would apply the stress feedback k steps late, which is
+    unstable for high-frequency modes once k Δt θ D 4d/h² > 2. With the local update
+    the lag only affects the non-local rest, and the result is exact for homogeneous
+    isotropic bodies. The caller keeps Δt below the limit for D (1 + θ).
+
+    ``per_step`` is a dict of (n_steps,) arrays: ``mean_x`` (mean over active voxels
+    after each step) and ``status``. With ``guard=True`` a step that would leave
+    x ∉ [0, 1] on an active voxel, or produce NaN/Inf, is not taken: the state freezes
+    at the last valid step and ``status`` records why (see ``STATUS_TEXT``); the stop
+    costs nothing extra in the differentiable path because ``guard=False`` by default.
+
+    ``n_steps`` must be a multiple of ``checkpoint_every`` (the block length of the
+    checkpointed scan; see the module docstring for the memory trade-off).
+    """
+    if n_steps % checkpoint_every:
+        raise ValueError(
+            f"n_steps = {n_steps} must be a multiple of checkpoint_every = {checkpoint_every}"
+        )
+    if adjoint not in ("symmetric", "autodiff"):
+        raise ValueError(f"adjoint = {adjoint!r}; valid: 'symmetric' or 'autodiff'")
+    table = component_table(params, geometry.ndim)
+    source = kdiff.surface_flux_rate(
+        params.flux_mol_m2_s, geometry.face_count, params.c_max_mol_m3, geometry.voxel_size_m
+    )
+    active = geometry.grain_id >= 0
+    n_active = jnp.maximum(jnp.sum(active), 1)
+    symmetric = adjoint == "symmetric"
+    inv_h = 1.0 / geometry.voxel_size_m
+    comps = kdiff.voxel_components(table, geometry.grain_id) if (symmetric or coupling is not None) else None
+    if symmetric:
+        source = jnp.where(active, source, 0.0)
+
+        def advance(x):
+            return x + dt_s * (kdiff.symmetric_operator(x, comps, active, inv_h) + source)
+    else:
+        def advance(x):
+            return kdiff.explicit_step(x, dt_s, geometry.grain_id, table, geometry.voxel_size_m, source)
+
+    def step(carry, frozen):
+        x, status = carry
+        x_new = advance(x)
+        if coupling is not None:
+            chi_s, x_s, theta = frozen
+            chi = jnp.where(active, chi_s - theta * (x - x_s), 0.0)
+            x_new = x_new + dt_s * kdiff.stress_drift_rate(x, chi, comps, active, inv_h, symmetric)
+        if guard:
+            new_status = jnp.where(status == STATUS_RUNNING, _status_of(x_new, active), status)
+            x_new = jnp.where(new_status == STATUS_RUNNING, x_new, x)
+        else:
+            new_status = status
+        mean_x = jnp.sum(jnp.where(active, x_new, 0)) / n_active
+        return (x_new, new_status), {"mean_x": mean_x, "status": new_status}
+
+    @jax.checkpoint
+    def block(carry, _):
+        if coupling is None:
+            frozen = None
+        else:
+            x_s = carry[0]
+            frozen = (coupling.potential(params.orientations, params.c_max_mol_m3, x_s, active), x_s,
+                      coupling.local_theta(params.c_max_mol_m3))
+        return jax.lax.scan(lambda c, _: step(c, frozen), carry, None, length=checkpoint_every)
+
+    init = (x0, jnp.asarray(STATUS_RUNNING, jnp.int32))
+    (x_final, _), per_block = jax.lax.scan(block, init, None, length=n_steps // checkpoint_every)
+    per_step = jax.tree_util.tree_map(lambda a: a.reshape((n_steps,) + a.shape[2:]), per_block)
+    return x_final, per_step
+
+
+def initial_state(geometry: ParticleGeometry, x_initial: float, dtype=jnp.float32) -> jax.Array:
+    """Uniform Li content ``x_initial`` on active voxels, 0 elsewhere."""
+    return jnp.where(geometry.grain_id >= 0, jnp.asarray(x_initial, dtype), jnp.asarray(0, dtype))
+
+
+def galvanostatic_flux(c_rate: float, sign: float, c_max_mol_m3: float, active_volume: float,
+                       reactive_area: float) -> float:
+    """Uniform surface flux density for a C-rate, mol/(m² s).
+
+    1C moves the theoretical capacity c_max·V_active in one hour, so the flux through
+    the reactive area A is j = sign · C · c_max V / (3600 s · A). ``sign`` = +1 for
+    lithiation, −1 for delithiation (charge).
+    """
+    if reactive_area <= 0:
+        raise ValueError(
+            "the particle has no reactive surface faces (reactive_fraction = 0 or no ion "
+            "conductor around it): a prescribed-flux run needs at least one"
+        )
+    return float(sign * c_rate * c_max_mol_m3 * active_volume / (3600.0 * reactive_area))
+
+
+def li_amount_mol(geometry: ParticleGeometry, x, c_max_mol_m3) -> np.ndarray:
+    """M_Li = c_max h^d Σ x over active voxels, mol (in 2D: mol per metre of depth)."""
+    active = np.asarray(geometry.grain_id) >= 0
+    return float(c_max_mol_m3) * geometry.voxel_volume_m3 * float(np.sum(np.asarray(x, np.float64)[active]))

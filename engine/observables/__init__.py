@@ -1,0 +1,1 @@
+"""What is measured on a state or a volume: tortuosity, conductive networks, X-ray observation operators."""

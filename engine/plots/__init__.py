@@ -1,0 +1,1 @@
+"""Figures: run summaries and fit reports."""
