@@ -136,7 +136,7 @@ def test_fit_loss_gradient_wrt_expansion_and_laplace(x64):
     from ssbx.engine.config.scenario import Scenario
     from ssbx.engine.errors import ConfigError
     from ssbx.engine.inverse.fitting import FitProblem, forward_setup, laplace_uncertainty
-    from ssbx.engine.io.measurements import synthetic_projection_maps
+    from ssbx.engine.inverse.fitting import synthetic_projection_maps
     from ssbx.engine.observables.observation import ObservationOperator
     from ssbx.engine.inverse.parameters import FreeParameter
 
