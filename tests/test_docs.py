@@ -1,0 +1,55 @@
+"""The scenario reference docs/scenarios.md is generated from the config schema.
+
+It must list every key of engine/config.py with its type, default and the validity rule
+the code enforces, so it cannot drift from the code: these tests regenerate it and
+compare. Regenerate after a schema change with ``python -m ssbx.engine.scenario_docs``.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from ssbx.engine import scenario_docs
+from ssbx.engine.config import SECTIONS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "scenarios.md"
+HOW = "regenerate it with `python -m ssbx.engine.scenario_docs` and commit docs/scenarios.md"
+
+
+def test_every_schema_key_is_documented():
+    problems = scenario_docs.missing_docs()
+    assert not problems, ("engine/scenario_docs.py KEY_DOCS does not match the schema of engine/config.py: "
+                          + "; ".join(problems) + f" — add/remove the entries, then {HOW}")
+
+
+def test_committed_reference_is_up_to_date():
+    assert DOC.is_file(), f"docs/scenarios.md is missing; {HOW}"
+    assert DOC.read_text(encoding="utf-8") == scenario_docs.render(), f"docs/scenarios.md is out of date; {HOW}"
+
+
+def test_reference_lists_every_key_with_its_default():
+    text = DOC.read_text(encoding="utf-8")
+    for section, cls in SECTIONS.items():
+        assert f"## [{section}]" in text
+        block = text.split(f"## [{section}]", 1)[1].split("\n## ", 1)[0]
+        for field in dataclasses.fields(cls):
+            row = next((line for line in block.splitlines() if line.startswith(f"| `{field.name}` |")), None)
+            assert row is not None, f"[{section}] {field.name} missing from docs/scenarios.md; {HOW}"
+            cells = [c.strip() for c in row.split(" | ")]
+            if field.default is not None:
+                assert cells[2] == f"`{scenario_docs._toml(field.default)}`", (section, field.name, cells[2])
+
+
+def test_valid_column_is_the_check_the_code_makes():
+    # the rule shown for a bounded key is the message of the ConfigError validate() raises:
+    # values on either side of the documented bound are accepted / refused accordingly
+    import pytest
+
+    from ssbx.engine.config import scenario_from_dict
+    from ssbx.engine.errors import ConfigError
+
+    rule = scenario_docs.valid_text("particle", next(f for f in dataclasses.fields(SECTIONS["particle"])
+                                                     if f.name == "reactive_fraction"))
+    assert rule == "valid range is [0.0, 1.0]"
+    scenario_from_dict({"particle": {"reactive_fraction": 1.0}})
+    with pytest.raises(ConfigError, match="particle.reactive_fraction"):
+        scenario_from_dict({"particle": {"reactive_fraction": 1.0001}})
