@@ -39,7 +39,7 @@ SECTION_DOCS = {
     "cell": "A cell around the particle: collector | composite | separator | Li anode along the stack "
             "axis (docs/physics.md §3, §7).",
     "electrochemistry": "Butler–Volmer kinetics, OCV, conductivities and the electrochemical time step "
-                        "(docs/physics.md §2–4).",
+                        "(docs/physics.md §3–4).",
     "numerics": "Time-step rules, device-loop chunking and cut-off tolerances (docs/numerics.md).",
     "output": "What the run file and the summary figure contain (docs/file_format.md).",
     "sweep": "Several values of one key as one batched (vmapped) cell run, one file per lane "
