@@ -1,14 +1,15 @@
-"""Generate docs/scenarios.md, the scenario (TOML) reference, from the config schema.
+"""Generate docs/scenarios.md, the scenario and fit file (TOML) reference, from the schema.
 
 Run ``python -m ssbx.engine.scenario_docs`` to rewrite ``docs/scenarios.md`` (or
 ``--check`` to compare without writing). The reference cannot drift from the code:
 
 * sections, keys, types and defaults are read from the dataclasses of
-  :mod:`ssbx.engine.config` (``SECTIONS``);
+  :mod:`ssbx.engine.config` (``SECTIONS``) and :mod:`ssbx.engine.fit_config`, the fit
+  parameters from :data:`ssbx.engine.parameters.PARAMETERS`;
 * the "valid" column is the text of the :class:`ConfigError` that the section's own
   ``validate()`` raises for a value of the wrong kind, so it is the check the code
   really makes (keys whose check needs other keys carry a written rule in ``KEY_DOCS``);
-* unit and description come from ``KEY_DOCS`` below; ``tests/test_docs.py`` fails if a
+* unit and description come from ``KEY_DOCS`` / ``FIT_KEY_DOCS`` below; ``tests/test_docs.py`` fails if a
   schema key has no entry or an entry names a key the schema lacks, and if the committed
   file differs from the generated one.
 """
@@ -174,6 +175,70 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
 }
 
 
+# Fit files (``ssbx fit``, engine/fit_config.py): sections that are dataclasses, with the
+# instance their validate() is probed on (a measurement needs a file before anything else).
+def _fit_sections() -> dict:
+    from . import fit_config as fc
+
+    return {"measurement": (fc.MeasurementConfig, fc.MeasurementConfig(file="maps.h5")),
+            "optimizer": (fc.OptimizerConfig, fc.OptimizerConfig()),
+            "output": (fc.OutputConfig, fc.OutputConfig()),
+            "synthetic": (fc.SyntheticConfig, fc.SyntheticConfig())}
+
+
+FIT_SECTION_DOCS = {
+    "measurement": "The measured SOC maps and how the simulation is observed (engine/measurements.py, "
+                   "engine/observation.py). HDF5 files carry pixel_size_m, kind, beam_axis and t_s "
+                   "themselves; values given here must agree.",
+    "optimizer": "The optimiser (engine/fitting.py).",
+    "output": "Where the fit writes fit_result.json, loss_history.csv and its plots.",
+    "synthetic": "Only for `ssbx fit --make-synthetic`: the truth, noise and seed of synthetic maps.",
+}
+
+_LOAD = "checked when the maps are loaded: "
+FIT_KEY_DOCS: dict[str, dict[str, tuple]] = {
+    "measurement": {
+        "file": ("—", "Measured maps: HDF5 (/maps, /t_s and attributes), .npy, .npz or .tif; relative to "
+                      "the fit file. `ssbx fit --make-synthetic` writes it.", "a non-empty path"),
+        "format": ("—", "File format; *unset* = from the extension."),
+        "kind": ("—", "`projection` (TXM-XANES: thickness-weighted mean of x along the beam) or `volume`."),
+        "pixel_size_m": ("m", "Map pixel size, an integer multiple of `particle.voxel_size_m` (maps are "
+                              "block-averaged).", _LOAD + "a finite number > 0, an integer multiple of the "
+                                                          "voxel size; required unless the file stores it"),
+        "beam_axis": ("—", "Projection axis: \"x\", \"y\", \"z\" or 0, 1, 2; a z projection is indexed "
+                           "[x, y].", _LOAD + "\"x\", \"y\", \"z\" or 0..2; required for projections"),
+        "t_s": ("s", "Time of each map since the protocol started.",
+                _LOAD + "finite, ≥ 0, strictly increasing, one per map; required unless the file stores it"),
+        "noise_std": ("x", "Map noise (SOC units); *unset* = estimated from the residuals.",
+                      _LOAD + "a finite number > 0"),
+        "shift_px": ("pixels", "Known registration shift of the maps relative to the simulation."),
+        "shift_method": ("—", "Sub-pixel shift: `linear` or `fourier` (band-limited)."),
+        "min_thickness_voxels": ("voxels", "Projection pixels seen through less active material are masked."),
+        "min_active_fraction": ("—", "Volume pixels with a smaller active fraction are masked."),
+    },
+    "optimizer": {
+        "method": ("—", "`adam`, `lbfgs` or `adam+lbfgs` (Adam to get close, L-BFGS to converge)."),
+        "learning_rate": ("—", "Adam step in unconstrained units (≈ relative change per step)."),
+        "adam_iterations": ("—", "Adam iterations."),
+        "lbfgs_iterations": ("—", "L-BFGS iterations."),
+        "gtol": ("—", "Stop when the gradient norm (unconstrained units) falls below this."),
+        "ftol": ("—", "Stop when an L-BFGS step lowers the loss by less than this fraction."),
+        "checkpoint_every": ("steps", "Steps per checkpointed block; `auto` = √(steps) (memory O(√n))."),
+    },
+    "output": {
+        "folder": ("—", "Output folder, relative to the fit file.", "a non-empty path"),
+        "plots": ("—", "Write fit_maps.png, fit_loss.png and fit_uncertainty.png."),
+        "uncertainty": ("—", "Laplace (Gauss–Newton) standard deviations and identifiability flags."),
+    },
+    "synthetic": {
+        "truth": ("—", "Inline table of true parameter values, e.g. `{ D1 = 8e-15, flux_scale = 1.3 }`.",
+                  "names from the parameter table below, numbers as values"),
+        "noise_std": ("x", "Gaussian noise added to the synthetic maps (SOC units)."),
+        "seed": ("—", "Seed of that noise."),
+    },
+}
+
+
 def _type_name(field: dataclasses.Field) -> str:
     t = str(field.type)
     t = (t.replace("tuple[float, float, float]", "list of 3 floats").replace("tuple[str, ...]", "list of strings")
@@ -204,16 +269,23 @@ def valid_text(section: str, field: dataclasses.Field) -> str:
     entry = KEY_DOCS[section][field.name]
     if len(entry) > 2:
         return entry[2]
+    return _probed_rule(section, field, SECTIONS[section]())
+
+
+def _probed_rule(section: str, field: dataclasses.Field, base) -> str:
+    """The text after ``FIELD = VALUE: `` of the ConfigError that ``base.validate()``
+    raises with ``field`` set to a value no key accepts (a string, then a list)."""
     name = f"{section}.{field.name}"
-    probe = [_PROBE] if "tuple" in str(field.type) and "str" not in str(field.type) else _PROBE
-    try:
-        dataclasses.replace(SECTIONS[section](), **{field.name: probe}).validate()
-    except ConfigError as err:
-        text = str(err)
-        prefix = f"{name} = {probe!r}: "
-        if text.startswith(prefix):
-            return text[len(prefix):]
-    raise RuntimeError(f"{name}: no validity rule found; add one to KEY_DOCS in engine/scenario_docs.py")
+    for probe in (_PROBE, [_PROBE]):
+        try:
+            dataclasses.replace(base, **{field.name: probe}).validate()
+        except ConfigError as err:
+            text = str(err)
+            for shown in (probe, list(probe)):
+                prefix = f"{name} = {shown!r}: "
+                if text.startswith(prefix):
+                    return text[len(prefix):]
+    raise RuntimeError(f"{name}: no validity rule found; add one to the docs tables in engine/scenario_docs.py")
 
 
 def _cell(text: str) -> str:
@@ -240,7 +312,8 @@ def render() -> str:
         "checked in `Scenario.__post_init__` and are listed in [physics.md](physics.md) and",
         "[numerics.md](numerics.md) where they matter.",
         "",
-        "Contents: " + ", ".join(f"[`[{s}]`](#{s})" for s in SECTIONS) + ".",
+        "Contents: " + ", ".join(f"[`[{s}]`](#{s})" for s in SECTIONS)
+        + "; fit files (`ssbx fit`): [below](#fit-file-reference-ssbx-fit).",
         "",
     ]
     for section, cls in SECTIONS.items():
@@ -252,7 +325,62 @@ def render() -> str:
             lines.append(f"| `{field.name}` | {_cell(_type_name(field))} | {_default(field)} | "
                          f"{_cell(unit)} | {_cell(valid_text(section, field))} | {_cell(desc)} |")
         lines.append("")
+    lines += _render_fit()
     return "\n".join(lines)
+
+
+def _render_fit() -> list[str]:
+    from .parameters import PARAMETERS
+
+    lines = [
+        "# Fit file reference (`ssbx fit`)",
+        "",
+        "A fit file (see [`examples/fit.toml`](../examples/fit.toml)) has the sections `[scenario]`,",
+        "`[measurement]`, `[parameters.<name>]` (one per free parameter), `[optimizer]`, `[output]` and",
+        "the optional `[synthetic]`; paths are relative to the fit file and unknown keys are refused.",
+        "",
+        "## [scenario]",
+        "",
+        "The forward model: `file` = a scenario TOML (relative to the fit file), and/or inline",
+        "sections `[scenario.<section>]` with the keys of the scenario reference above, which override",
+        "it. `protocol.duration_s` is ignored (the map times set the horizon).",
+        "",
+    ]
+    for section, (cls, base) in _fit_sections().items():
+        lines += [f"## [{section}] (fit file)", "", FIT_SECTION_DOCS[section], "",
+                  "| key | type | default | unit | valid | description |",
+                  "|-----|------|---------|------|-------|-------------|"]
+        for field in dataclasses.fields(cls):
+            entry = FIT_KEY_DOCS[section][field.name]
+            rule = entry[2] if len(entry) > 2 else _probed_rule(section, field, base)
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            shown = "*unset*" if default is None else f"`{_cell(_toml(default) if default != {} else '{}')}`"
+            lines.append(f"| `{field.name}` | {_cell(_type_name(field))} | {shown} | {_cell(entry[0])} | "
+                         f"{_cell(rule)} | {_cell(entry[1])} |")
+        lines.append("")
+    lines += [
+        "## [parameters.<name>]",
+        "",
+        "One table per free parameter, `start` (required) and optional `lower`, `upper` in the",
+        "parameter's unit; the start must lie strictly inside the bounds. Positive quantities are",
+        "fitted in log space, bounded ones through a scaled sigmoid. Names (engine/parameters.py):",
+        "",
+        "| name | unit | meaning | note |",
+        "|------|------|---------|------|",
+    ]
+    for name, spec in PARAMETERS.items():
+        notes = []
+        if spec.default_bounds_factor is not None:
+            notes.append(f"default bounds start/{spec.default_bounds_factor:g} … start·{spec.default_bounds_factor:g}")
+        if spec.expansion:
+            notes.append("needs lower and upper bounds and `mechanics.couple_diffusion = true`")
+        if not spec.positive:
+            notes.append("may be negative")
+        if spec.requires is not None:
+            notes.append(f"not fittable yet: needs {spec.requires}")
+        lines.append(f"| `{name}` | {_cell(spec.unit)} | {_cell(spec.description)} | {_cell('; '.join(notes))} |")
+    lines.append("")
+    return lines
 
 
 def missing_docs() -> list[str]:
@@ -266,6 +394,11 @@ def missing_docs() -> list[str]:
         if section not in SECTION_DOCS:
             problems.append(f"[{section}]: no entry in SECTION_DOCS")
     problems += [f"[{s}]: in KEY_DOCS but not a section" for s in sorted(set(KEY_DOCS) - set(SECTIONS))]
+    for section, (cls, _) in _fit_sections().items():
+        keys = {f.name for f in dataclasses.fields(cls)}
+        documented = set(FIT_KEY_DOCS.get(section, {}))
+        problems += [f"fit [{section}].{k}: no entry in FIT_KEY_DOCS" for k in sorted(keys - documented)]
+        problems += [f"fit [{section}].{k}: in FIT_KEY_DOCS but not in the schema" for k in sorted(documented - keys)]
     return problems
 
 
