@@ -8,6 +8,8 @@ compare. Regenerate after a schema change with ``python -m ssbx.engine.scenario_
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from ssbx.engine import scenario_docs
 from ssbx.engine.config import SECTIONS
 
@@ -42,8 +44,6 @@ def test_reference_lists_every_key_with_its_default():
 def test_valid_column_is_the_check_the_code_makes():
     # the rule shown for a bounded key is the message of the ConfigError validate() raises:
     # values on either side of the documented bound are accepted / refused accordingly
-    import pytest
-
     from ssbx.engine.config import scenario_from_dict
     from ssbx.engine.errors import ConfigError
 
@@ -53,3 +53,16 @@ def test_valid_column_is_the_check_the_code_makes():
     scenario_from_dict({"particle": {"reactive_fraction": 1.0}})
     with pytest.raises(ConfigError, match="particle.reactive_fraction"):
         scenario_from_dict({"particle": {"reactive_fraction": 1.0001}})
+
+
+def test_a_key_without_documentation_is_reported(monkeypatch):
+    # the completeness check is what keeps new schema keys from going undocumented
+    trimmed = {section: dict(keys) for section, keys in scenario_docs.KEY_DOCS.items()}
+    del trimmed["numerics"]["chunk_steps"]
+    trimmed["numerics"]["no_such_key"] = ("s", "stale entry")
+    monkeypatch.setattr(scenario_docs, "KEY_DOCS", trimmed)
+    problems = scenario_docs.missing_docs()
+    assert "numerics.chunk_steps: no entry in KEY_DOCS" in problems
+    assert "numerics.no_such_key: in KEY_DOCS but not in the schema" in problems
+    with pytest.raises(KeyError):
+        scenario_docs.render()
