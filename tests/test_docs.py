@@ -66,3 +66,39 @@ def test_a_key_without_documentation_is_reported(monkeypatch):
     assert "numerics.no_such_key: in KEY_DOCS but not in the schema" in problems
     with pytest.raises(KeyError):
         scenario_docs.render()
+
+
+ROOT = DOC.parent.parent
+
+
+def _text_files():
+    for folder in ("engine", "kernels", "tests", "benchmarks", "examples", "docs"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".py", ".toml", ".md") and path.is_file():
+                yield path
+    yield ROOT / "README.md"
+
+
+def test_links_between_docs_resolve():
+    import re
+
+    for page in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name}: link to {target!r} does not resolve"
+
+
+def test_pointers_to_docs_name_existing_pages_and_sections():
+    # "docs/physics.md §5" in a docstring must name a page that exists and a section it has
+    import re
+
+    physics = (ROOT / "docs" / "physics.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^## (\d+)\. ", physics, flags=re.M))
+    for path in _text_files():
+        text = path.read_text(encoding="utf-8")
+        for page in re.findall(r"docs/(\w+)\.md", text):
+            assert (ROOT / "docs" / f"{page}.md").is_file(), f"{path.relative_to(ROOT)}: docs/{page}.md missing"
+        for first, rest in re.findall(r"docs/physics\.md (§\d+)((?:[–,]\s*§?\d+)*)", text):
+            for number in re.findall(r"\d+", first + rest):
+                assert number in sections, f"{path.relative_to(ROOT)}: docs/physics.md §{number} does not exist"
