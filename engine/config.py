@@ -4,7 +4,8 @@ A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protoc
 ``[mechanics]``, ``[cell]``, ``[electrochemistry]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
 ``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
 values outside their valid range, raise :class:`ConfigError` naming the field, the
-value and what is valid. examples/default.toml documents every key.
+value and what is valid. docs/scenarios.md lists every key (generated from this schema by
+engine/scenario_docs.py); examples/default.toml shows them with comments.
 """
 
 from __future__ import annotations
