@@ -766,7 +766,7 @@ def load_volume(path_or_array, label_map, voxel_size_m, seed=0) -> Composite:
 
 def save_composite(comp: Composite, path):
     """Write by extension: ``.npy`` labels (x, y, z), ``.tif`` labels (stack z, y, x, as
-    :func:`tortuosity.load_labels` reads it), ``.h5`` the design.md geometry group plus
+    :func:`tortuosity.load_labels` reads it), ``.h5`` the geometry group of docs/file_format.md plus
     ``/geometry/particle_id`` and ``/geometry/particles/*`` and a JSON report attribute."""
     p = Path(path)
     suffix = p.suffix.lower()
