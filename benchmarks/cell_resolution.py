@@ -5,7 +5,7 @@ Run:  python benchmarks/cell_resolution.py [--voxel-sizes 1e-6 4e-7 2e-7 1e-7]
       python benchmarks/cell_resolution.py --full --voxel-sizes 1e-7 [--wall-limit-s 600]
       python benchmarks/cell_resolution.py --replot benchmarks/results/s2_full_run_<device>.json
 
-Takes ``examples/ncm111_llzo_single_particle.toml`` (physics.md S2: NCM111 particle of
+Takes ``examples/ncm111_llzo_single_particle.toml`` (docs/physics.md S2: NCM111 particle of
 radius 5 µm, 53 grains, in ECBD, LLZO separator, Li anode) and runs the first
 ``--minutes`` of its 1C charge ("charge at 1C until 4.3 V or N min") at each voxel size,
 with everything else unchanged. For each size it reports the grid, the number of

@@ -1,4 +1,4 @@
-"""Three NCM811 : Li6PS5Cl : carbon-fibre composites (physics.md S4): 7:3:1, 7:3:0, 7:3:0.3.
+"""Three NCM811 : Li6PS5Cl : carbon-fibre composites (docs/physics.md S4): 7:3:1, 7:3:0, 7:3:0.3.
 
 For each mass ratio: generate a laterally periodic composite (engine.geometry.composite), then
 run the network analysis (engine.observables.network): effective electronic and ionic conductivity

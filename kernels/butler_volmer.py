@@ -1,4 +1,4 @@
-"""Butler–Volmer interface kinetics (physics.md §3).
+"""Butler–Volmer interface kinetics (docs/physics.md §4).
 
 Cathode (active | ionic conductor) interface::
 
@@ -28,7 +28,7 @@ d i / d η at η = 0 equals i0 F (α_a + α_c) / (R T), hence
 
 α_a and α_c are the anodic and cathodic transfer coefficients *as they appear in the
 exponents* (not a symmetry factor β with α_c = 1 − β unless the user chooses so). For
-α_a = α_c = 0.5 this gives R_ct = R T / (F i0), the form quoted in physics.md §8.
+α_a = α_c = 0.5 this gives R_ct = R T / (F i0), the form quoted in docs/physics.md §10.
 
 References: Bard & Faulkner, *Electrochemical Methods*, 2nd ed. (2001), §3.4 (BV and
 its linearisation); Newman & Thomas-Alyea, *Electrochemical Systems*, 3rd ed. (2004),
@@ -233,6 +233,6 @@ def charge_transfer_resistance(i0, temperature_K=298.15, alpha_a=0.5, alpha_c=0.
 
 def interface_resistance_from_gap(gap_m, r0, g0_m):
     """R_int = R0 exp(g / g0) (Ω·m²): interfacial resistance growing with the local
-    normal opening ``gap_m`` ≥ 0 (m) of a debonding interface (physics.md §3, §5).
+    normal opening ``gap_m`` ≥ 0 (m) of a debonding interface (docs/physics.md §4, §9).
     ``r0`` is the bonded resistance (Ω·m²), ``g0_m`` the decay length (m)."""
     return r0 * jnp.exp(jnp.asarray(gap_m) / g0_m)

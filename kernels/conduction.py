@@ -1,6 +1,6 @@
 """Quasi-static potential (conduction) solver on a voxel grid.
 
-Equation (physics.md §2), per voxel of a 2D or 3D grid with spacing ``h``::
+Equation (docs/physics.md §3), per voxel of a 2D or 3D grid with spacing ``h``::
 
     ∇·(σ ∇φ) = f
 

@@ -1,6 +1,6 @@
 """Anisotropic Li diffusion in the active phase of a voxel grid.
 
-Equation (physics.md §1, stress coupling off):
+Equation (docs/physics.md §2, stress coupling off):
 
     ∂x/∂t = ∇·(D ∇x) + s,        D = R_g diag(D1, D2, D3) R_gᵀ in grain g,
 
@@ -73,7 +73,7 @@ def _shift(a, axis, offset):
 def grain_diffusion_tensors(rotations, principal_diffusivity, ndim=3):
     """Per-grain diffusion tensors in the sample frame, m²/s.
 
-    D_g = R_g diag(D1, D2, D3) R_gᵀ (physics.md §1). For ``ndim == 2`` the in-plane
+    D_g = R_g diag(D1, D2, D3) R_gᵀ (docs/physics.md §2). For ``ndim == 2`` the in-plane
     (x, y) block is returned.
 
     Args:
@@ -214,7 +214,7 @@ symmetric_operator.defvjp(_symmetric_operator_fwd, _symmetric_operator_bwd)
 
 
 def stress_drift_rate(x, potential, comps, active, inv_h, symmetric=True):
-    """Stress-driven part of ∂x/∂t, −∇·(D x ∇χ), 1/s (physics.md §1).
+    """Stress-driven part of ∂x/∂t, −∇·(D x ∇χ), 1/s (docs/physics.md §2).
 
     With the flux J / c_max = −D (∇x − x ∇χ) and the dimensionless stress potential
     χ = σ : B / (c_max R T) (B: chemical expansion per unit x; for an isotropic

@@ -3,7 +3,7 @@ r"""Quasi-static small-strain elasticity on a periodic voxel grid (FFT-precondit
 Problem
 -------
 Find the periodic displacement fluctuation ũ and the free mean strain components
-such that (physics.md §4)
+such that (docs/physics.md §5)
 
     ∇·σ = 0,   σ = C(x) : (ε − ε*),   ε = Ē + sym ∇ũ,
     C(x) = C0_p + x (C1_p − C0_p),      ε*(x) = β_p (x − x_ref) + ε*_field,

@@ -2,7 +2,7 @@
 
 Unknowns on one voxel grid: φ_s in electron conductors (σ_s > 0) and φ_e in ion
 conductors (σ_e > 0); a voxel may carry both (ECBD). Charge conservation
-(physics.md §2) with the interface current I_f of every active | ion-conductor face f
+(docs/physics.md §3) with the interface current I_f of every active | ion-conductor face f
 leaving the solid and entering the electrolyte:
 
     −∇·(σ_s∇φ_s) = −Σ_f I_f δ_a(f) / V,     −∇·(σ_e∇φ_e) = +Σ_f I_f δ_b(f) / V,

@@ -1,6 +1,6 @@
 """Grain orientations: unit quaternions, rotation matrices and rotated tensors.
 
-Convention (design.md): a grain's orientation is a unit quaternion q = (w, x, y, z),
+Convention (docs/physics.md §1): a grain's orientation is a unit quaternion q = (w, x, y, z),
 scalar first. Its rotation matrix R maps crystal coordinates to sample coordinates,
 so the columns of R are the crystal axes [100], [010], [001] written in the sample
 frame, and a crystal-frame tensor T_c becomes T = R T_c Rᵀ in the sample frame.

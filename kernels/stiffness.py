@@ -275,7 +275,7 @@ def grain_stiffness_table(quaternions, c_crystal_voigt):
 def grain_expansion_table(quaternions, beta):
     """Sample-frame chemical expansion tensors β_g = R diag(β1, β2, β3) Rᵀ per grain.
 
-    The chemical eigenstrain of grain g is ε* = β_g (x − x_ref) (physics.md §4).
+    The chemical eigenstrain of grain g is ε* = β_g (x − x_ref) (docs/physics.md §5).
 
     Args:
         quaternions: (n, 4) unit quaternions.

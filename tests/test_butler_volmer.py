@@ -38,7 +38,7 @@ def test_small_signal_resistance_equals_RT_over_F_i0(alphas, temperature):
     r_formula = R * temperature / (F * i0 * (aa + ac))
     assert abs(r_numeric - r_formula) / r_formula < 1e-8
     assert abs(float(bv.charge_transfer_resistance(i0, temperature, aa, ac)) - r_formula) < 1e-15
-    if aa + ac == 1.0:  # physics.md §8 form
+    if aa + ac == 1.0:  # docs/physics.md §10 form
         assert abs(r_numeric - R * temperature / (F * i0)) / r_formula < 1e-8
     # autodiff slope agrees too
     ad = float(jax.grad(lambda e: bv.butler_volmer(e, i0, temperature, aa, ac))(0.0))

@@ -1,4 +1,4 @@
-"""Capacity window (physics.md §3): OCV on the accessible stoichiometry window, a voxel
+"""Capacity window (docs/physics.md §4): OCV on the accessible stoichiometry window, a voxel
 particle with the sphere's volume, and the S2 example's window (docs/materials.md)."""
 
 import math

@@ -1,4 +1,4 @@
-"""Stress-assisted Li transport (physics.md §1): kernels.diffusion.stress_drift_rate
+"""Stress-assisted Li transport (docs/physics.md §2): kernels.diffusion.stress_drift_rate
 with engine.physics.mechanics.StressCoupling inside model.rollout.
 
 Analytic check: in a homogeneous isotropic body with isotropic chemical expansion

@@ -4,7 +4,8 @@ A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protoc
 ``[mechanics]``, ``[cell]``, ``[electrochemistry]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
 ``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
 values outside their valid range, raise :class:`ConfigError` naming the field, the
-value and what is valid. examples/default.toml documents every key.
+value and what is valid. docs/scenarios.md lists every key (generated from this schema by
+engine/cli/scenario_docs.py); examples/default.toml shows them with comments.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class MechanicsConfig:
     stack_pressure_Pa: float = 0.0
     tol: float = 1e-4
     maxiter: int = 1000
-    # stress-assisted Li transport (physics.md §1): re-solve the stress every N steps
+    # stress-assisted Li transport (docs/physics.md §2): re-solve the stress every N steps
     couple_diffusion: bool = False
     coupling_every_steps: int = 10
 
@@ -236,7 +237,7 @@ class MechanicsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CellConfig:
-    """A cell around the particle (physics.md S2): collector | composite | separator | Li.
+    """A cell around the particle (docs/physics.md S2): collector | composite | separator | Li.
 
     The stack axis is z (y in 2D). The lateral size follows from the areal capacity
     of the particle's theoretical capacity F c_max V_particle."""
@@ -264,7 +265,7 @@ class CellConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ElectrochemistryConfig:
-    """Butler–Volmer kinetics and conductivities (physics.md §2–3), SI units."""
+    """Butler–Volmer kinetics and conductivities (docs/physics.md §3–4), SI units."""
 
     ocv: str = "NCM111"
     exchange_current_A_m2: float = 1.0  # i0 at x = 0.5; i0 ∝ √(x(1 − x)) (α = ½)
@@ -276,7 +277,7 @@ class ElectrochemistryConfig:
     # a constant (S/m), the name of a sourced law in ELECTRONIC_CONDUCTIVITY_LAWS, or a
     # table [[x, σ], ...] of Li fraction and S/m, interpolated in log σ
     active_electronic_S_m: float | str | tuple = 0.1
-    carbon_electronic_S_m: float = 1000.0  # 10 S/cm, mid-range of carbon additives (physics.md §2: 1–100 S/cm)
+    carbon_electronic_S_m: float = 1000.0  # 10 S/cm, mid-range of carbon additives (docs/physics.md §6: 1–100 S/cm)
     ecbd_electronic_S_m: float = 10.0
     ecbd_ionic_S_m: float = 0.02
     separator_ionic_S_m: float = 0.04

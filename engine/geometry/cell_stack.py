@@ -68,7 +68,7 @@ def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
 def phase_conductivities(labels: np.ndarray, ec) -> tuple[np.ndarray, np.ndarray]:
     """Electronic and ionic conductivity maps σ_s, σ_e (S/m) of a label volume.
 
-    Electron conductors (physics.md §2): active NCM (``active_electronic_S_m``; under an
+    Electron conductors (docs/physics.md §3): active NCM (``active_electronic_S_m``; under an
     x-dependent law this map holds the law's largest value and the step re-evaluates
     the active voxels), carbon and the ECBD. Ion conductors: solid electrolyte
     (``separator_ionic_S_m``, the separator and any SE voxel of the composite) and the

@@ -763,7 +763,7 @@ def load_volume(path_or_array, label_map, voxel_size_m, seed=0) -> Composite:
 
 def save_composite(comp: Composite, path):
     """Write by extension: ``.npy`` labels (x, y, z), ``.tif`` labels (stack z, y, x, as
-    :func:`ssbx.engine.geometry.volume.load_labels` reads it), ``.h5`` the design.md geometry group plus
+    :func:`ssbx.engine.geometry.volume.load_labels` reads it), ``.h5`` the geometry group of docs/file_format.md plus
     ``/geometry/particle_id`` and ``/geometry/particles/*`` and a JSON report attribute."""
     p = Path(path)
     suffix = p.suffix.lower()

@@ -1,7 +1,7 @@
 """Voxel microstructures: polycrystalline secondary particles of Voronoi grains.
 
 A :class:`Microstructure` holds what every later stage needs: voxel labels (uint8,
-design.md codes), grain ids (int32, −1 outside the active phase), one orientation
+docs/physics.md §1 codes), grain ids (int32, −1 outside the active phase), one orientation
 quaternion per grain, which grains are reactive at the particle surface, and the voxel
 size in metres. Arrays use axis 0 = x, 1 = y, 2 = z.
 """
@@ -202,7 +202,7 @@ def polycrystalline_particle(
 
     Of the surface grains (those touching the surrounding ion conductor), exactly
     round(reactive_fraction · n_surface), chosen at random, are reactive: 0.667
-    reproduces the partial-contact case of physics.md S1.
+    reproduces the partial-contact case of docs/physics.md S1.
 
     Args:
         radius_m: particle radius, m.

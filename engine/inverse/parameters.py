@@ -99,7 +99,7 @@ class ParameterSpec:
     Attributes:
         name: key used in fit files and results.
         unit: SI unit (text).
-        description: what it is and where it enters (physics.md section).
+        description: what it is and where it enters (docs/physics.md section).
         positive: physically > 0 (log-type transforms).
         apply: ``apply(inputs, v) -> inputs``; applied to the *base* inputs once, so a
             multiplier multiplies the base value.
@@ -127,21 +127,21 @@ class ParameterSpec:
 PARAMETERS: dict[str, ParameterSpec] = {
     spec.name: spec
     for spec in (
-        ParameterSpec("D1", "m²/s", "in-plane principal diffusivity, D1 = D2 along [100], [010] (physics.md §1)",
+        ParameterSpec("D1", "m²/s", "in-plane principal diffusivity, D1 = D2 along [100], [010] (docs/physics.md §2)",
                       apply=_set_in_plane, diffusivity=True, default_bounds_factor=4.0),
-        ParameterSpec("D3", "m²/s", "principal diffusivity along the c axis [001] (physics.md §1)",
+        ParameterSpec("D3", "m²/s", "principal diffusivity along the c axis [001] (docs/physics.md §2)",
                       apply=_set_c_axis, diffusivity=True, default_bounds_factor=4.0),
         ParameterSpec("flux_scale", "1", "multiplier on the prescribed surface flux (later: on the "
-                      "Butler–Volmer rate constant k), physics.md §3 / S1", apply=_scale_flux),
+                      "Butler–Volmer rate constant k), docs/physics.md §4 / S1", apply=_scale_flux),
         # Hooks: fittable once mechanics / debonding are coupled into the stepper.
         ParameterSpec("beta_in_plane", "1/(unit x)", "chemical expansion β1 = β2 per unit normalised Li "
-                      "(physics.md §4; enters through stress-assisted transport, §1)", positive=False,
+                      "(docs/physics.md §5; enters through stress-assisted transport, §2)", positive=False,
                       apply=_set_beta_in_plane, expansion=True),
         ParameterSpec("beta_c", "1/(unit x)", "chemical expansion β3 along [001] per unit normalised Li "
-                      "(physics.md §4; enters through stress-assisted transport, §1)", positive=False,
+                      "(docs/physics.md §5; enters through stress-assisted transport, §2)", positive=False,
                       apply=_set_beta_c, expansion=True),
         ParameterSpec("interface_strength_Pa", "Pa", "cohesive strength σc of active|SE interfaces "
-                      "(physics.md §5)", requires="interface debonding (physics.md §5)"),
+                      "(docs/physics.md §9)", requires="interface debonding (docs/physics.md §9)"),
     )
 }
 

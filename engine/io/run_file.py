@@ -1,4 +1,4 @@
-"""HDF5 output in the format of design.md, written so a killed run stays readable.
+"""HDF5 output in the format of docs/file_format.md, written so a killed run stays readable.
 
 Layout::
 

@@ -10,11 +10,11 @@ Sources
   Diffusivities: the in-plane value of the NCM622 study below is reused; Chen 2020
   fitted an isotropic 4e-15 m²/s, close to it.
 * NCM622: D = (5e-15, 5e-15, 1e-20) m²/s from the single-particle NCM622 study of
-  physics.md scenario S1. c_max = ρ/M from the R-3m cell: a = 2.868 Å, c = 14.21 Å,
+  docs/physics.md scenario S1. c_max = ρ/M from the R-3m cell: a = 2.868 Å, c = 14.21 Å,
   Z = 3 formula units, giving 3 / (N_A · (√3/2) a² c) = 49 214 mol/m³ (lattice
   parameters as reported for LiNi0.6Co0.2Mn0.2O2 by Noh et al., J. Power Sources 233,
   121 (2013); re-derive if you use another composition).
-* NCM111: D = (1e-14, 1e-14, 1e-20) m²/s, physics.md scenario S2. c_max from the
+* NCM111: D = (1e-14, 1e-14, 1e-20) m²/s, docs/physics.md scenario S2. c_max from the
   R-3m cell a = 2.860 Å, c = 14.23 Å (Noh et al. 2013, x = 1/3): 49 420 mol/m³.
 
 Electronic conductivity of the active material vs Li fraction x
@@ -60,13 +60,13 @@ ACTIVE_MATERIALS = {
         "NCM622",
         round(layered_oxide_c_max(2.868, 14.21), 0),
         (5e-15, 5e-15, 1e-20),
-        "physics.md S1; c_max from Noh et al., JPS 233, 121 (2013) lattice",
+        "docs/physics.md S1; c_max from Noh et al., JPS 233, 121 (2013) lattice",
     ),
     "NCM111": ActiveMaterial(
         "NCM111",
         round(layered_oxide_c_max(2.860, 14.23), 0),
         (1e-14, 1e-14, 1e-20),
-        "physics.md S2; c_max from Noh et al., JPS 233, 121 (2013) lattice",
+        "docs/physics.md S2; c_max from Noh et al., JPS 233, 121 (2013) lattice",
     ),
 }
 

@@ -9,7 +9,7 @@ Sign convention of the chemical expansion
 (lithiation), crystal axes [100], [010], [001] (c axis = [001]). The NCM622 set
 β = (+0.028, +0.028, −0.040) therefore means: on *delithiation* (x decreases) the
 a axes contract (ε*_aa = 0.028 Δx < 0) and the c axis expands
-(ε*_cc = −0.040 Δx > 0), as stated in physics.md §4 (c-axis collapse at very high
+(ε*_cc = −0.040 Δx > 0), as stated in docs/physics.md §5 (c-axis collapse at very high
 delithiation is not captured by a constant β). x_ref is the Li content of the
 stress-free reference state (typically the initial, as-assembled state).
 
@@ -31,7 +31,7 @@ Sources (each value also in the material's ``source``)
   particle's modulus includes grain boundaries and porosity, which is what a voxel
   grain of a coarse S2 particle stands for; for resolved primary grains the
   single-crystal tensor is the right input (not yet sourced, see below).
-  Chemical expansion β = (0.028, 0.028, −0.040) per unit x (NCM622 study, physics.md
+  Chemical expansion β = (0.028, 0.028, −0.040) per unit x (NCM622 study, docs/physics.md
   S1), rotated per grain as before: an isotropic stiffness with an anisotropic β.
 * NCM, alternative ``"NCM_hexagonal_placeholder"`` (transversely isotropic about c):
   elastic constants **UNSOURCED PLACEHOLDERS** — literature-plausible values, not
@@ -50,7 +50,7 @@ Sources (each value also in the material's ``source``)
   ν = (3B − 2G) / (2(3B + G)) = 0.257 and E = 9BG / (3B + G) = 149.8 GPa, so E and ν
   are consistent with it.
 * Li6PS5Cl (argyrodite, isotropic): E = 28 GPa, ν = 0.27 as used for the SE in
-  physics.md scenario S3. E matches nanoindentation of dense Li6PS5Cl (28 ± 1.8 GPa,
+  docs/physics.md scenario S3. E matches nanoindentation of dense Li6PS5Cl (28 ± 1.8 GPa,
   Ning et al., Nature 2023, as quoted by later work; not read in the original).
   ν = 0.27 is the spec's value. The DFT alternative of Deng et al., J. Electrochem.
   Soc. 163, A67 (2016) is E = 22.1 GPa, ν = 0.37 (B = 28.7, G = 8.1 GPa); porous
@@ -234,18 +234,18 @@ NCM_POISSON_RATIO = 0.3
 #: NCM elastic constants (C11, C12, C13, C33, C44) in Pa: UNSOURCED PLACEHOLDERS (module doc).
 NCM_CONSTANTS_LITHIATED_PA = (280e9, 100e9, 70e9, 230e9, 70e9)
 NCM_CONSTANTS_DELITHIATED_PA = (250e9, 90e9, 40e9, 110e9, 30e9)
-#: NCM622 chemical expansion per unit x (physics.md S1); + = expands on lithiation.
+#: NCM622 chemical expansion per unit x (docs/physics.md S1); + = expands on lithiation.
 NCM622_EXPANSION = (0.028, 0.028, -0.040)
 
 _NCM_XU2017_SOURCE = (
     "isotropic E(x): 142 GPa at x = 1, 112 GPa at x = 0, nu = 0.3: NMC532 secondary "
     "particles, Xu et al., JES 164, A3333 (2017) (values as quoted in issue #12, not "
-    "verified in the paper); expansion: NCM622 study of physics.md S1"
+    "verified in the paper); expansion: NCM622 study of docs/physics.md S1"
 )
 _NCM_SOURCE = (
     "UNSOURCED PLACEHOLDER elastic constants, to be replaced by the tables of "
     "Sun & Zhao, JPCC 121, 6002 (2017) / Liu et al., PRX Energy 3, 013012 (2024); "
-    "expansion: NCM622 study of physics.md S1"
+    "expansion: NCM622 study of docs/physics.md S1"
 )
 
 _NCM_XU2017 = isotropic_intercalation_material(
@@ -265,7 +265,7 @@ MECHANICS_MATERIALS: dict[str, ElasticMaterial] = {
     ),
     "Li6PS5Cl": isotropic_material(
         "Li6PS5Cl", 28e9, 0.27,
-        "physics.md S3 (E = 28 GPa, nu = 0.27); E as nanoindentation (Ning et al. 2023); "
+        "docs/physics.md S3 (E = 28 GPa, nu = 0.27); E as nanoindentation (Ning et al. 2023); "
         "DFT alternative Deng et al., JES 163, A67 (2016): E = 22.1 GPa, nu = 0.37",
     ),
     "carbon": isotropic_material("carbon", 20e9, 0.25, "placeholder, to be swept"),

@@ -1,7 +1,7 @@
 """Conductive-network analysis of a composite cathode label volume.
 
 Axes 0, 1, 2 = x, y, z; x and y are periodic (lateral), z is the stack axis.
-Labels follow design.md (0 pore, 1 active, 2 SE, 3 carbon, 4 ECBD, 5 Li, 6 collector).
+Labels follow docs/physics.md §1 (0 pore, 1 active, 2 SE, 3 carbon, 4 ECBD, 5 Li, 6 collector).
 
 What is computed (all SI):
 
@@ -30,7 +30,7 @@ What is computed (all SI):
       Z_p = ⟨d_ion²⟩_p / D_Li + ⟨d_e²⟩_p / D_e,   D_e = σ_e,NCM R T / (F² c_max)
 
   the first term is the solid-diffusion time over the distance Li must travel to the
-  nearest SE contact (D_Li default 1e-14 m²/s, physics.md S2); the second is the same
+  nearest SE contact (D_Li default 1e-14 m²/s, docs/physics.md S2); the second is the same
   time for electrons that must reach the nearest carbon contact through NCM, with the
   electronic conductivity turned into a diffusivity by the Nernst–Einstein relation at
   carrier concentration c_max (a convention chosen so both terms share units; default
@@ -83,10 +83,10 @@ ELECTRON_LABELS = (CARBON, ECBD, COLLECTOR)
 # Intrinsic conductivities (S/m) used by the benchmark and CLI defaults:
 #  Li6PS5Cl 0.2 S/m = 2 mS/cm (room temperature, cold-pressed; 1–3 mS/cm reported, e.g.
 #   Kraft et al., J. Am. Chem. Soc. 139, 10909 (2017));
-#  carbon fibre (VGCF) 1e3 S/m = 10 S/cm, within the 1–100 S/cm of physics.md §2 (a
+#  carbon fibre (VGCF) 1e3 S/m = 10 S/cm, within the 1–100 S/cm of docs/physics.md §6 (a
 #   compacted powder; a single fibre conducts better);
 #  NCM811 electronic 1e-3 S/m = 1e-5 S/cm, the lithiated (discharged) end of the
-#   10⁻⁵–10⁻² S/cm range of physics.md §2; it rises by orders of magnitude on
+#   10⁻⁵–10⁻² S/cm range of docs/physics.md §6; it rises by orders of magnitude on
 #   delithiation (Ruess et al., J. Electrochem. Soc. 167, 020533 (2020)).
 DEFAULT_SIGMA_S_M = {"solid_electrolyte": 0.2, "carbon": 1.0e3, "active": 1.0e-3}
 

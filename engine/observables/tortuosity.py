@@ -22,7 +22,7 @@ the default is their volume-weighted mean, so that ε σ_bulk is the arithmetic 
 straight channels/laminates parallel to the axis. A non-percolating volume gives
 σ_eff = 0 and τ = inf.
 
-CLI (to be registered as ``ssbx tortuosity``)::
+CLI (``ssbx tortuosity``)::
 
     ssbx tortuosity FILE --phase ionic|electronic --axis x|y|z|all
                     [--voxel-size-m H] [--sigma LABEL=S_PER_M ...] [--float64] [--json OUT]
@@ -289,7 +289,7 @@ def add_parser(sub):
     p = sub.add_parser(
         "tortuosity",
         help="effective conductivity and tortuosity factor of a label volume",
-        description=__doc__.split("CLI (to be registered")[0].strip(),
+        description=__doc__.split("CLI (``ssbx tortuosity``)")[0].strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _fill_parser(p)

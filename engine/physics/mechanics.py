@@ -1,4 +1,4 @@
-"""Stress from chemical expansion at snapshot times (physics.md §4), for ``ssbx run``.
+"""Stress from chemical expansion at snapshot times (docs/physics.md §5), for ``ssbx run``.
 
 The Li field x of a snapshot sets, per voxel, the stiffness C = C0 + x (C1 − C0) and
 the chemical eigenstrain ε* = R_g diag(β) R_gᵀ (x − x_ref) of its grain; the
@@ -9,7 +9,7 @@ mechanical surrounding "pore" the particle is free (S1); to embed it, name a sol
 (e.g. "ECBD", "LLZO") and give the box enough margin that periodic images are far.
 
 With ``mechanics.couple_diffusion = true`` the stress also feeds back into Li
-transport (:class:`StressCoupling`, the Ω∇σ_h term of physics.md §1 in its tensor
+transport (:class:`StressCoupling`, the Ω∇σ_h term of docs/physics.md §2 in its tensor
 form): the stepper re-solves the stress every ``coupling_every_steps`` steps and
 drives Li along the gradient of χ = σ : B / (c_max R T).
 """
@@ -133,12 +133,12 @@ def cell_materials(micro: Microstructure, cfg):
 
 
 class StressCoupling(eqx.Module):
-    """Stress-assisted Li transport (physics.md §1): the stress potential χ(x).
+    """Stress-assisted Li transport (docs/physics.md §2): the stress potential χ(x).
 
     The Li chemical potential gains −σ : ∂ε*/∂c = −σ : B / c_max per mole (Larché–Cahn;
     B = R diag(β) Rᵀ is the grain's expansion per unit x), so the flux is
     J / c_max = −D (∇x − x ∇χ) with χ = σ : B / (c_max R T). For an isotropic
-    B = (Ω c_max / 3) I this is the Ω σ_h / (R T) of physics.md §1 (Zhang, Shyy &
+    B = (Ω c_max / 3) I this is the Ω σ_h / (R T) of docs/physics.md §2 (Zhang, Shyy &
     Sastry, J. Electrochem. Soc. 154, A910 (2007)); the x-dependence of the stiffness
     adds a term quadratic in the elastic strain that is left out. β is a pytree leaf,
     so it can be fitted (engine.inverse.parameters).

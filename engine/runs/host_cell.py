@@ -1,4 +1,4 @@
-"""A particle in a solid-state cell, cycled by a battery protocol (physics.md S2).
+"""A particle in a solid-state cell, cycled by a battery protocol (docs/physics.md S2).
 
 Geometry (stack axis = last array axis, z in 3D): the cathode collector is the face
 z = 0 (φ_s = V there), then the composite layer (ECBD around one polycrystalline
@@ -25,10 +25,10 @@ Each electrochemical step Δt (``electrochemistry.time_step_s``):
    relaxation time F c_max h³ / (Σ_f G_f |U'(x)|) of every surface voxel (beyond it
    frozen currents overshoot and, under voltage control, oscillate).
 
-i0(x) = i0_ref (1 − x)^α_a x^α_c / 0.5^(α_a+α_c) (the c-dependence of physics.md §3 with
+i0(x) = i0_ref (1 − x)^α_a x^α_c / 0.5^(α_a+α_c) (the c-dependence of docs/physics.md §4 with
 a constant c_SE, normalised so that i0(½) = i0_ref). The Li anode has symmetric
 kinetics (α = ½), so η_Li = (2RT/F) asinh(i_Li / 2 i0_Li) with the mean anode current
-density (a reference electrode with kinetic resistance, physics.md §2); during a CV
+density (a reference electrode with kinetic resistance, docs/physics.md §3); during a CV
 step it lags one Newton iteration.
 """
 

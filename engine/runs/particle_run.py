@@ -95,7 +95,7 @@ def run_scenario(scenario: Scenario, out_path: str | Path, progress: bool = True
     dt, steps_per_interval, chunk = time_grid(scenario, d_eff, micro.voxel_size_m, micro.ndim)
     n_intervals = scenario.output.n_snapshots - 1
     every = scenario.output.timeseries_every
-    current_A = -FARADAY * flux * area  # positive on charge (delithiation), physics.md §3
+    current_A = -FARADAY * flux * area  # positive on charge (delithiation), docs/physics.md §4
     # stress re-solved every `block` steps: the largest divisor of the chunk ≤ the request
     block = chunk
     if coupling is not None:
