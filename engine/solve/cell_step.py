@@ -1,7 +1,7 @@
 """One electrochemical step of a cell, as a pure function of (geometry, params, state).
 
-:func:`cell_step` does on the device what the host-side loop of engine/cell.run_cell
-did in NumPy between kernel calls (engine/cell.py documents the physics in full):
+:func:`cell_step` does on the device what the host-side loop of engine/runs/host_cell.run_cell
+did in NumPy between kernel calls (engine/runs/host_cell.py documents the physics in full):
 
 1. Control from the protocol table at ``state.pointer``: a CC step applies
    sign · C-rate · I_1C, a rest 0 A (both current control), a CV step holds its voltage
@@ -23,7 +23,7 @@ did in NumPy between kernel calls (engine/cell.py documents the physics in full)
    bounding box, the face currents entering as the surface source. With
    stress-assisted transport (``params.coupling``) the stress of the whole cell is
    re-solved on the device every ``numerics.stress_every_steps`` accepted steps and the
-   Li flux gains the drift −D x ∇χ, χ = σ : B / (c_max R T) (engine.mechanics.
+   Li flux gains the drift −D x ∇χ, χ = σ : B / (c_max R T) (engine.physics.mechanics.
    StressCoupling), χ carried between solves by each voxel's own Eshelby response.
 5. Events: NaN/Inf in V, I or x, or a step that would take x out of [0, 1], stop the
    run at the last good state (that step is not taken); the end of the protocol
@@ -51,8 +51,8 @@ from ssbx.kernels.electrode import face_potential_drop, neighbour, solve_coupled
 from ssbx.kernels.ocv import get_ocv
 from ssbx.kernels.rotations import quaternion_to_matrix
 
-from .protocol import CC, CV, ProtocolTable
-from .resolve import CellGeometry, CellNumerics, CellParams
+from ssbx.engine.model.protocol_table import CC, CV, ProtocolTable
+from ssbx.engine.model.resolve import CellGeometry, CellNumerics, CellParams
 
 MAX_CORRECTIONS = 6  # corrective steps per cut-off (regula falsi from the last record)
 
@@ -146,7 +146,7 @@ class Derived(NamedTuple):
 def derive(geometry: CellGeometry, params: CellParams, numerics: CellNumerics) -> Derived:
     """The per-grain diffusion tensors and the explicit stability limit
     Δt_stable = safety · h² / (2 d D_max (1 + θ)) (θ = 0 without stress coupling: the
-    drift adds θ D to the effective diffusivity, see engine.mechanics.StressCoupling)."""
+    drift adds θ D to the effective diffusivity, see engine.physics.mechanics.StressCoupling)."""
     ndim = geometry.ndim
     rotations = quaternion_to_matrix(params.orientations)
     table = kdiff.tensor_components(kdiff.grain_diffusion_tensors(rotations, params.diffusivity_m2_s, ndim))
@@ -307,7 +307,7 @@ def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, vox
 
     ``stress`` = (χ_s, x_s) of the last stress solve adds the stress-driven flux
     (kernels.diffusion.stress_drift_rate) with χ = χ_s − θ (x − x_s) at each sub-step,
-    as the particle rollout does (engine.model.rollout).
+    as the particle rollout does (engine.model.particle.rollout).
 
     With ``max_substeps`` (static) the sub-steps run as a scan of that length, the ones
     past ``n_sub`` masked: reverse mode can go through it (not through a loop of traced
