@@ -225,6 +225,9 @@ def main(argv=None) -> int:
 
     composite.add_parser(sub)
     network.add_parser(sub)
+    from ssbx.engine.runs import current_focusing
+
+    current_focusing.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
@@ -236,6 +239,8 @@ def main(argv=None) -> int:
         return composite.run(args)
     if args.command == "analyze":
         return network.run(args)
+    if args.command == "focus":
+        return current_focusing.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 
