@@ -1,6 +1,6 @@
 """Li|solid-electrolyte plating kinetics and the cell-scale current-focusing residual.
 
-Pure array functions for scenario S3 (docs/current_focusing.md, docs/physics.md §3).
+Pure array functions for scenario S3 (docs/current_focusing.md; kinetics as in docs/physics.md §4).
 
 Interface kinetics (Butler–Volmer, Bard & Faulkner, *Electrochemical Methods*, 2nd ed.
 (2001), §3.4; Newman & Thomas-Alyea, *Electrochemical Systems*, 3rd ed. (2004), ch. 8)::

@@ -1,7 +1,7 @@
 """Scenario S3: cell-scale current focusing with Li plating in a 2D cell.
 
 Geometry (docs/current_focusing.md): a 2D grid ``(nx, nz)``; axis 0 = x is lateral
-(periodic, width W = 420 µm by default), axis 1 = z is the stack (height 250 µm):
+(insulating or periodic edges, width W = 420 µm by default), axis 1 = z is the stack (height 250 µm):
 Li metal for z < ``li_thickness``, then the Li6PS5Cl separator (``separator``, 100 µm),
 then the composite cathode: ``n_rows`` rows of circular particles (diameter
 ``particle_diameter``) on a ``col_pitch`` × ``row_pitch`` lattice embedded in SE, up to
@@ -18,8 +18,8 @@ G + diag(∂i/∂η) built from ``kernels.conduction`` face conductances.
 
 Mechanics: the plated thickness δ(x) = −i_Li t V_m / F is inserted as a uniaxial
 eigenstrain δ/h (normal to each Li|SE face) into the SE voxels touching Li;
-``kernels.elasticity.solve_elasticity`` (2D plane strain, periodic cell, zero mean
-lateral strain, stack stress = −stack_pressure) gives the stress; von Mises in the SE.
+``kernels.elasticity.solve_elasticity`` (2D plane strain, periodic cell — mirrored in x
+for insulating edges —, zero mean lateral strain, stack stress = −stack_pressure) gives the stress; von Mises in the SE.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ class FocusingParams(eqx.Module):
     """Physical parameters (array leaves, SI units).
 
     sigma_se: Li6PS5Cl ionic conductivity (S/m); default 0.2 S/m = 2 mS/cm, inside the
-        1–3 mS/cm range of docs/physics.md §2.
+        1–3 mS/cm range of docs/physics.md §6.
     i0_cathode: NCM|SE exchange current density (A/m²), modelling parameter.
     i0_li: Li|SE exchange current density (A/m²), modelling parameter.
     current_density: applied charging current per projected area (A/m²), S3: 100.
     time_s: duration of the galvanostatic pulse (s) for the plated thickness.
     ocv: cathode open-circuit potential at the fixed SOC (V vs Li), only shifts φ_s.
-    E_se, nu_se: Li6PS5Cl, S3 values 28 GPa, 0.27 (docs/physics.md §4).
+    E_se, nu_se: Li6PS5Cl, S3 values 28 GPa, 0.27 (docs/physics.md §7, range in §6).
     E_li, nu_li: Li metal 7.82 GPa, 0.381 (Masias et al., J. Mater. Sci. 54, 2585 (2019)).
     stack_pressure: mean stack-axis stress −p (Pa).
     """
