@@ -37,7 +37,7 @@ import numpy as np
 
 from ssbx.engine.errors import ConfigError
 from ssbx.kernels import conduction, elasticity, plating, stiffness
-from ssbx.kernels.constants import FARADAY
+from ssbx.kernels.constants import FARADAY, GAS_CONSTANT
 
 SE, ACTIVE, INACTIVE, LI = 0, 1, 2, 3
 
@@ -299,6 +299,48 @@ def solve_focusing(labels, h_m, params: FocusingParams, *, lateral="noflux", tol
                                               p.temperature_K, p.alpha_a, p.alpha_c)
     return dict(phi=phi, psi=psi, i_c=i_c, i_a=i_a, g=g, se=se, n_c=n_c, n_a=n_a, n_a_axis=n_a_axis,
                 converged=converged, history=history, width_m=width_m)
+
+
+@eqx.filter_jit
+def _newton_fixed(p, se, n_c, n_a, h_m, width_m, lateral, n_newton, cg_tol, max_step_V):
+    sigma = jnp.where(se, p.sigma_se, 0.0)
+    g = conduction.face_conductances(sigma, axis=1, lateral=lateral)
+    f2 = 2.0 * GAS_CONSTANT * p.temperature_K / FARADAY
+    total = p.current_density * width_m
+    phi0 = f2 * jnp.arcsinh(total / (h_m * jnp.sum(n_a)) / (2 * p.i0_li))
+    psi0 = phi0 + f2 * jnp.arcsinh(total / (h_m * jnp.sum(n_c)) / (2 * p.i0_cathode))
+    phi0 = jnp.where(se, phi0, 0.0)
+
+    def body(_, state):
+        phi, psi = state
+        dphi, dpsi, _, _ = _newton_step(phi, psi, g, se, n_c, n_a, h_m, p, width_m, cg_tol)
+        step = jnp.maximum(jnp.max(jnp.abs(dphi)), jnp.abs(dpsi))
+        lam = jnp.minimum(1.0, max_step_V / jnp.maximum(step, 1e-300))
+        return phi + lam * dphi, psi + lam * dpsi
+
+    phi, psi = jax.lax.fori_loop(0, n_newton, body, (phi0, psi0))
+    _, _, i_a = plating.focusing_residual(phi, psi, g, n_c, n_a, h_m, p.i0_cathode, p.i0_li,
+                                          p.temperature_K, p.alpha_a, p.alpha_c)
+    return phi, psi, -jnp.sum(n_a * i_a, axis=1)
+
+
+def plating_profile_differentiable(labels, h_m, params: FocusingParams, *, lateral="noflux", n_newton=12,
+                                   cg_tol=1e-12, max_step_V=0.05):
+    """(φ_e, ψ, plating current density along x) as a differentiable function of params.
+
+    Same discrete problem as :func:`solve_focusing`, but a fixed number of Newton steps
+    in ``lax.fori_loop`` (no Python-side convergence test), so ``jax.grad`` /
+    ``jax.jacfwd`` go through: the linear solves are ``jax.scipy.sparse.linalg.cg``
+    (implicitly differentiated by ``custom_linear_solve``), and at convergence the
+    derivative of the Newton iterate is the implicit-function derivative. Use enough
+    steps for convergence (:func:`solve_focusing` reports how many it needed, 5–7 here).
+    """
+    labels = np.asarray(labels)
+    n_c, n_a, _ = face_counts(labels, lateral)
+    dtype = jnp.result_type(float)
+    se = jnp.asarray(labels == SE)
+    return _newton_fixed(params, se, jnp.asarray(n_c, dtype), jnp.asarray(n_a, dtype), h_m,
+                         labels.shape[0] * h_m, lateral, n_newton, cg_tol, max_step_V)
 
 
 def current_density_field(phi, g, h_m):
