@@ -121,3 +121,23 @@ def test_focusing_gradient_matches_finite_differences(x64):
     fields, _, _ = _run(inactive="center")
     _, _, ip = cf.plating_profile_differentiable(labels, info["h_m"], p)
     assert np.max(np.abs(np.asarray(ip) - fields["plating_current_density"])) < 1e-9
+
+
+def test_cli_writes_npz_and_json_and_rejects_bad_input(tmp_path, capsys):
+    import json
+
+    from ssbx.engine.cli.main import main
+
+    geo = "\n".join(f"{k} = {v!r}" for k, v in GEO.items())
+    cfg = tmp_path / "s3.toml"
+    cfg.write_text(f'[geometry]\n{geo}\ninactive = "center"\n\n[physics]\ntime_s = 30.0\n')
+    assert main(["focus", str(cfg), "--out", str(tmp_path / "out"), "--no-stress"]) == 0
+    summary = json.loads((tmp_path / "out.json").read_text())
+    data = np.load(tmp_path / "out.npz")
+    assert data["phi_e"].shape == (42, 40) and data["current_density"].shape == (2, 42, 40)
+    # plated volume per unit depth: I W t V_m / F with t = 30 s from the file
+    assert abs(summary["plated_volume_m2"] - 100.0 * 84e-6 * 30.0 * V_LI / F) < 1e-20
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[geometry]\ninactive = "middle"\n')
+    assert main(["focus", str(bad)]) == 2
+    assert "inactive = 'middle'" in capsys.readouterr().err

@@ -471,9 +471,16 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    jax.config.update("jax_enable_x64", True)
-    geo, phys, out = load_config(args.config)
-    fields, summary, _ = run_focusing(geo, make_params(**phys), stress=not args.no_stress)
+    """``ssbx focus``: exit 0 (converged), 1 (Newton did not converge), 2 (invalid input)."""
+    import sys
+
+    try:
+        geo, phys, out = load_config(args.config)
+        with jax.enable_x64(True):
+            fields, summary, _ = run_focusing(geo, make_params(**phys), stress=not args.no_stress)
+    except ConfigError as err:
+        print(f"ssbx focus: invalid input: {err}", file=sys.stderr)
+        return 2
     stem = args.out or out.get("stem") or str(Path(args.config).with_suffix(""))
     for f in write_outputs(fields, summary, stem):
         print(f)
