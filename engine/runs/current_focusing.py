@@ -246,7 +246,7 @@ def _newton_step(phi, psi, g, se, n_c, n_a, h, p, width_m, tol):
     s = p.sigma_se  # scale: face conductances become O(1)
     gs = tuple(ga / s for ga in g)
     gb = jnp.where(se, d_tot / s, 1.0)
-    diag = conduction._diagonal(gs, gb)
+    diag = gb + sum(ga + jnp.roll(ga, 1, axis=a) for a, ga in enumerate(gs))  # operator diagonal
 
     def matvec(x):
         return conduction.apply_operator(x, gs, gb)
