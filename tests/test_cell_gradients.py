@@ -16,8 +16,10 @@ from ssbx.engine.solve.rollout import delivered_charge_C, rollout, step_budget
 from test_cell import SMALL
 
 # Δt = 50 s keeps Δt/Δt_stable off an integer, so that ±1e-5 in D does not change the
-# number of diffusion sub-steps (a different branch of the discrete map)
-CUT = dict(SMALL, electrochemistry={"time_step_s": 50.0, "solver_rtol": 1e-12,
+# number of diffusion sub-steps (a different branch of the discrete map). Newton runs to
+# 1e-8 V, so that its iteration count, which may change with a perturbed parameter,
+# changes V by far less than the finite differences resolve (~1e-22 V, not ~1e-10 V)
+CUT = dict(SMALL, electrochemistry={"time_step_s": 50.0, "solver_rtol": 1e-12, "newton_tolerance_V": 1e-8,
                                     "interface_resistance_ohm_m2": 1e-3},
            protocol={"kind": "cycling", "steps": ["charge at 2C until 3.76 V"]})
 # exchange current, R_int, D1 (D2 = D1 moves with it in the layered material), σ_e of the separator

@@ -145,7 +145,8 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
                                        "electrolyte voxel)."),
         "time_step_s": ("s", "Electrochemical step Δt (upper bound; shortened near x = 0 or 1 and at "
                              "cut-offs)."),
-        "newton_iterations": ("—", "Newton iterations on the linearised Butler–Volmer coupling per step."),
+        "newton_iterations": ("—", "Most Newton iterations on the linearised Butler–Volmer coupling of one potential solve."),
+        "newton_tolerance_V": ("V", "Newton stops once an iteration changes no face potential drop by more than this, after one more iteration (error about 216 tol⁴ V from quadratic convergence); 0: always `newton_iterations`."),
         "solver_rtol": ("—", "Relative tolerance of the potential (PCG) solves."),
         "preconditioner": ("—", "PCG preconditioner of the potential solves."),
     },

@@ -139,8 +139,9 @@ class CellNumerics(eqx.Module):
         time_step_safety: factor of the explicit diffusion stability limit (0, 1].
         cutoff_tolerance_V: a CC step ends when V is this close to its limit (V).
         cutoff_tolerance: a CV step ends when |I| ≤ (1 + this) × its cut-off current.
+        newton_tolerance_V: Newton stops when no face potential drop changes by more (V).
         newton_iterations, rtol, maxiter, preconditioner: potential-solve settings
-            (static).
+            (static; newton_iterations is the most Newton iterations of one solve).
         stress_every_steps: with stress-assisted transport, the stress is re-solved
             every this many accepted steps (static; mechanics.coupling_every_steps).
     """
@@ -149,6 +150,7 @@ class CellNumerics(eqx.Module):
     time_step_safety: jax.Array
     cutoff_tolerance_V: jax.Array
     cutoff_tolerance: jax.Array
+    newton_tolerance_V: jax.Array
     newton_iterations: int = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     maxiter: int = eqx.field(static=True)
@@ -236,6 +238,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         time_step_safety=a(scenario.numerics.time_step_safety),
         cutoff_tolerance_V=a(scenario.numerics.cutoff_tolerance_V),
         cutoff_tolerance=a(scenario.numerics.cutoff_tolerance),
+        newton_tolerance_V=a(ec.newton_tolerance_V),
         newton_iterations=ec.newton_iterations,
         rtol=ec.solver_rtol,
         maxiter=5000,

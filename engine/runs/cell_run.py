@@ -157,6 +157,7 @@ class LaneFile:
             "li_mol": li, "mean_soc": li / (self.li_per_x * self.n_active),
             "charge_Ah": charge_rows / 3600.0, "step_index": rec["step_index"][:n],
             "cycle_index": rec["cycle_index"][:n], "cg_iterations": rec["cg_iterations"][:n],
+            "newton_iterations": rec["newton_iterations"][:n],
             "bv_residual": rec["bv_residual"][:n],
         })
         self.t, self.charge_C = float(t_rows[-1]), float(charge_rows[-1])

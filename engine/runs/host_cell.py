@@ -35,6 +35,7 @@ step it lags one Newton iteration.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class CellModel(eqx.Module):
     anode_i0: float = eqx.field(static=True)
     temperature_K: float = eqx.field(static=True)
     newton_iterations: int = eqx.field(static=True)
+    newton_tolerance_V: float = eqx.field(static=True)
     rtol: float = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True)
     # x-dependent active-material conductivity: (x points, S/m points), or None
@@ -186,6 +188,7 @@ def build_cell_model(scenario: Scenario, micro: Microstructure, info: dict, dtyp
         anode_i0=ec.anode_exchange_current_A_m2,
         temperature_K=ec.temperature_K,
         newton_iterations=ec.newton_iterations,
+        newton_tolerance_V=ec.newton_tolerance_V,
         rtol=ec.solver_rtol,
         preconditioner=ec.preconditioner,
         active_sigma_law=law,
@@ -251,8 +254,8 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
     """
     faces = model.interface()
 
-    def newton(_, carry):
-        phi_s, phi_e, _v, current, iters, _g, _c, warm = carry
+    def newton(carry):
+        phi_s, phi_e, _v, current, iters, _g, _c, warm, k, _change = carry
         drop = face_potential_drop(phi_s, phi_e, faces)
         g, c, _ = _linearised_kinetics(model, x, drop, v_ref)
         kwargs = {"voltage": target - v_ref} if voltage_control else {"current": target}
@@ -261,19 +264,24 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
             model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol,
             preconditioner=model.preconditioner, maxiter=5000, warm_start=warm, **kwargs,
         )
+        new_drop = face_potential_drop(sol.phi_s, sol.phi_e, faces)
+        change = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a - b), initial=0.0) for a, b in zip(new_drop, drop)])
         return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
-                iters + sol.iterations, g, c, sol.warm)
+                iters + sol.iterations, g, c, sol.warm, k + 1, change.astype(x.dtype))
 
+    # the device stepper's rule (solve/cell_step.potentials): iterate until no face
+    # drop changes by more than newton_tolerance_V, then one more iteration
     zeros = tuple(jnp.zeros_like(x) for _ in model.faces)
     init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
-            jnp.asarray(0, jnp.int32), zeros, zeros, warm)
-    phi_s, phi_e, voltage, _, iters, g, c, warm = jax.lax.fori_loop(
-        0, model.newton_iterations, newton, init)
+            jnp.asarray(0, jnp.int32), zeros, zeros, warm, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype))
+    carry = jax.lax.while_loop(
+        lambda cr: (cr[-2] < model.newton_iterations - 1) & (cr[-1] > model.newton_tolerance_V), newton, init)
+    phi_s, phi_e, voltage, _, iters, g, c, warm, _, _ = newton(carry)
     voltage = voltage + v_ref
     # currents of the last linear solve: they meet the applied current exactly
     drop = face_potential_drop(phi_s, phi_e, faces)
     face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
-    _, _, i_bv = _linearised_kinetics(model, x, drop, v_ref)
+    g_out, _, i_bv = _linearised_kinetics(model, x, drop, v_ref)
     scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
     bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
     voxel_current = sum(face_currents)  # A per active voxel, > 0 = delithiation
@@ -281,7 +289,7 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
     # explicit steps of x with frozen currents are stable for Δt ≲ τ
     x_safe = jnp.where(model.grain_id >= 0, jnp.clip(x, 1e-4, 1 - 1e-4), 0.5)
     slope = jnp.abs(jax.vmap(jax.grad(lambda v: model.ocv(v)))(x_safe.reshape(-1)).reshape(x.shape))
-    conductance = sum(g)
+    conductance = sum(g_out)  # at the converged drops, as the device stepper
     tau = FARADAY * model.c_max * model.voxel_size_m ** x.ndim / jnp.maximum(conductance * slope, 1e-30)
     tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
     return (phi_s, phi_e, voltage, sum(jnp.sum(i) for i in face_currents), voxel_current, iters,

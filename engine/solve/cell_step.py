@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -68,7 +70,7 @@ STRESS_DUE = 2**30  # ``since_stress`` that makes the next advancing step solve 
 # record names, one record per solve at its time t_n: dt_s is the time since the previous
 # record, dx_sum is Σ (x − x_initial) over active voxels at t_n
 RECORD_FLOAT = ("dt_s", "voltage_V", "current_A", "dx_sum", "bv_residual")
-RECORD_INT = ("step_index", "cycle_index", "cg_iterations")
+RECORD_INT = ("step_index", "cycle_index", "cg_iterations", "newton_iterations")
 
 
 class CellState(eqx.Module):
@@ -245,6 +247,7 @@ class Potentials(NamedTuple):
     bv_residual: jax.Array
     tau_min: jax.Array
     warm: jax.Array
+    newton_iterations: jax.Array
 
 
 def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref, voltage_control,
@@ -261,8 +264,9 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     solver = dict(stack_axis=geometry.stack_axis, rtol=numerics.rtol, maxiter=numerics.maxiter,
                   preconditioner=numerics.preconditioner)
 
-    def newton(_, carry):
-        phi_s, phi_e, _v, current, iters, _g, _c, warm = carry
+    def newton(inputs, carry):
+        params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target = inputs
+        phi_s, phi_e, _v, current, iters, _g, _c, warm, k, _change = carry
         drop = face_potential_drop(phi_s, phi_e, faces)
         g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
         phi_anode = anode_potential(geometry, params, current)
@@ -273,30 +277,49 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
             sol = jax.lax.cond(voltage_control, by_voltage, by_current)
         else:  # compile only the control the protocol uses
             sol = by_voltage() if controls[1] else by_current()
+        new_drop = face_potential_drop(sol.phi_s, sol.phi_e, faces)
+        change = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a - b), initial=0.0) for a, b in zip(new_drop, drop)])
         return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
-                iters + sol.iterations, g, c, sol.warm)
+                iters + sol.iterations, g, c, sol.warm, k + 1, change.astype(x.dtype))
 
     zeros = tuple(jnp.zeros_like(x) for _ in geometry.face_masks)
     init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
-            jnp.asarray(0, jnp.int32), zeros, zeros, warm)
-    phi_s, phi_e, voltage, _, iters, g, c, warm = jax.lax.fori_loop(0, numerics.newton_iterations, newton, init)
+            jnp.asarray(0, jnp.int32), zeros, zeros, warm, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype))
+    inputs = (params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target)
+    # Newton to convergence (the face potential drops change by ≤ newton_tolerance_V) in a
+    # loop that is not differentiated, then one more iteration that is. At the solution
+    # the Newton map's derivative w.r.t. its iterate vanishes, so reverse mode through
+    # that last iteration alone is the implicit-function derivative of the converged
+    # potentials ("one-step differentiation": Bolte, Pauwels & Vaiter, NeurIPS 2023), at
+    # one transposed linear solve per step. The extra iteration starts from the
+    # converged fields, so its PCG needs few iterations.
+    frozen = jax.lax.stop_gradient(inputs)
+
+    def unconverged(carry):
+        k, change = carry[-2], carry[-1]
+        return (k < numerics.newton_iterations - 1) & (change > numerics.newton_tolerance_V)
+
+    carry = jax.lax.while_loop(unconverged, lambda cr: newton(frozen, cr), jax.lax.stop_gradient(init))
+    phi_s, phi_e, voltage, _, iters, g, c, warm, newton_steps, _ = newton(inputs, jax.lax.stop_gradient(carry))
     # currents of the last linear solve: they meet the applied current exactly
     drop = face_potential_drop(phi_s, phi_e, faces)
     face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
-    _, _, i_bv = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
+    g_out, _, i_bv = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
     scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
     bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
     voxel_current = sum(face_currents)
     # kinetic relaxation time of each surface voxel (explicit steps of x with frozen
-    # currents are stable for Δt ≲ τ); only surface voxels carry a conductance
+    # currents are stable for Δt ≲ τ); only surface voxels carry a conductance. The
+    # conductance is taken at the converged drops (g_out), not at the last iteration's
+    # input, so that its derivative includes the potentials' response (see above)
     surf = geometry.surface_index
     xs = jnp.clip(x.reshape(-1)[surf], 1e-4, 1 - 1e-4)
     slope = jnp.abs(jax.vmap(jax.grad(get_ocv(params.ocv_name)))(xs))
-    conductance = sum(g).reshape(-1)[surf]
+    conductance = sum(g_out).reshape(-1)[surf]
     tau = FARADAY * params.c_max_mol_m3 * geometry.voxel_size_m**x.ndim / jnp.maximum(conductance * slope, 1e-30)
     tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
     return Potentials(phi_s, phi_e, voltage + v_ref, sum(jnp.sum(i) for i in face_currents), voxel_current,
-                      iters, bv_residual, tau_min, warm)
+                      iters, bv_residual, tau_min, warm, newton_steps)
 
 
 def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub,
@@ -477,5 +500,6 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
         "bv_residual": sol.bv_residual.astype(dtype),
         "step_index": k.astype(jnp.int32), "cycle_index": cycle.astype(jnp.int32),
         "cg_iterations": sol.iterations.astype(jnp.int32),
+        "newton_iterations": sol.newton_iterations.astype(jnp.int32),
     }
     return new_state, record, recorded, ended | (status != RUNNING)
