@@ -195,8 +195,9 @@ class InterfaceSolution(eqx.Module):
             step is accepted (== update_history(history, opening)).
         damage: (*grid) d(trial_history) ∈ [0, 1].
         face_gaps: tuple of (*grid) per face group of InterfaceGeometry.face_masks:
-            ⟨g · direction·e_axis⟩₊ (smooth positive part, m) at the active voxel of
-            each active | conductor face, 0 elsewhere.
+            ⟨g_n⟩₊ (smooth positive part, m) of the layer that owns the face, stored
+            at the active voxel of each active | conductor face, 0 elsewhere. All
+            faces of one host voxel share its layer's normal opening.
         converged: CG converged and the compression active set is stable.
         active_set_iterations: number of elastic solves used.
         cg_iterations: CG iterations of the last solve.
@@ -347,7 +348,8 @@ def solve_with_interfaces(
 
     trial = params.update_history(hist_host, g.T, n_host.T)
     sig_host = res.stress[(slice(None),) + idx].T
-    sig_t = sig_host[:, coh._VI]
+    sig_t = jnp.stack([jnp.stack([sig_host[:, int(coh._VI[i, j])] for j in range(3)], -1)
+                       for i in range(3)], -2)
     tn = jnp.einsum("mi,mij,mj->m", n_host, sig_t, n_host)
 
     g_field = _scatter(shape, idx, g, dtype)
@@ -355,16 +357,17 @@ def solve_with_interfaces(
     # per-face gaps at the active voxel of each face
     w = params.smoothing * coh.onset_opening(params.strength, params.penalty_stiffness)
     gaps = []
+    gn_field = _scatter(shape, idx, gn, dtype)
     for fm, ax, d in zip(geometry.face_masks, geometry.face_axes, geometry.face_directions):
-        gproj = d * g_field[ax]
+        gface = gn_field
         if geometry.side == "conductor":
-            gproj = jnp.roll(gproj, -d, axis=ax)  # layer of the neighbour b = a + d e
-        gaps.append(jnp.where(jnp.asarray(fm), coh.positive_part(gproj, w), 0.0))
+            gface = jnp.roll(gface, -d, axis=ax)  # layer of the neighbour b = a + d e
+        gaps.append(jnp.where(jnp.asarray(fm), coh.positive_part(gface, w), 0.0))
     return InterfaceSolution(
         stress=res.stress,
         strain=res.strain,
         opening=g_field,
-        normal_opening=_scatter(shape, idx, gn, dtype),
+        normal_opening=gn_field,
         normal_traction=_scatter(shape, idx, tn, dtype),
         trial_history=trial_field,
         damage=params.damage(trial_field) * jnp.asarray(geometry.host, dtype),

@@ -199,7 +199,10 @@ def bilinear_envelope(lam, strength, fracture_energy, penalty_stiffness):
 def voigt_to_tensor4(c_voigt):
     """(..., 6, 6) Voigt stiffness (engineering shear) → (..., 3, 3, 3, 3) C_ijkl."""
     c = jnp.asarray(c_voigt)
-    return c[..., _VI[:, :, None, None], _VI[None, None, :, :]]
+    # plain integer indexing only (no index arrays: safe under x64 toggling in jit)
+    return jnp.stack([jnp.stack([jnp.stack([jnp.stack(
+        [c[..., int(_VI[i, j]), int(_VI[k, m])] for m in range(3)], -1)
+        for k in range(3)], -2) for j in range(3)], -3) for i in range(3)], -4)
 
 
 _PI = np.array([p[0] for p in _PAIRS])
@@ -207,7 +210,8 @@ _PJ = np.array([p[1] for p in _PAIRS])
 
 
 def _tensor4_to_voigt(c4):
-    return c4[..., _PI[:, None], _PJ[:, None], _PI[None, :], _PJ[None, :]]
+    return jnp.stack([jnp.stack([c4[..., i, j, k, m] for k, m in _PAIRS], -1)
+                      for i, j in _PAIRS], -2)
 
 
 def _layer_operator(c4, n, k_n, k_t, voxel_size):
@@ -252,7 +256,8 @@ def laminate_opening(c_voigt, n, k_n, k_t, voxel_size, elastic_strain):
     e = jnp.asarray(elastic_strain)
     eng = e * jnp.asarray([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], e.dtype)
     tau_v = jnp.einsum("mij,mj->mi", c_voigt, eng)  # C:(ε − ε*) in Voigt order
-    tau = tau_v[:, _VI]  # (M, 3, 3)
+    tau = jnp.stack([jnp.stack([tau_v[:, int(_VI[i, j])] for j in range(3)], -1)
+                     for i in range(3)], -2)  # (M, 3, 3)
     c4 = voigt_to_tensor4(c_voigt)
     _, minv = _layer_operator(c4, n, k_n, k_t, voxel_size)
     tn = jnp.einsum("mrs,ms->mr", tau, n)

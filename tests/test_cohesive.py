@@ -166,3 +166,83 @@ def test_bad_parameters_raise_config_error():
                               CohesiveParams(), jnp.zeros((NX, 1)), -1.0)
     with pytest.raises(ConfigError, match="disjoint"):
         interface_geometry(np.ones((4, 4), bool), np.ones((4, 4), bool))
+
+
+def test_sphere_shrinkage_eshelby_traction_and_onset():
+    """Sphere with eigenstrain e·I (same isotropic moduli inside and out), zero mean
+    stress, periodic cell. Eshelby (infinite matrix): uniform interior stress
+    σ = −2 e E / (3(1 − ν)) I, so the interface normal traction is σ_rr(a) = that
+    value. In a periodic cell with zero mean stress the mean strain f e I
+    (f = volume fraction) reduces it exactly by (1 − f) (the images' fields are
+    harmonic with cubic symmetry and vanish to this order):
+
+        σ_rr(a) = −(1 − f) · 2 e E / (3 (1 − ν)),   onset at e_c: σ_rr(a) = σc.
+
+    Area average over the staircase surface: each active | conductor face carries
+    σ_ff of its active voxel, weighted by its projected area h² (e_f · r̂)."""
+    n, rad, h = 16, 5.0, 1e-7
+    e_mod, nu = 100e9, 0.3
+    sigc, k0 = 100e6, 1e20  # K0 ≫ E/a: layer compliance E/(K0 a) = 2e-3
+    table = jnp.stack([isotropic_stiffness(e_mod, nu)] * 2)
+    c = np.arange(n) - (n - 1) / 2
+    xyz = np.meshgrid(c, c, c, indexing="ij")
+    rr = np.sqrt(sum(q**2 for q in xyz))
+    act = rr < rad
+    lab = np.where(act, 0, 1).astype(np.int32)
+    f = act.mean()
+    coef = (1 - f) * 2 * e_mod / (3 * (1 - nu))  # σ_rr(a) per unit shrinkage −e
+    e_c = -sigc / coef
+    geom = interface_geometry(act, ~act)
+    p = CohesiveParams(sigc, 1.0, k0)
+    eig = np.zeros((6,) + act.shape, np.float32)
+    eig[:3] = e_c * act
+    sol = solve_with_interfaces(
+        geom, table, table, lab, jnp.zeros(act.shape), p, jnp.zeros(act.shape), h,
+        eigenstrain_field=jnp.asarray(eig), macro_stress=jnp.zeros(6), tol=1e-6,
+    )
+    assert bool(sol.converged)
+    stress = np.asarray(sol.stress)
+    num_t = num_g = den = 0.0
+    for fm, ax, d, gap in zip(geom.face_masks, geom.face_axes, geom.face_directions,
+                              sol.face_gaps):
+        m = np.asarray(fm)
+        w = d * xyz[ax][m] / rr[m]  # e_f · r̂
+        num_t += np.sum(stress[ax][m] * w)
+        num_g += np.sum(np.asarray(gap)[m] * w)
+        den += np.sum(w)
+    t_avg, g_avg = num_t / den, num_g / den
+    # at e = e_c the area-averaged normal traction is σc (onset) within 3 %
+    np.testing.assert_allclose(t_avg, sigc, rtol=0.03)
+    # the opening carried by the layers is the elastic one, g = t/K0 = δ0 there
+    # the layers' own normal opening (averaged normal n of each staircase voxel) is
+    # the less accurate measure: measured +9 % at this resolution (n·σ·n at corner
+    # voxels exceeds the face tractions), bounded here at 12 %
+    np.testing.assert_allclose(g_avg, sigc / k0, rtol=0.12)
+
+
+def test_gradient_of_mean_opening_through_damaged_state(x64):
+    """d⟨g_n⟩/dσc and d⟨g_n⟩/dGc after a damaging step (history from step 1 feeds
+    the secant of step 2) vs central differences."""
+    geom, table, lab = _bilayer()
+    idx = geom.host_index
+    df = 2 * GC / SIGC
+
+    def mean_opening(sigc, gc):
+        p = CohesiveParams(sigc, gc, K0)
+        hist = jnp.zeros((NX, 1))
+        for e in (0.3 * df * 2 / (NX * H), 0.45 * df * 2 / (NX * H)):
+            sol = solve_with_interfaces(geom, table, table, lab, jnp.zeros((NX, 1)), p, hist,
+                                        H, macro_strain=jnp.array([e, 0.0, 0.0]), tol=1e-12)
+            hist = sol.trial_history
+        return jnp.mean(sol.normal_opening[idx])
+
+    assert 0.2 < float(CohesiveParams(SIGC, GC, K0).damage(0.3 * df)) < 0.9
+    grad = jax.grad(mean_opening, argnums=(0, 1))(jnp.float64(SIGC), jnp.float64(GC))
+    for k, (x0, step) in enumerate(((SIGC, 1e-4 * SIGC), (GC, 1e-4 * GC))):
+        args_p = [SIGC, GC]
+        args_m = [SIGC, GC]
+        args_p[k] = x0 + step
+        args_m[k] = x0 - step
+        fd = (float(mean_opening(*args_p)) - float(mean_opening(*args_m))) / (2 * step)
+        np.testing.assert_allclose(float(grad[k]), fd, rtol=1e-4)
+        assert abs(fd) > 0
