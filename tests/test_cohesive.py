@@ -51,9 +51,13 @@ def _bilayer():
     return geom, table, lab
 
 
-def _step(geom, table, lab, params, hist, strain, secant_history=None):
+def _step(geom, table, lab, params, hist, strain, secant_history=None, expansion=None,
+          x=None):
+    # always pass an expansion table (zeros by default) so every bilayer test shares
+    # one compiled solver
     sol = solve_with_interfaces(
-        geom, table, table, lab, jnp.zeros((NX, 1)), params, hist, H,
+        geom, table, table, lab, jnp.zeros((NX, 1)) if x is None else x, params, hist, H,
+        expansion_table=jnp.zeros((2, 6)) if expansion is None else expansion,
         macro_strain=jnp.array([strain, 0.0, 0.0]), tol=1e-10,
         secant_history=secant_history,
     )
@@ -153,6 +157,30 @@ def test_compression_neither_opens_nor_damages(x64):
     assert float(area_averaged_gap(faces, geom.face_masks)[1]) < 1e-3 * d0
 
 
+def test_chemical_shrinkage_of_the_active_layer_opens_the_interface(x64):
+    """Active voxels with chemical strain β x (β = b·I, x = 1, b < 0: shrinkage) at
+    zero mean strain. Column uniform in y, so ε_yy = ε_zz = 0 and σ_xx = M ε_xx −
+    3K b in the active part; with zero total elongation
+
+        σ (L_a/M_a + L_c/M_c + 2/K_s) = −L_a 3 K_a b / M_a   (tension for b < 0)."""
+    geom, table, lab = _bilayer()
+    p = CohesiveParams(SIGC, GC, K0)
+    df = 2 * GC / SIGC
+    b = -2e-3
+    beta = jnp.zeros((2, 6)).at[0, :3].set(b)
+    x = jnp.asarray((lab == 0).astype(float))
+    k_a = E_A / (3 * (1 - 2 * NU_A))
+    rhs = -4 * H * 3 * k_a * b / _pwave(E_A, NU_A)
+    for kappa in (0.0, 0.5 * df):  # intact, then damaged (secant (1 − d) K0)
+        hist = jnp.zeros((NX, 1)).at[geom.host_index].set(kappa)
+        ks = float(p.secant(False, jnp.asarray(kappa))[1])
+        sol, gn, tn = _step(geom, table, lab, p, hist, 0.0, expansion=beta, x=x)
+        exact = rhs * ks / (ks * BULK_COMPLIANCE + 2)
+        np.testing.assert_allclose(tn, exact, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(gn, exact / ks, rtol=RTOL, atol=ATOL / ks)
+        assert float(gn[0]) > 0
+
+
 def test_bad_parameters_raise_config_error():
     geom, table, lab = _bilayer()
     for kw, field in (({"strength": -1.0}, "strength"),
@@ -237,7 +265,8 @@ def test_gradient_of_mean_opening_through_damaged_state(x64):
         hist = jnp.zeros((NX, 1))
         for e in (0.3 * df * 2 / (NX * H), 0.45 * df * 2 / (NX * H)):
             sol = solve_with_interfaces(geom, table, table, lab, jnp.zeros((NX, 1)), p, hist,
-                                        H, macro_strain=jnp.array([e, 0.0, 0.0]), tol=1e-12)
+                                        H, expansion_table=jnp.zeros((2, 6)),
+                                        macro_strain=jnp.array([e, 0.0, 0.0]), tol=1e-10)
             hist = sol.trial_history
         return jnp.mean(sol.normal_opening[idx])
 
