@@ -215,7 +215,7 @@ class InterfaceSolution(eqx.Module):
     damage: jax.Array
     face_gaps: tuple
     converged: jax.Array
-    active_set_iterations: int = eqx.field(static=True)
+    active_set_iterations: jax.Array
     cg_iterations: jax.Array
 
 
@@ -277,9 +277,12 @@ def solve_with_interfaces(
             solve_elasticity's table check (which needs eigenvalue ratios > 1e-6).
             Residual traction of an open layer ≈ 2e-6 · λ_max(C) · g/h.
 
-    Differentiable (jax.grad, not under jit: the active-set loop is Python) with
-    respect to params, history, x, tables, eigenstrain and loads; the gradient is
-    that of the converged active set.
+    Differentiable (jax.grad) with respect to params, history, x, tables,
+    eigenstrain and loads; the gradient is that of the converged active set.
+    Works eagerly (Python loop, stops when stable) and under jax.jit /
+    eqx.filter_jit (the same iteration unrolled with lax.cond, so settled passes
+    do not solve; the geometry's arrays may then be traced, only the number of
+    host voxels is static).
     """
     params.check()
     try:
@@ -298,7 +301,7 @@ def solve_with_interfaces(
         raise ConfigError(f"history: shape {hist.shape} must equal the grid {shape}")
     t0 = jnp.asarray(stiffness_table0, dtype)
     t1 = jnp.asarray(stiffness_table1, dtype)
-    pidx = np.asarray(phase_index).astype(np.int32)
+    pidx = jnp.asarray(phase_index).astype(jnp.int32)
     nph = t0.shape[0]
     m = len(idx[0])
     p_host = pidx[idx]
@@ -318,20 +321,15 @@ def solve_with_interfaces(
         exp_ext = jnp.concatenate([exp_t, exp_t[p_host]])
     if eigenstrain_field is not None:
         eig_host = eig_host + jnp.asarray(eigenstrain_field, dtype)[(slice(None),) + idx].T
-    new_p = pidx.copy()
-    new_p[idx] = nph + np.arange(m, dtype=np.int32)
+    new_p = pidx.at[idx].set(nph + jnp.arange(m, dtype=jnp.int32))
 
     # residual stiffness of a fully separated layer (keeps every table entry positive
     # definite for solve_elasticity's check): residual_stiffness × λ_max(C_host) × I
     lam_max = jnp.max(jnp.linalg.eigvalsh(voigt_to_mandel_stiffness(c_host)), axis=-1)
     c_floor = (residual_stiffness * jax.lax.stop_gradient(lam_max))[:, None, None] * jnp.diag(
         jnp.asarray([1.0, 1.0, 1.0, 0.5, 0.5, 0.5], dtype))
-    comp = (np.zeros(m, bool) if initial_compression is None
-            else np.asarray(initial_compression, bool)[idx])
-    settled = False
-    nsolve = 0
-    for _ in range(int(max_active_set_iterations)):
-        kn, kt = params.secant(jnp.asarray(comp), sec_host)
+    def one_pass(comp):
+        kn, kt = params.secant(comp, sec_host)
         c_lam = coh.laminate_stiffness(c_host, n_host, kn, kt, h) + c_floor
         res = solve_elasticity(
             jnp.concatenate([t0, c_lam]), jnp.concatenate([t1, c_lam]), new_p, xarr,
@@ -339,15 +337,44 @@ def solve_with_interfaces(
             macro_strain=macro_strain, macro_stress=macro_stress, stress_mask=stress_mask,
             tol=tol, maxiter=maxiter,
         )
-        nsolve += 1
         eps_host = res.strain[(slice(None),) + idx].T
         g = coh.laminate_opening(c_host, n_host, kn, kt, h, eps_host - eig_host)
-        gn = jnp.sum(g * n_host, axis=1)
-        new_comp = np.asarray(jax.lax.stop_gradient(gn)) < 0
-        if np.array_equal(new_comp, comp):
-            settled = True
-            break
-        comp = new_comp
+        return res, g, jnp.sum(g * n_host, axis=1)
+
+    # only damaged layers switch the operator when they close (K_n = K0 either way at d = 0)
+    relevant = jax.lax.stop_gradient(params.damage(sec_host)) > 0
+    comp = (jnp.zeros(m, bool) if initial_compression is None
+            else jnp.asarray(initial_compression, bool)[idx])
+    n_iter = int(max_active_set_iterations)
+    res, g, gn = one_pass(comp)
+    try:  # eager (also under jax.grad): Python loop, stops as soon as the set is stable
+        rel = np.asarray(relevant)
+        new = np.asarray(jax.lax.stop_gradient(gn)) < 0
+        cmp = np.asarray(comp)
+        settled = bool(np.all((new == cmp) | ~rel))
+        nsolve = 1
+        while not settled and nsolve < n_iter:
+            cmp = np.where(rel, new, cmp)
+            res, g, gn = one_pass(jnp.asarray(cmp))
+            nsolve += 1
+            new = np.asarray(jax.lax.stop_gradient(gn)) < 0
+            settled = bool(np.all((new == cmp) | ~rel))
+        settled = jnp.asarray(settled)
+        nsolve = jnp.asarray(nsolve, jnp.int32)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        # under jit: the same iteration with lax.cond (a settled pass costs nothing)
+        def stable(gn_, comp_):
+            return jnp.all(((jax.lax.stop_gradient(gn_) < 0) == comp_) | ~relevant)
+
+        settled = stable(gn, comp)
+        nsolve = jnp.asarray(1, jnp.int32)
+        for _ in range(n_iter - 1):
+            comp_next = jnp.where(relevant & ~settled, jax.lax.stop_gradient(gn) < 0, comp)
+            res, g, gn = jax.lax.cond(
+                settled, lambda c, r=res, gg=g, q=gn: (r, gg, q), one_pass, comp_next)
+            nsolve = nsolve + jnp.where(settled, 0, 1).astype(jnp.int32)
+            comp = comp_next
+            settled = stable(gn, comp)
 
     trial = params.update_history(hist_host, g.T, n_host.T)
     sig_host = res.stress[(slice(None),) + idx].T

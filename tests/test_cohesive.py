@@ -8,6 +8,7 @@ stress, so each layer sees the traction σ = σ_xx and the exact series solution
     E L = σ (L_a/M_a + L_c/M_c) + 2 g,    σ = K_s g,   M = λ + 2μ (P-wave modulus).
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,6 +154,13 @@ def test_compression_neither_opens_nor_damages(x64):
     np.testing.assert_allclose(tn, exact, rtol=RTOL)
     np.testing.assert_allclose(gn, exact / K0, rtol=RTOL)
     np.testing.assert_allclose(sol.trial_history, hist, rtol=1e-12)
+    # the same active-set iteration under jit (lax.cond path, traced geometry)
+    jitted = eqx.filter_jit(lambda gm, hs: solve_with_interfaces(
+        gm, table, table, lab, jnp.zeros((NX, 1)), p, hs, H, expansion_table=jnp.zeros((2, 6)),
+        macro_strain=jnp.array([e, 0.0, 0.0]), tol=1e-10, max_active_set_iterations=2))
+    sol_j = jitted(geom, hist)
+    assert bool(sol_j.converged) and int(sol_j.active_set_iterations) == 2
+    np.testing.assert_allclose(sol_j.normal_opening, sol.normal_opening, rtol=1e-9)
     faces = [g for g in sol.face_gaps]
     assert float(area_averaged_gap(faces, geom.face_masks)[1]) < 1e-3 * d0
 
