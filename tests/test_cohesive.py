@@ -288,3 +288,47 @@ def test_gradient_of_mean_opening_through_damaged_state(x64):
         fd = (float(mean_opening(*args_p)) - float(mean_opening(*args_m))) / (2 * step)
         np.testing.assert_allclose(float(grad[k]), fd, rtol=1e-4)
         assert abs(fd) > 0
+
+
+def test_laminate_voxel_traction_continuity_anisotropic(x64):
+    """Kernel check of eqs. (5)–(6) for a rotated hexagonal crystal and oblique
+    normals: C_lam is symmetric; σ = C_lam:(ε − ε*) satisfies σ·n = K_s g with the
+    recovered opening g (traction continuity); σ equals C:(ε − ε* − sym(g⊗n)/h)
+    (the bulk part of the laminate); K_s = 0 gives a traction-free layer and
+    K_s → ∞ recovers C."""
+    from ssbx.kernels.rotations import quaternion_to_matrix
+    from ssbx.kernels.stiffness import hexagonal_stiffness, rotate_stiffness
+
+    rng = np.random.default_rng(0)
+    m = 5
+    c_cry = hexagonal_stiffness(250e9, 100e9, 80e9, 180e9, 60e9)
+    q = rng.normal(size=(m, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    c = rotate_stiffness(jnp.broadcast_to(c_cry, (m, 6, 6)), quaternion_to_matrix(jnp.asarray(q)))
+    n = rng.normal(size=(m, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    eps = rng.normal(size=(m, 6)) * 1e-3  # ε − ε*, tensor components
+    h = 1e-7
+    eng = np.array([1, 1, 1, 2, 2, 2.0])
+    vi = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
+    for kn, kt in ((3e17, 1e17), (0.0, 0.0), (1e25, 1e25)):
+        kn_a, kt_a = jnp.full((m,), kn), jnp.full((m,), kt)
+        c_lam = np.asarray(coh.laminate_stiffness(c, n, kn_a, kt_a, h))
+        np.testing.assert_allclose(c_lam, np.swapaxes(c_lam, 1, 2), rtol=1e-12, atol=1e-3)
+        sig = np.einsum("mij,mj->mi", c_lam, eps * eng)[:, vi]  # (m, 3, 3)
+        g = np.asarray(coh.laminate_opening(c, n, kn_a, kt_a, h, eps))
+        t = np.einsum("mij,mj->mi", sig, n)
+        ks = kn * n[:, :, None] * n[:, None, :] + kt * (np.eye(3) - n[:, :, None] * n[:, None, :])
+        scale = np.abs(sig).max()
+        np.testing.assert_allclose(t, np.einsum("mij,mj->mi", ks, g), atol=1e-9 * scale)
+        # bulk part: ε_b = ε − ε* − sym(g ⊗ n)/h
+        a = g / h
+        sym = 0.5 * (a[:, :, None] * n[:, None, :] + n[:, :, None] * a[:, None, :])
+        eb = eps - np.stack([sym[:, i, j] for i, j in ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2),
+                                                      (0, 1))], axis=1)
+        sig_b = np.einsum("mij,mj->mi", np.asarray(c), eb * eng)[:, vi]
+        np.testing.assert_allclose(sig, sig_b, atol=1e-9 * scale)
+        if kn == 0.0:
+            np.testing.assert_allclose(t, 0.0, atol=1e-9 * scale)
+        if kn == 1e25:
+            np.testing.assert_allclose(c_lam, np.asarray(c), rtol=1e-5, atol=1e-5 * scale / 1e-3)
