@@ -62,7 +62,9 @@ weak-interface limit): with a = g/h,
 and ⪯ C (a series combination only softens), so the FFT-Galerkin CG operator stays
 symmetric positive definite for every secant state; K_s → ∞ recovers C. The layer's
 compliance is 1/K_s per unit area whatever h is, so the opening g = h a and the work
-Gc per unit area do not depend on the voxel size.
+Gc per unit area do not depend on the voxel size. If the voxel holds a layer of area
+A_l ≠ h² (a staircase edge or corner standing for an inclined surface), h is
+replaced by the spacing h³/A_l (the layer area per unit volume is A_l/h³).
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ def _layer_operator(c4, n, k_n, k_t, voxel_size):
     nn = n[:, :, None] * n[:, None, :]
     eye = jnp.eye(3, dtype=n.dtype)
     ks = k_n[:, None, None] * nn + k_t[:, None, None] * (eye - nn)
-    minv = jnp.linalg.inv(a + voxel_size * ks)
+    hv = jnp.broadcast_to(jnp.asarray(voxel_size, n.dtype), n.shape[:1])
+    minv = jnp.linalg.inv(a + hv[:, None, None] * ks)
     return cn, minv
 
 
@@ -233,7 +236,8 @@ def laminate_stiffness(c_voigt, n, k_n, k_t, voxel_size):
         c_voigt: (M, 6, 6) bulk Voigt stiffness of the host voxels (Pa).
         n: (M, 3) unit layer normals.
         k_n, k_t: (M,) secant normal / tangential layer stiffness (Pa/m).
-        voxel_size: h (m).
+        voxel_size: layer spacing h (m): scalar, or (M,) (h / area factor when a
+            voxel stands for more than one face of a staircase).
     """
     c_voigt = jnp.asarray(c_voigt)
     c4 = voigt_to_tensor4(c_voigt)
@@ -261,4 +265,5 @@ def laminate_opening(c_voigt, n, k_n, k_t, voxel_size, elastic_strain):
     c4 = voigt_to_tensor4(c_voigt)
     _, minv = _layer_operator(c4, n, k_n, k_t, voxel_size)
     tn = jnp.einsum("mrs,ms->mr", tau, n)
-    return voxel_size * jnp.einsum("mpr,mr->mp", minv, tn)
+    hv = jnp.broadcast_to(jnp.asarray(voxel_size, n.dtype), n.shape[:1])
+    return hv[:, None] * jnp.einsum("mpr,mr->mp", minv, tn)

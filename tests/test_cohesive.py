@@ -19,6 +19,7 @@ from ssbx.engine.interface import (
     CohesiveParams,
     area_averaged_gap,
     interface_geometry,
+    layer_gap_statistics,
     solve_with_interfaces,
 )
 from ssbx.kernels import cohesive as coh
@@ -259,6 +260,13 @@ def test_sphere_shrinkage_eshelby_traction_and_onset():
     # the less accurate measure: measured +9 % at this resolution (n·σ·n at corner
     # voxels exceeds the face tractions), bounded here at 12 %
     np.testing.assert_allclose(g_avg, sigc / k0, rtol=0.12)
+    # the layers' areas (h² |Σ e_f| per host) add up to the sphere's area (here 2.2 %
+    # above 4πa², a from the voxel volume); the area-weighted layer gap agrees too
+    a_eff = (3 * act.sum() / (4 * np.pi)) ** (1 / 3)
+    np.testing.assert_allclose(geom.area_factor.sum(), 4 * np.pi * a_eff**2, rtol=0.05)
+    d_ave, d_max = layer_gap_statistics(sol, geom, p)
+    np.testing.assert_allclose(float(d_ave), sigc / k0, rtol=0.12)
+    assert float(d_max) >= float(d_ave)
 
 
 def test_gradient_of_mean_opening_through_damaged_state(x64):
