@@ -35,10 +35,10 @@ __all__ = [
     "CohesiveParams",
     "InterfaceGeometry",
     "InterfaceSolution",
-    "interface_geometry",
-    "solve_with_interfaces",
     "area_averaged_gap",
+    "interface_geometry",
     "layer_gap_statistics",
+    "solve_with_interfaces",
 ]
 
 #: Default penalty stiffness K0 (Pa/m). The layer adds a compliance 1/K0 in series with
@@ -302,7 +302,6 @@ def solve_with_interfaces(
         pass
     idx = geometry.host_index
     shape = geometry.host.shape
-    ndim = len(shape)
     xarr = jnp.asarray(x)
     dtype = xarr.dtype
     hist = jnp.asarray(history, dtype)

@@ -74,19 +74,19 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "onset_opening",
-    "final_opening",
-    "positive_part",
-    "normal_opening",
-    "effective_opening",
+    "bilinear_envelope",
     "damage",
-    "update_history",
+    "effective_opening",
+    "final_opening",
+    "laminate_opening",
+    "laminate_stiffness",
+    "normal_opening",
+    "onset_opening",
+    "positive_part",
     "secant_stiffness",
     "traction",
-    "bilinear_envelope",
+    "update_history",
     "voigt_to_tensor4",
-    "laminate_stiffness",
-    "laminate_opening",
 ]
 
 # Voigt index of the tensor pair (i, j), order (xx, yy, zz, yz, xz, xy)

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.interface import (
     CohesiveParams,
@@ -183,7 +182,7 @@ def test_chemical_shrinkage_of_the_active_layer_opens_the_interface(x64):
     for kappa in (0.0, 0.5 * df):  # intact, then damaged (secant (1 − d) K0)
         hist = jnp.zeros((NX, 1)).at[geom.host_index].set(kappa)
         ks = float(p.secant(False, jnp.asarray(kappa))[1])
-        sol, gn, tn = _step(geom, table, lab, p, hist, 0.0, expansion=beta, x=x)
+        _, gn, tn = _step(geom, table, lab, p, hist, 0.0, expansion=beta, x=x)
         exact = rhs * ks / (ks * BULK_COMPLIANCE + 2)
         np.testing.assert_allclose(tn, exact, rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(gn, exact / ks, rtol=RTOL, atol=ATOL / ks)
