@@ -53,11 +53,11 @@ def _bilayer():
 
 
 def _step(geom, table, lab, params, hist, strain, secant_history=None, expansion=None,
-          x=None):
+          x=None, h=H):
     # always pass an expansion table (zeros by default) so every bilayer test shares
     # one compiled solver
     sol = solve_with_interfaces(
-        geom, table, table, lab, jnp.zeros((NX, 1)) if x is None else x, params, hist, H,
+        geom, table, table, lab, jnp.zeros((NX, 1)) if x is None else x, params, hist, h,
         expansion_table=jnp.zeros((2, 6)) if expansion is None else expansion,
         macro_strain=jnp.array([strain, 0.0, 0.0]), tol=1e-10,
         secant_history=secant_history,
@@ -178,15 +178,18 @@ def test_chemical_shrinkage_of_the_active_layer_opens_the_interface(x64):
     beta = jnp.zeros((2, 6)).at[0, :3].set(b)
     x = jnp.asarray((lab == 0).astype(float))
     k_a = E_A / (3 * (1 - 2 * NU_A))
-    rhs = -4 * H * 3 * k_a * b / _pwave(E_A, NU_A)
-    for kappa in (0.0, 0.5 * df):  # intact, then damaged (secant (1 − d) K0)
-        hist = jnp.zeros((NX, 1)).at[geom.host_index].set(kappa)
-        ks = float(p.secant(False, jnp.asarray(kappa))[1])
-        _, gn, tn = _step(geom, table, lab, p, hist, 0.0, expansion=beta, x=x)
-        exact = rhs * ks / (ks * BULK_COMPLIANCE + 2)
-        np.testing.assert_allclose(tn, exact, rtol=RTOL, atol=ATOL)
-        np.testing.assert_allclose(gn, exact / ks, rtol=RTOL, atol=ATOL / ks)
-        assert float(gn[0]) > 0
+    # two voxel sizes: the layer law (2/K_s) does not scale with h, the bulk does
+    for h in (H, 0.25 * H):
+        bulk = 4 * h / _pwave(E_A, NU_A) + 4 * h / _pwave(E_C, NU_C)
+        rhs = -4 * h * 3 * k_a * b / _pwave(E_A, NU_A)
+        for kappa in (0.0, 0.5 * df):  # intact, then damaged (secant (1 − d) K0)
+            hist = jnp.zeros((NX, 1)).at[geom.host_index].set(kappa)
+            ks = float(p.secant(False, jnp.asarray(kappa))[1])
+            _, gn, tn = _step(geom, table, lab, p, hist, 0.0, expansion=beta, x=x, h=h)
+            exact = rhs * ks / (ks * bulk + 2)
+            np.testing.assert_allclose(tn, exact, rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(gn, exact / ks, rtol=RTOL, atol=ATOL / ks)
+            assert float(gn[0]) > 0
 
 
 def test_bad_parameters_raise_config_error():
