@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.interface import (
+from ssbx.engine.physics.interface import (
     CohesiveParams,
     area_averaged_gap,
     interface_geometry,

@@ -25,11 +25,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ..kernels import cohesive as coh
-from ..kernels.elasticity import solve_elasticity
-from ..kernels.stiffness import voigt_to_mandel_stiffness
-from .errors import ConfigError
+from ssbx.engine.errors import ConfigError
+from ssbx.kernels import cohesive as coh
+from ssbx.kernels.elasticity import solve_elasticity
+from ssbx.kernels.stiffness import voigt_to_mandel_stiffness
 
 __all__ = [
     "CohesiveParams",

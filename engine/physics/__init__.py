@@ -1,0 +1,1 @@
+"""Physics composed from kernels: mechanics (stress solves, stress-assisted transport)."""
