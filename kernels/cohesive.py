@@ -33,7 +33,7 @@ area. Unloading at fixed κ follows the secant line T = (1 − d(κ)) K0 g back 
 origin. This is the bilinear mixed-mode law of Camanho & Dávila, NASA/TM-2002-211737
 (2002) with G_Ic = G_IIc (so the Benzeggagh–Kenane mixed-mode criterion reduces to
 the mode-independent δ0, δf above); the penalty choice K0 ≫ E/ℓ follows Turon et
-al., Compos. Sci. Technol. 67, 1646 (2007).
+al., Eng. Fract. Mech. 74, 1665 (2007).
 
 Smoothing: ⟨g_n⟩₊ in (1) is replaced by the softplus w·log(1 + exp(g_n/w)) with
 w = ``smoothing`` · δ0 (default 1e-2 · δ0), and the square root by √(· + (w·1e-3)²)

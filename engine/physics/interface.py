@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Default penalty stiffness K0 (Pa/m). The layer adds a compliance 1/K0 in series with
-#: the particle; Turon et al., Compos. Sci. Technol. 67, 1646 (2007) keep the loss of
+#: the particle; Turon et al., Eng. Fract. Mech. 74, 1665 (2007) keep the loss of
 #: stiffness negligible with K0 ≥ α E / ℓ, α ≈ 50 (ℓ: size of the adjacent body). With
 #: E ≈ 150 GPa and particle radii ℓ ≥ 1 µm this asks for ≥ 7.5e18; measured here (sphere
 #: test): K0 = 1e18 at a = 0.7 µm lowers the interface traction by ~15 %. The default 1e19
