@@ -120,6 +120,7 @@ def cmd_run(args) -> int:
             names = ", ".join(str(p) for p in existing)
             raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
                               "another --out")
+        _drop_foreign_sidecars(existing)
         print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
@@ -195,7 +196,7 @@ def cmd_resume(args) -> int:
 
 
 def _output_paths(scenario, out: Path, args) -> list[Path]:
-    """Every file ``ssbx run`` would write: the run file(s) and their summary PNGs."""
+    """Every file ``ssbx run`` would write: the run file(s), their summary PNGs and XDMF sidecars."""
     if scenario.sweep.parameter:
         from .solve.sweep import lane_paths
 
@@ -206,7 +207,19 @@ def _output_paths(scenario, out: Path, args) -> list[Path]:
         pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
     if args.no_png or not scenario.output.summary_png:
         pngs = []
-    return runs + pngs
+    from .xdmf import sidecar_path
+
+    return runs + pngs + [sidecar_path(p) for p in runs]
+
+
+def _drop_foreign_sidecars(existing: list[Path]) -> None:
+    """With --overwrite: remove an existing ``.xdmf`` that ssbx did not write, which the
+    finishing run would otherwise leave in place (engine.xdmf.write_sidecar)."""
+    from .xdmf import is_ssbx_sidecar
+
+    for p in existing:
+        if p.suffix == ".xdmf" and p.is_file() and not is_ssbx_sidecar(p):
+            p.unlink()
 
 
 def _run_sweep(scenario, out: Path, args) -> int:
@@ -244,6 +257,9 @@ def main(argv=None) -> int:
 
     composite.add_parser(sub)
     network.add_parser(sub)
+    from . import xdmf
+
+    xdmf.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
@@ -255,6 +271,8 @@ def main(argv=None) -> int:
         return composite.run(args)
     if args.command == "analyze":
         return network.run(args)
+    if args.command == "xdmf":
+        return xdmf.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 
