@@ -109,7 +109,7 @@ def test_sidecar_of_a_run_file_reads_back_exactly_and_keeps_the_axes(tmp_path):
         for ijk in [(0, 0, 0), (1, 2, 3), (2, 3, 4), (2, 0, 4)]:
             vtk_ijk = ijk[::-1]
             np.testing.assert_array_equal(step["cells"]["soc"][step["cell_id"](list(vtk_ijk))], soc[ijk])
-            transform = vtkTransform()  # ParaView's Transform filter: rotate after scale
+            transform = vtkTransform()  # as ParaView's Transform filter (vtkPVTransform::UpdateMatrix): scale, then rotate
             transform.RotateY(90)
             transform.Scale(-1, 1, 1)
             moved = np.array(transform.TransformPoint(step["center"](vtk_ijk)))
