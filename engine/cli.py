@@ -24,7 +24,7 @@ def _run_parser(sub):
     p = sub.add_parser(
         "run",
         help="run a scenario (the built-in default if no file is given)",
-        description=DESCRIPTION + "\nWrites an HDF5 run file and a summary PNG beside it.",
+        description=DESCRIPTION + "\nWrites an HDF5 run file, a summary PNG and a ParaView sidecar (.xdmf) beside it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", nargs="?", help="scenario TOML file (default: built-in scenario)")

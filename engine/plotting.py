@@ -82,14 +82,15 @@ def soc_window(config: dict) -> tuple[float, float] | None:
     return float(m["x_at_0_soc"]), float(m["x_at_100_soc"])
 
 
-def _soc_axis(ax, config: dict):
-    """A right-hand SOC axis for an axis that shows the Li fraction x (only with a window)."""
+def _soc_axis(ax, config: dict, per_unit: float = 1.0, location="right"):
+    """A right-hand SOC axis for an axis that shows the Li fraction x (only with a window);
+    ``per_unit``: x per unit of the plotted quantity (1 when the axis shows x itself)."""
     window = soc_window(config)
     if window is None:
         return None
     x0, x100 = window
-    sec = ax.secondary_yaxis("right", functions=(lambda x: (x0 - x) / (x0 - x100),
-                                                 lambda s: x0 - s * (x0 - x100)))
+    sec = ax.secondary_yaxis(location, functions=(lambda v: (x0 - v * per_unit) / (x0 - x100),
+                                                  lambda s: (x0 - s * (x0 - x100)) / per_unit))
     sec.set_ylabel(f"SOC = (x₀ − x)/(x₀ − x₁₀₀), x₀ = {x0:g}, x₁₀₀ = {x100:g}", fontsize=8)
     return sec
 
@@ -297,7 +298,8 @@ def cell_figure(run: RunData, max_maps: int = 4):
         t_rows = ts["t_s"][rows]
         t_prev = ts["t_s"][rows[0] - 1] if rows[0] > 0 else t_rows[0]
         dt = np.diff(np.concatenate([[t_prev], t_rows]))
-        i_prev = ts["current_A"][np.concatenate([[max(rows[0] - 1, 0)], rows[:-1]])]  # a row's current holds until the next row
+        # a row's current holds until the next row (it drove that interval)
+        i_prev = ts["current_A"][np.concatenate([[max(rows[0] - 1, 0)], rows[:-1]])]
         q = np.cumsum(np.abs(i_prev) * dt) / 3600
         name = labels[k] + (f" (cycle {cycle + 1})" if cycles > 1 else "")
         ax_q.plot(q / fq, ts["voltage_V"][rows], color=_KIND_COLOR[kinds[k]],
@@ -319,6 +321,7 @@ def cell_figure(run: RunData, max_maps: int = 4):
             per = x0 / (li0 / fm)  # mean x per plotted unit of M_Li (x is M_Li / (c_max V_active))
             sec = ax_m.secondary_yaxis("right", functions=(lambda m: m * per, lambda x: x / per))
             sec.set_ylabel(f"mean {X_LABEL}", fontsize=9)
+            _soc_axis(ax_m, run.config, per, location=1.25)
     ax_m.set_xlabel("t (h)")
     ax_m.set_title("M_Li(t): Li in the active material")
     ax_m.grid(alpha=0.3)

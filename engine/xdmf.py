@@ -158,7 +158,8 @@ def build_xdmf(run_path: str | Path, h5_ref: str | None = None) -> str:
                 if ds.shape[0] > i:
                     _slab(_attribute(g, name, "Grid"), f"{h5_ref}:/{path}", ds, i)
     ET.indent(root)
-    return '<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    header = '<?xml version="1.0" ?>\n<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>\n'
+    return header + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def write_xdmf(run_path: str | Path, xdmf_path: str | Path | None = None, overwrite: bool = False) -> Path:

@@ -4,7 +4,6 @@ summary figures (titles and labels taken from the protocol stored in the run fil
 
 import json
 import shutil
-import warnings
 
 import h5py
 import numpy as np
@@ -109,7 +108,8 @@ def test_sidecar_of_a_run_file_reads_back_exactly_and_keeps_the_axes(tmp_path):
         for ijk in [(0, 0, 0), (1, 2, 3), (2, 3, 4), (2, 0, 4)]:
             vtk_ijk = ijk[::-1]
             np.testing.assert_array_equal(step["cells"]["soc"][step["cell_id"](list(vtk_ijk))], soc[ijk])
-            transform = vtkTransform()  # as ParaView's Transform filter (vtkPVTransform::UpdateMatrix): scale, then rotate
+            # as ParaView's Transform filter (vtkPVTransform::UpdateMatrix): scale, then rotate
+            transform = vtkTransform()
             transform.RotateY(90)
             transform.Scale(-1, 1, 1)
             moved = np.array(transform.TransformPoint(step["center"](vtk_ijk)))
@@ -250,3 +250,20 @@ def test_particle_figure_names_the_protocol_and_x(particle_run):
     assert "mean Li fraction x (1 = lithiated)" in texts
     assert any(t.startswith("Li fraction x (1 = lithiated)") for t in texts)  # the colour bar
     assert not any("SOC" in t for t in texts)  # no SOC window in this scenario
+
+
+def test_soc_axis_only_with_the_materials_window(particle_run):
+    """With material.x_at_0_soc = x₀ and x_at_100_soc = x₁₀₀ the mean-x panel gets an SOC
+    axis, SOC = (x₀ − x)/(x₀ − x₁₀₀): x₀ reads as SOC 0 and x₁₀₀ as SOC 1."""
+    run = load_run(particle_run)
+    run.config["material"].update(x_at_0_soc=0.95, x_at_100_soc=0.45)
+    fig = plotting.particle_figure(run)
+    ax = next(a for a in fig.axes if a.get_title() == "mean Li fraction of the particle")
+    (sec,) = ax.child_axes
+    assert sec.get_ylabel().startswith("SOC = (x₀ − x)/(x₀ − x₁₀₀)")
+    ax.set_ylim(0.45, 0.95)
+    fig.canvas.draw()
+    for soc in (0.0, 0.3, 1.0):  # drawn at the height of x = x₀ − SOC (x₀ − x₁₀₀) on the x axis
+        y_sec = sec.transData.transform((0.0, soc))[1]
+        y_x = ax.transData.transform((0.0, 0.95 - soc * 0.5))[1]
+        assert y_sec == pytest.approx(y_x, abs=1e-6)
