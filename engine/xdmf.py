@@ -193,6 +193,10 @@ def write_sidecar(run_path: str | Path) -> Path | None:
     """
     path = sidecar_path(run_path)
     try:
+        if path == Path(run_path):
+            warnings.warn(f"the run file {run_path} itself ends in .xdmf, so it has no sidecar; write one with "
+                          f"`ssbx xdmf {run_path} --out OTHER.xdmf`", stacklevel=2)
+            return None
         if path.exists() and not is_ssbx_sidecar(path):
             warnings.warn(f"{path} exists and was not written by ssbx; left as it is (write the sidecar with "
                           f"`ssbx xdmf {run_path} --out OTHER.xdmf`)", stacklevel=2)
