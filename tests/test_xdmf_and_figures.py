@@ -140,7 +140,7 @@ def particle_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("particle")
     scenario = folder / "small.toml"
     scenario.write_text('[run]\nname = "small2d"\n[particle]\nradius_m = 1e-6\nn_grains = 5\nndim = 2\n'
-                        "[protocol]\nduration_s = 60.0\n[output]\nn_snapshots = 3\n")
+                        "[protocol]\nduration_s = 60.0\n[output]\nn_snapshots = 3\n[mechanics]\nenabled = false\n")
     out = folder / "small2d.h5"
     assert main(["run", str(scenario), "--out", str(out), "-q"]) == 0
     return out
