@@ -22,6 +22,7 @@ from ssbx.engine.io import RunWriter, load_run
 from ssbx.engine.microstructure import Microstructure
 from ssbx.engine.protocol import parse_step
 from ssbx.engine.solve.cell_run import run_cell_device
+from ssbx.engine.xdmf import is_ssbx_sidecar
 
 CELL_STEPS = ["charge at 2C until 4.3 V or 4 min", "hold 3.95 V until C/2 or 2 min", "rest 1 min",
               "discharge at 1C until 3.0 V or 3 min"]
@@ -136,13 +137,16 @@ def test_a_foreign_file_at_the_sidecar_path_is_left_alone(tmp_path):
 
 @pytest.fixture(scope="module")
 def particle_run(tmp_path_factory):
-    """A 2D particle run through `ssbx run` (summary PNG and sidecar written by the CLI)."""
+    """A 2D particle run through `ssbx run --overwrite` (summary PNG and sidecar written by
+    the CLI; a .xdmf that ssbx did not write is replaced because --overwrite is given)."""
     folder = tmp_path_factory.mktemp("particle")
     scenario = folder / "small.toml"
     scenario.write_text('[run]\nname = "small2d"\n[particle]\nradius_m = 1e-6\nn_grains = 5\nndim = 2\n'
                         "[protocol]\nduration_s = 60.0\n[output]\nn_snapshots = 3\n[mechanics]\nenabled = false\n")
     out = folder / "small2d.h5"
-    assert main(["run", str(scenario), "--out", str(out), "-q"]) == 0
+    out.with_suffix(".xdmf").write_text("an old file the user replaces with --overwrite")
+    assert main(["run", str(scenario), "--out", str(out), "-q", "--overwrite"]) == 0
+    assert is_ssbx_sidecar(out.with_suffix(".xdmf"))
     return out
 
 
