@@ -6,9 +6,9 @@
 
 :func:`run` picks the driver the scenario asks for: a particle run, a cell run on the
 device stepper (or the legacy host loop with ``numerics.cell_driver = "host"``), or a
-batched ``[sweep]`` (one file per lane). It writes the run file(s) and, unless told
-not to, the summary PNG next to each; it never replaces an existing file unless
-``overwrite=True``.
+batched ``[sweep]`` (one file per lane). It writes the run file(s), the ParaView
+sidecar ``.xdmf`` of each and, unless told not to, the summary PNG next to each; it never
+replaces an existing file unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax
 from ssbx.engine.config.scenario import Scenario, jnp_dtype, load_scenario
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.io.run_file import RunData, load_run
+from ssbx.engine.io.xdmf import is_ssbx_sidecar, sidecar_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,7 @@ def output_paths(scenario: Scenario, out: str | Path, summary_png: bool = True) 
     else:
         runs = [out]
     pngs = [p.with_suffix(".png") for p in runs] if summary_png and scenario.output.summary_png else []
-    return runs + pngs
+    return runs + pngs + [sidecar_path(p) for p in runs]
 
 
 def _scenario(scenario) -> Scenario:
@@ -75,6 +76,9 @@ def run(scenario: Scenario | str | Path, out: str | Path, *, progress: bool = Fa
     if existing and not overwrite:
         raise ConfigError(f"output {', '.join(map(str, existing))} already exists; pass overwrite=True "
                           "(--overwrite) to replace it, or choose another output path")
+    for path in existing:  # overwrite=True: a sidecar ssbx did not write would otherwise stay
+        if path.suffix == ".xdmf" and path.is_file() and not is_ssbx_sidecar(path):
+            path.unlink()
     if scenario.run.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     dtype = jnp_dtype(scenario.run.dtype)

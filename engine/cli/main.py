@@ -24,7 +24,7 @@ def _run_parser(sub):
     p = sub.add_parser(
         "run",
         help="run a scenario (the built-in default if no file is given)",
-        description=DESCRIPTION + "\nWrites an HDF5 run file and a summary PNG beside it.",
+        description=DESCRIPTION + "\nWrites an HDF5 run file, a summary PNG and a ParaView sidecar (.xdmf) beside it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", nargs="?", help="scenario TOML file (default: built-in scenario)")
@@ -120,6 +120,7 @@ def cmd_run(args) -> int:
             names = ", ".join(str(p) for p in existing)
             raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
                               "another --out")
+        _drop_foreign_sidecars(existing)
         print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
@@ -194,7 +195,7 @@ def cmd_resume(args) -> int:
 
 
 def _output_paths(scenario, out: Path, args) -> list[Path]:
-    """Every file ``ssbx run`` would write: the run file(s) and their summary PNGs."""
+    """Every file ``ssbx run`` would write: the run file(s), their summary PNGs and XDMF sidecars."""
     if scenario.sweep.parameter:
         from ssbx.engine.runs.sweep import lane_paths
 
@@ -205,7 +206,19 @@ def _output_paths(scenario, out: Path, args) -> list[Path]:
         pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
     if args.no_png or not scenario.output.summary_png:
         pngs = []
-    return runs + pngs
+    from ssbx.engine.io.run_file.xdmf import sidecar_path
+
+    return runs + pngs + [sidecar_path(p) for p in runs]
+
+
+def _drop_foreign_sidecars(existing: list[Path]) -> None:
+    """With --overwrite: remove an existing ``.xdmf`` that ssbx did not write, which the
+    finishing run would otherwise leave in place (engine.io.xdmf.write_sidecar)."""
+    from ssbx.engine.io.run_file.xdmf import is_ssbx_sidecar
+
+    for p in existing:
+        if p.suffix == ".xdmf" and p.is_file() and not is_ssbx_sidecar(p):
+            p.unlink()
 
 
 def main(argv=None) -> int:
@@ -228,6 +241,9 @@ def main(argv=None) -> int:
     from ssbx.engine.runs import current_focusing
 
     current_focusing.add_parser(sub)
+    from ssbx.engine.io.run_file import xdmf
+
+    xdmf.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
@@ -241,6 +257,8 @@ def main(argv=None) -> int:
         return network.run(args)
     if args.command == "focus":
         return current_focusing.run(args)
+    if args.command == "xdmf":
+        return xdmf.run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2
 

@@ -15,7 +15,8 @@ Layout::
     /snapshots/<name>       (n_snapshots,) scalar statistics (e.g. von_mises_max_Pa)
 
 Every append is followed by a flush, so the file on disk always holds every snapshot
-written so far.
+written so far. Closing the writer also writes the ParaView sidecar ``<run>.xdmf``
+(engine/io/xdmf.py).
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ class RunWriter:
     def close(self):
         if self._file.id.valid:
             self._file.close()
+            from ssbx.engine.io.run_file.xdmf import write_sidecar  # run.xdmf beside run.h5, written under the lock
+
+            write_sidecar(self.path)
         self._lock.release()
 
     def _append(self, group: str, name: str, rows: np.ndarray, compression=None):

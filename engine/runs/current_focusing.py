@@ -24,7 +24,6 @@ for insulating edges —, zero mean lateral strain, stack stress = −stack_pres
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tomllib
