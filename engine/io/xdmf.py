@@ -33,8 +33,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ssbx.engine.io.run_file.errors import ConfigError
-from ssbx.engine.io.run_file.safe_files import check_hdf5_self_contained
+from ssbx.engine.errors import ConfigError
+from ssbx.engine.safe_files import check_hdf5_self_contained
 
 #: written into every sidecar; a file without it is not overwritten by a finishing run
 MARKER = "ssbx_sidecar"
@@ -219,7 +219,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``ssbx xdmf RUN.h5``: exit 0 on success, 2 on invalid input."""
-    from ssbx.engine.io.run_file.safe_files import check_writable_folder
+    from ssbx.engine.safe_files import check_writable_folder
 
     try:
         run_path = Path(args.run_file)

@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssbx.engine.plots.io import RunData, load_run  # noqa: E402
-from ssbx.engine.plots.protocol import Step, parse_cycle  # noqa: E402
+from ssbx.engine.io.run_file import RunData, load_run  # noqa: E402
+from ssbx.engine.config.protocol import Step, parse_cycle  # noqa: E402
 
 X_LABEL = "Li fraction x (1 = lithiated)"
 _KIND_COLOR = {"CC charge": "tab:red", "CV": "tab:orange", "rest": "0.6", "CC discharge": "tab:blue"}
