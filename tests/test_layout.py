@@ -68,3 +68,24 @@ def test_kernels_do_not_import_the_engine():
     bad = [f"{p.name}: {n.module}" for p in kernels.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("ssbx.engine")]
     assert not bad, bad
+
+
+def _exists(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, AttributeError):  # a parent that is a module, not a package
+        return False
+
+
+def test_every_engine_import_names_an_existing_module():
+    """Lazy imports inside functions are not run by the other tests' collection: check
+    statically that every ``from ssbx.engine.X import ...`` names a module that exists."""
+    missing = []
+    for path in sorted(ENGINE.rglob("*.py")):
+        for _, target, line in _imports(path):
+            candidates = (target, target.rpartition(".")[0])  # ``from pkg import module`` too
+            if not any(c.startswith("ssbx.engine") and _exists(c) for c in candidates):
+                missing.append(f"{path.relative_to(ENGINE.parent)}:{line} {target}")
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)

@@ -206,7 +206,7 @@ def _output_paths(scenario, out: Path, args) -> list[Path]:
         pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
     if args.no_png or not scenario.output.summary_png:
         pngs = []
-    from ssbx.engine.io.run_file.xdmf import sidecar_path
+    from ssbx.engine.io.xdmf import sidecar_path
 
     return runs + pngs + [sidecar_path(p) for p in runs]
 
@@ -214,7 +214,7 @@ def _output_paths(scenario, out: Path, args) -> list[Path]:
 def _drop_foreign_sidecars(existing: list[Path]) -> None:
     """With --overwrite: remove an existing ``.xdmf`` that ssbx did not write, which the
     finishing run would otherwise leave in place (engine.io.xdmf.write_sidecar)."""
-    from ssbx.engine.io.run_file.xdmf import is_ssbx_sidecar
+    from ssbx.engine.io.xdmf import is_ssbx_sidecar
 
     for p in existing:
         if p.suffix == ".xdmf" and p.is_file() and not is_ssbx_sidecar(p):

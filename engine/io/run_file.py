@@ -110,7 +110,7 @@ class RunWriter:
     def close(self):
         if self._file.id.valid:
             self._file.close()
-            from ssbx.engine.io.run_file.xdmf import write_sidecar  # run.xdmf beside run.h5, written under the lock
+            from ssbx.engine.io.xdmf import write_sidecar  # run.xdmf beside run.h5, written under the lock
 
             write_sidecar(self.path)
         self._lock.release()
