@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     from ssbx.engine.runs import current_focusing
 
     current_focusing.add_parser(sub)
-    from ssbx.engine.io.run_file import xdmf
+    from ssbx.engine.io import xdmf
 
     xdmf.add_parser(sub)
     args = parser.parse_args(argv)
