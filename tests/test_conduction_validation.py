@@ -85,7 +85,7 @@ def test_sphere_array_vs_rayleigh_series(f, sigma_s):
     # The comparison uses the voxelised volume fraction f_vox (it differs from f by up to
     # 3 % at m = 12). The error is measured on the perturbation δ = σ_eff − σ_m.
     # Measured (unit cells 24³ and 48³, i.e. octants m = 12 and 24; relative error of δ):
-    #   insulating f = 0.05: 10.1 % → 5.5 %;  f = 0.3: 5.6 % → 3.1 %  (O(h) staircase
+    #   insulating f = 0.05: 10.1 % → 5.6 %;  f = 0.3: 5.6 % → 3.1 %  (O(h) staircase
     #     error: the voxel sphere blocks more than the smooth one; 2.9 % / 1.8 % at 96³)
     #   σ_s = 10 σ_m  f = 0.05: −0.7 % → +0.1 %;  f = 0.3: +1.6 % → +1.4 % (+1.3 % at
     #     96³: the series truncated after f^(10/3), not the grid)
