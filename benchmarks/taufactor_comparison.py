@@ -116,7 +116,6 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    import jax
 
     info = device_info()
     info["torch_version"] = torch.__version__
@@ -188,7 +187,6 @@ def main(argv=None):
     out = RESULTS / f"taufactor_comparison_{device_slug(info)}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
-    del jax
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy import ndimage
-
 from ssbx.engine.geometry.microstructure import ACTIVE, CARBON, PORE, SOLID_ELECTROLYTE
 from ssbx.engine.observables.network import contact_voxels, diffusion_distances
 from ssbx.engine.observables.tortuosity import effective_conductivity, tortuosity
@@ -104,7 +103,7 @@ def test_sphere_array_vs_rayleigh_series(f, sigma_s):
             assert abs(errs[1]) < 0.003
 
 
-def test_maxwell_garnett_bounds_and_symmetry_of_the_unit_cell():
+def test_octant_equals_full_unit_cell_and_obeys_hashin_shtrikman_bounds():
     # The octant reproduces the full unit cell: solve the full 2m cell (sphere at its
     # centre, same voxelisation mirrored) and compare. m = 12 (cell 24³; the same grid
     # shapes as above, so nothing new is compiled).
