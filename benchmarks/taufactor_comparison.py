@@ -26,10 +26,13 @@ the volume. Per volume and axis this script records τ from
 * ``ssbx``: ssbx defaults (float32, rtol 1e-6, FFT-preconditioned CG), wall time of the
   first call (including JIT compilation, as a new user sees it) and of a second call,
 * ``taufactor``: TauFactor defaults (float32 SOR, stop when the plane-flux spread is
-  < 1 % and τ changed < 2e-3 over 100 iterations), wall time and iterations,
+  < 1 % and τ changed < 2e-3 over 100 iterations), best wall time of two solves, and
+  iterations,
 * ``taufactor_tight`` (``--tight``): conv_crit 1e-3,
 
-and their relative differences to the reference. Writes
+and their relative differences to the reference. The composite's SE phase is also run
+along z with periodic lateral faces (ssbx ``lateral="periodic"`` vs TauFactor
+``PeriodicSolver``). Writes
 benchmarks/results/taufactor_comparison_<device>.json.
 """
 
@@ -77,25 +80,26 @@ def volumes(size, seed):
                               mean_grain_size_m=1.0e-6, fibre_length_m=4e-6)
     lab = np.asarray(comp.labels)
     out[f"composite_7_3_1_{size}_ionic_SE"] = ((lab == SOLID_ELECTROLYTE).astype(np.uint8),
-                                               ("z", "x"))
+                                               ("z", "x", "z periodic"))
     out[f"composite_7_3_1_{size}_electronic_NCM+C"] = (
         np.isin(lab, (ACTIVE, CARBON)).astype(np.uint8), ("z",))
     return out
 
 
-def ssbx_tau(vol, axis, float64, rtol):
+def ssbx_tau(vol, axis, float64, rtol, lateral="noflux"):
     t0 = time.perf_counter()
     r = tortuosity(vol, {CONDUCTING: 1.0}, 1e-6, axis=axis, float64=float64, rtol=rtol,
-                   maxiter=20000)
+                   maxiter=20000, lateral=lateral)
     return r, time.perf_counter() - t0
 
 
-def taufactor_tau(vol, axis, conv_crit):
+def taufactor_tau(vol, axis, conv_crit, lateral="noflux"):
     import taufactor as tf
 
     img = np.moveaxis(vol, axis, 0).copy()  # TauFactor transports along axis 0
     t0 = time.perf_counter()
-    s = tf.Solver(img, device="cpu")
+    solver = tf.PeriodicSolver if lateral == "periodic" else tf.Solver
+    s = solver(img, device="cpu")
     tau = s.solve(verbose=False, conv_crit=conv_crit, iter_limit=100000)
     dt = time.perf_counter() - t0
     tau = float(np.asarray(tau).ravel()[0])
@@ -129,13 +133,19 @@ def main(argv=None):
     rows = []
     for name, (vol, axes) in volumes(args.size, args.seed).items():
         for ax_name in axes:
-            axis = "xyz".index(ax_name)
-            ref, t_ref = ssbx_tau(vol, axis, True, 1e-10)
-            first, t_first = ssbx_tau(vol, axis, False, 1e-6)
-            _, t_second = ssbx_tau(vol, axis, False, 1e-6)
-            tf_default = taufactor_tau(vol, axis, 1e-2)
+            lateral = "periodic" if ax_name.endswith("periodic") else "noflux"
+            axis = "xyz".index(ax_name[0])
+            ref, t_ref = ssbx_tau(vol, axis, True, 1e-10, lateral)
+            first, t_first = ssbx_tau(vol, axis, False, 1e-6, lateral)
+            _, t_second = ssbx_tau(vol, axis, False, 1e-6, lateral)
+            tf_default = taufactor_tau(vol, axis, 1e-2, lateral)
+            # wall times on a shared 2-core CPU vary a lot (and torch's first solve after
+            # JAX work is often slow): repeat the default solve and keep the best time
+            tf_again = taufactor_tau(vol, axis, 1e-2, lateral)
+            tf_default["seconds"] = min(tf_default["seconds"], tf_again["seconds"])
             row = {
-                "volume": name, "shape": list(vol.shape), "axis": ax_name,
+                "volume": name, "shape": list(vol.shape), "axis": ax_name[0],
+                "lateral": lateral,
                 "volume_fraction": ref.volume_fraction,
                 "reference_tau": ref.tortuosity, "reference_seconds": t_ref,
                 "reference_iterations": ref.iterations,
@@ -146,13 +156,13 @@ def main(argv=None):
                 "ssbx_flux_imbalance": first.flux_imbalance,
                 "taufactor_tau": tf_default["tau"],
                 "taufactor_rel_diff": tf_default["tau"] / ref.tortuosity - 1,
-                "taufactor_seconds": tf_default["seconds"],
+                "taufactor_seconds_best_of_2": tf_default["seconds"],
                 "taufactor_iterations": tf_default["iterations"],
                 "taufactor_converged": tf_default["converged"],
                 "taufactor_volume_fraction": tf_default["volume_fraction"],
             }
             if args.tight:
-                tight = taufactor_tau(vol, axis, 1e-3)
+                tight = taufactor_tau(vol, axis, 1e-3, lateral)
                 row.update({
                     "taufactor_tight_tau": tight["tau"],
                     "taufactor_tight_rel_diff": tight["tau"] / ref.tortuosity - 1,
@@ -161,11 +171,11 @@ def main(argv=None):
                     "taufactor_tight_converged": tight["converged"],
                 })
             rows.append(row)
-            print(f"{name:38s} {ax_name}  eps {row['volume_fraction']:.3f}  "
+            print(f"{name:38s} {ax_name:10s}  eps {row['volume_fraction']:.3f}  "
                   f"tau ref {ref.tortuosity:.5f}  ssbx {first.tortuosity:.5f} "
                   f"({row['ssbx_rel_diff']:+.1e}, {t_first:.1f}s/{t_second:.2f}s)  "
                   f"TauFactor {tf_default['tau']:.5f} ({row['taufactor_rel_diff']:+.1e}, "
-                  f"{tf_default['seconds']:.1f}s, {tf_default['iterations']} it)"
+                  f"{tf_default['seconds']:.1f}s best of 2, {tf_default['iterations']} it)"
                   + (f"  tight {row['taufactor_tight_tau']:.5f} "
                      f"({row['taufactor_tight_rel_diff']:+.1e}, "
                      f"{row['taufactor_tight_seconds']:.1f}s)" if args.tight else ""),
@@ -174,7 +184,9 @@ def main(argv=None):
     payload = {
         "benchmark": "taufactor_comparison",
         "device": info,
-        "settings": {"size": args.size, "seed": args.seed, "lateral": "noflux",
+        "settings": {"size": args.size, "seed": args.seed,
+                     "lateral": "noflux (TauFactor Solver) unless a row says periodic "
+                                "(TauFactor PeriodicSolver)",
                      "reference": "ssbx float64 rtol 1e-10",
                      "ssbx": "float32 rtol 1e-6 fft-PCG (defaults)",
                      "ssbx_seconds_first_call": "includes JIT compilation only when the "

@@ -87,7 +87,7 @@ def test_sphere_array_vs_rayleigh_series(f, sigma_s):
     #   insulating f = 0.05: 10.1 % → 5.6 %;  f = 0.3: 5.6 % → 3.1 %  (O(h) staircase
     #     error: the voxel sphere blocks more than the smooth one; 2.9 % / 1.8 % at 96³)
     #   σ_s = 10 σ_m  f = 0.05: −0.7 % → +0.1 %;  f = 0.3: +1.6 % → +1.4 % (+1.3 % at
-    #     96³: the series truncated after f^(10/3), not the grid)
+    #     96³: not grid error; attributed to the series truncated after f^(10/3))
     errs = []
     for m in (12, 24):
         sig, f_vox = _array_sigma_eff(m, f, sigma_s)
