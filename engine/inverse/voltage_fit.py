@@ -142,11 +142,17 @@ def fit_voltage_curve(resolved: ResolvedCell, t_s, voltage_V, free: dict, n_step
     res = minimize(fun, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                    options={"maxiter": max_iterations, "ftol": 1e-12, "gtol": 1e-8})
     theta = jnp.asarray(res.x, dtype)
-    jac = np.asarray(jax.jit(jax.jacfwd(residuals))(theta), np.float64)
+    def residuals_and_value(theta):
+        r = residuals(theta)
+        return r, r
+
+    # the Jacobian and the residuals from one compiled forward-mode pass
+    jac, r = jax.jit(jax.jacfwd(residuals_and_value, has_aux=True))(theta)
+    jac = np.asarray(jac, np.float64)
     hessian = jac.T @ jac
     cov = np.linalg.pinv(hessian)
     std = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    r = np.asarray(residuals(theta)) * sigma_V
+    r = np.asarray(r) * sigma_V
     return VoltageFit(
         values={n: float(np.exp(v)) for n, v in zip(names, res.x)},
         relative_std={n: float(s) for n, s in zip(names, std)},

@@ -175,6 +175,24 @@ class RunData:
     snapshots: dict[str, np.ndarray]
 
 
+def open_run_file(path: str | Path) -> h5py.File:
+    """The run file opened read-only (use it as a context manager); ConfigError naming
+    the file when it is missing, not a readable HDF5 file, or refers to other files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"run file {str(path)!r} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ConfigError(f"run file {str(path)!r} is not a readable HDF5 file: {err}") from err
+    try:
+        check_hdf5_self_contained(f, f"run file {str(path)!r}")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def load_run(path: str | Path) -> RunData:
     """Read a run file written by ``ssbx run``.
 
@@ -182,14 +200,7 @@ def load_run(path: str | Path) -> RunData:
         ConfigError: if the file is missing, not HDF5, or lacks the ssbx layout.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"run file {str(path)!r} does not exist")
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as err:
-        raise ConfigError(f"run file {str(path)!r} is not a readable HDF5 file: {err}") from err
-    with fh as f:
-        check_hdf5_self_contained(f, f"run file {str(path)!r}")
+    with open_run_file(path) as f:
         missing = [g for g in ("config", "geometry", "timeseries", "fields") if g not in f]
         if missing:
             raise ConfigError(f"run file {str(path)!r} lacks the groups {missing}; not an ssbx run file")

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.safe_files import check_hdf5_self_contained
+from ssbx.engine.io.run_file import open_run_file
 
 #: written into every sidecar; a file without it is not overwritten by a finishing run
 MARKER = "ssbx_sidecar"
@@ -108,12 +108,7 @@ def build_xdmf(run_path: str | Path, h5_ref: str | None = None) -> str:
     """
     run_path = Path(run_path)
     h5_ref = h5_ref or run_path.name
-    try:
-        fh = h5py.File(run_path, "r")
-    except OSError as err:
-        raise ConfigError(f"run file {str(run_path)!r} is not a readable HDF5 file: {err}") from err
-    with fh as f:
-        check_hdf5_self_contained(f, f"run file {str(run_path)!r}")
+    with open_run_file(run_path) as f:
         if "geometry" not in f or "labels" not in f["geometry"] or "fields" not in f:
             raise ConfigError(f"run file {str(run_path)!r} lacks /geometry/labels or /fields; not an ssbx run file")
         geo = f["geometry"]
