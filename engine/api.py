@@ -22,6 +22,7 @@ from ssbx.engine.config.scenario import Scenario, jnp_dtype, load_scenario
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.io.run_file import RunData, load_run
 from ssbx.engine.io.xdmf import is_ssbx_sidecar, sidecar_path
+from ssbx.engine.safe_files import check_resources, check_writable_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,8 @@ def run(scenario: Scenario | str | Path, out: str | Path, *, progress: bool = Fa
     """
     scenario = _scenario(scenario)
     out = Path(out)
+    check_writable_folder(out, "out")
+    check_resources(scenario, out)
     existing = [p for p in output_paths(scenario, out, summary_png) if p.exists()]
     if existing and not overwrite:
         raise ConfigError(f"output {', '.join(map(str, existing))} already exists; pass overwrite=True "

@@ -102,10 +102,15 @@ def exception_status(err: BaseException, t_s: float | None) -> tuple[str, str]:
 
 
 # working arrays per grid voxel (state, geometry, orientations, gradients and the stress
-# solver's fields), counted generously; used only to refuse runs that cannot fit
+# solver's fields), counted generously; used only to refuse runs that cannot fit.
+# Cell runs add the two potentials, the conductivities, the coupled solve's warm-start
+# and PCG vectors (two fields each) and the face groups' conductances.
 _ARRAYS_PER_VOXEL = {False: 24, True: 96}
-# fields written per snapshot: soc, plus the stress components and invariants
+_CELL_ARRAYS_PER_VOXEL = {False: 64, True: 136}
+# fields written per snapshot: soc, plus the stress components and invariants; cell runs
+# add φ_s, φ_e, the interface current and σ_s
 _FIELDS_PER_SNAPSHOT = {False: 1, True: 8}
+_CELL_FIELDS_PER_SNAPSHOT = {False: 5, True: 12}
 
 
 def particle_grid_voxels(scenario) -> int:
@@ -113,6 +118,24 @@ def particle_grid_voxels(scenario) -> int:
     p = scenario.particle
     side = math.ceil(2 * p.radius_m / p.voxel_size_m) + 2 * p.margin_voxels + 1
     return side ** p.ndim
+
+
+def cell_grid_voxels(scenario) -> int:
+    """Voxels of a cell run's grid before it is built: the particle block (diameter plus
+    the composite margin on each side) times the lateral size that the areal capacity
+    asks for (engine/geometry/cell_stack.py; the active volume taken as the sphere's,
+    the capacity F·c_max·V/3600 unless cell.capacity_Ah is given), plus the separator."""
+    p, c = scenario.particle, scenario.cell
+    h = p.voxel_size_m
+    block = math.ceil(2 * p.radius_m / h) + 2 * c.composite_margin_voxels + 1
+    if c.capacity_Ah is not None:
+        capacity_Ah = float(c.capacity_Ah)
+    else:
+        volume = (4.0 / 3.0) * math.pi * p.radius_m ** 3 if p.ndim == 3 else math.pi * p.radius_m ** 2
+        capacity_Ah = 96485.33212 * scenario.material.resolved_c_max() * volume / 3600.0
+    area = capacity_Ah * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)
+    lateral = max(round(area ** (1.0 / (p.ndim - 1)) / h), block)
+    return lateral ** (p.ndim - 1) * (block + math.ceil(c.separator_thickness_m / h))
 
 
 def total_memory_bytes() -> int | None:
@@ -124,24 +147,38 @@ def total_memory_bytes() -> int | None:
 
 
 def check_resources(scenario, out: Path) -> None:
-    """Refuse a particle run whose working memory or output file exceed this machine, before allocating.
-
-    Cell runs are not estimated here (their grid comes from the composite generator).
-    """
-    if scenario.cell.enabled:
-        return
-    voxels = particle_grid_voxels(scenario)
+    """Refuse a run whose working memory or output file exceed this machine, before
+    allocating: particle runs from the particle grid, cell runs from the cell grid
+    (:func:`cell_grid_voxels`) times the lanes a sweep batches together."""
+    cell = bool(scenario.cell.enabled)
+    if cell:
+        voxels = cell_grid_voxels(scenario)
+        what = f"cell grid of {voxels} voxels (particle, composite margin, separator, areal capacity)"
+    else:
+        voxels = particle_grid_voxels(scenario)
+        what = f"particle grid of {voxels} voxels (radius_m / voxel_size_m, ndim = {scenario.particle.ndim})"
+    lanes = 1
+    if scenario.sweep.parameter:
+        lanes = scenario.sweep.batch_size or len(scenario.sweep.values)
+        what += f", {lanes} sweep lanes at once"
     itemsize = 8 if scenario.run.dtype == "float64" else 4
     mech = bool(scenario.mechanics.enabled)
-    memory = voxels * itemsize * _ARRAYS_PER_VOXEL[mech]
+    per_voxel = (_CELL_ARRAYS_PER_VOXEL if cell else _ARRAYS_PER_VOXEL)[mech]
+    memory = lanes * voxels * itemsize * per_voxel
     limit = total_memory_bytes()
     if limit is not None and memory > limit:
-        raise ConfigError(f"particle grid of {voxels} voxels (radius_m / voxel_size_m, ndim = "
-                          f"{scenario.particle.ndim}) needs about {memory / 2**30:.3g} GiB of memory; this machine "
+        raise ConfigError(f"{what} needs about {memory / 2**30:.3g} GiB of memory; this machine "
                           f"has {limit / 2**30:.3g} GiB: use a coarser particle.voxel_size_m or a smaller radius_m")
-    output = scenario.output.n_snapshots * voxels * itemsize * _FIELDS_PER_SNAPSHOT[mech]
+    fields = (_CELL_FIELDS_PER_SNAPSHOT if cell else _FIELDS_PER_SNAPSHOT)[mech]
+    snapshots = scenario.output.n_snapshots
+    if cell:  # a snapshot at the start and at the end of every protocol step
+        snapshots = 1 + len(scenario.protocol.steps) * scenario.protocol.cycles
+    n_files = len(scenario.sweep.values) if scenario.sweep.parameter else 1
+    output = n_files * snapshots * voxels * itemsize * fields
     free = shutil.disk_usage(Path(out).resolve().parent).free
     if output > free:
-        raise ConfigError(f"output.n_snapshots = {scenario.output.n_snapshots}: the run file would hold up to "
-                          f"{output / 2**30:.3g} GiB of fields (before compression) but {Path(out).resolve().parent} "
+        knob = "protocol steps × cycles" if cell else f"output.n_snapshots = {snapshots}"
+        files = "run file" if n_files == 1 else f"{n_files} lane files"
+        raise ConfigError(f"{knob}: the {files} would hold up to {output / 2**30:.3g} GiB of fields "
+                          f"({snapshots} snapshots, before compression) but {Path(out).resolve().parent} "
                           f"has {free / 2**30:.3g} GiB free; write fewer snapshots or choose another --out")

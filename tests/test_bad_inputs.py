@@ -16,6 +16,7 @@ from test_cell import SMALL
 
 from ssbx.engine.runs import particle_run as simulation
 from ssbx.engine.cli.main import main
+from ssbx.engine.config.scenario import scenario_from_dict
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.io.run_file import load_run
 from ssbx.engine.io.measurements import load_measurement
@@ -277,6 +278,18 @@ def test_grid_beyond_memory_refused(tmp_path, capsys):
                    "--set", "particle.n_grains=false") == 2
     err = capsys.readouterr().err
     assert "GiB of memory; this machine has" in err
+
+
+def test_cell_grid_beyond_memory_refused(tmp_path):
+    """A cell run is sized before anything is allocated: 10 nm voxels give a grid of about
+    5e8 voxels (943² × 605) for SMALL's particle and separator (the lateral size follows from the areal
+    capacity), far beyond this machine's memory; nothing is written."""
+    from ssbx.engine import api
+
+    big = scenario_from_dict(dict(SMALL, particle=dict(SMALL["particle"], voxel_size_m=1e-8)))
+    with pytest.raises(ConfigError, match=r"cell grid of \d+ voxels .* GiB of memory; this machine has"):
+        api.run(big, tmp_path / "cell.h5")
+    assert not any(tmp_path.iterdir())
 
 
 def test_output_beyond_free_disk_refused(tmp_path, capsys, monkeypatch):
