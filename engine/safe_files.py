@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ssbx.kernels.constants import FARADAY
+
 from ssbx.engine.errors import ConfigError
 
 
@@ -132,7 +134,7 @@ def cell_grid_voxels(scenario) -> int:
         capacity_Ah = float(c.capacity_Ah)
     else:
         volume = (4.0 / 3.0) * math.pi * p.radius_m ** 3 if p.ndim == 3 else math.pi * p.radius_m ** 2
-        capacity_Ah = 96485.33212 * scenario.material.resolved_c_max() * volume / 3600.0
+        capacity_Ah = FARADAY * scenario.material.resolved_c_max() * volume / 3600.0
     area = capacity_Ah * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)
     lateral = max(round(area ** (1.0 / (p.ndim - 1)) / h), block)
     return lateral ** (p.ndim - 1) * (block + math.ceil(c.separator_thickness_m / h))

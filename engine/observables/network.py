@@ -59,6 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssbx.kernels.constants import FARADAY, GAS_CONSTANT
+
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.geometry.connectivity import percolating_fraction, periodic_components
 from ssbx.engine.geometry.volume import check_labels
@@ -75,8 +77,7 @@ __all__ = [
     "run",
 ]
 
-F = 96485.33212  # C/mol
-R = 8.314462618  # J/(mol K)
+F, R = FARADAY, GAS_CONSTANT  # C/mol, J/(mol K): the one set in kernels/constants.py
 ION_LABELS = (SOLID_ELECTROLYTE, ECBD)
 ELECTRON_LABELS = (CARBON, ECBD, COLLECTOR)
 

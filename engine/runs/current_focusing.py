@@ -277,7 +277,7 @@ def solve_focusing(labels, h_m, params: FocusingParams, *, lateral="noflux", tol
     width_m = labels.shape[0] * h_m
     n_c_j, n_a_j = jnp.asarray(n_c, dtype), jnp.asarray(n_a, dtype)
     # initial guess: uniform current on each interface
-    f2 = 2.0 * 8.314462618 * float(p.temperature_K) / FARADAY  # 2RT/F (α = ½ estimate)
+    f2 = 2.0 * GAS_CONSTANT * float(p.temperature_K) / FARADAY  # 2RT/F (α = ½ estimate)
     i_mean_c = float(p.current_density) * width_m / (h_m * n_c.sum())
     i_mean_a = float(p.current_density) * width_m / (h_m * n_a.sum())
     phi0 = f2 * math.asinh(i_mean_a / (2 * float(p.i0_li)))
