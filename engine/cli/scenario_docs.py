@@ -39,6 +39,8 @@ SECTION_DOCS = {
                  "(docs/physics.md §2, §5).",
     "cell": "A cell around the particle: collector | composite | separator | Li anode along the stack "
             "axis (docs/physics.md §3, §7).",
+    "interface": "Cohesive particle | ion-conductor interfaces that open and raise the interfacial "
+                 "resistance, R_int = R0 exp(g/g0) (cell runs; docs/interfaces.md).",
     "electrochemistry": "Butler–Volmer kinetics, OCV, conductivities and the electrochemical time step "
                         "(docs/physics.md §3–4).",
     "numerics": "Time-step rules, device-loop chunking and cut-off tolerances (docs/numerics.md).",
@@ -114,6 +116,26 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
         "maxiter": ("—", "Maximum CG iterations of the elastic solve."),
         "couple_diffusion": ("—", "Stress-assisted Li transport (drift −D x ∇χ); needs `enabled = true`."),
         "coupling_every_steps": ("steps", "Re-solve the stress every this many accepted steps when coupled."),
+    },
+    "interface": {
+        "enabled": ("—", "Debonding: bilinear cohesive layers on the particle surface in the cell's stress "
+                         "solve; the gap raises each reactive face's R_int. Needs a cell, mechanics and "
+                         "`electrochemistry.interface_resistance_ohm_m2` > 0 (= R0).",
+                    "true/false; needs [cell] and [mechanics] enabled and R0 > 0"),
+        "strength_Pa": ("Pa", "Interface strength σc, normal and shear (baseline 100 MPa)."),
+        "fracture_energy_J_m2": ("J/m²", "Fracture energy Gc, modes I and II (baseline 1 J/m²).",
+                                 "in [1e-6, 1e4] and > σc²/(2 K0)"),
+        "gap_decay_length_m": ("m", "g0 of R_int = R0 exp(g/g0); a modelling choice (none is published)."),
+        "penalty_stiffness_Pa_m": ("Pa/m", "Penalty stiffness K0 of the bonded interface (numerical; keep "
+                                           "≥ 50 E / particle radius)."),
+        "conductors": ("—", "Phases the particle is bonded to: any of `solid_electrolyte`, `ecbd`.",
+                       "a non-empty list of ion-conductor phases"),
+        "update_every_steps": ("steps", "Re-solve stress and damage every this many accepted steps (every "
+                                        "step while damage grows)."),
+        "max_damage_increment": ("—", "Step control: the time step keeps the largest damage change per step "
+                                      "at about this, at the last solve's damage rate."),
+        "max_active_set_iterations": ("—", "Most open/closed passes of the cohesive layers per solve; a solve "
+                                           "that does not settle stops the run."),
     },
     "cell": {
         "enabled": ("—", "Put the particle in a cell: collector | composite | separator | Li anode."),

@@ -1,7 +1,7 @@
 """Scenario files: TOML -> validated, immutable configuration.
 
 A scenario has the sections ``[run]``, ``[particle]``, ``[material]``, ``[protocol]``,
-``[mechanics]``, ``[cell]``, ``[electrochemistry]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
+``[mechanics]``, ``[cell]``, ``[interface]``, ``[electrochemistry]``, ``[numerics]`` and ``[output]``; every key has a default (the built-in scenario of
 ``ssbx run``), so a file only lists what it changes. Unknown sections or keys, and
 values outside their valid range, raise :class:`ConfigError` naming the field, the
 value and what is valid. docs/scenarios.md lists every key (generated from this schema by
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.materials.active import get_active_material
 from ssbx.engine.materials.elastic import check_material_name
-from ssbx.engine.phases import LABEL_NAMES
+from ssbx.engine.phases import ION_CONDUCTORS, LABEL_BY_NAME, LABEL_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +236,54 @@ class MechanicsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InterfaceConfig:
+    """Cohesive particle | ion-conductor interfaces in cell runs (docs/interfaces.md):
+    bilinear traction–separation (σc, Gc), irreversible damage, and the gap g raising
+    the interfacial resistance of each reactive face, R_int = R0 exp(g / g0) with
+    R0 = electrochemistry.interface_resistance_ohm_m2."""
+
+    enabled: bool = False
+    strength_Pa: float = 100e6  # σc, normal and shear (docs/physics.md §5 baseline)
+    fracture_energy_J_m2: float = 1.0  # Gc (baseline)
+    gap_decay_length_m: float = 10e-9  # g0: a modelling choice, none is published
+    penalty_stiffness_Pa_m: float = 1e19  # K0, numerical (≥ 50 E / particle radius)
+    conductors: tuple = ("solid_electrolyte", "ecbd")  # phases the particle is bonded to
+    update_every_steps: int = 5  # re-solve mechanics + damage every N accepted steps
+    max_damage_increment: float = 0.05  # step control: largest damage change per step
+    max_active_set_iterations: int = 8
+
+    def validate(self):
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"interface.enabled = {self.enabled!r}: valid values are true or false")
+        _in_range("interface.strength_Pa", self.strength_Pa, 1e3, 1e11)
+        _in_range("interface.fracture_energy_J_m2", self.fracture_energy_J_m2, 1e-6, 1e4)
+        _in_range("interface.gap_decay_length_m", self.gap_decay_length_m, 1e-12, 1e-3)
+        _in_range("interface.penalty_stiffness_Pa_m", self.penalty_stiffness_Pa_m, 1e12, 1e24)
+        if 2.0 * self.fracture_energy_J_m2 * self.penalty_stiffness_Pa_m <= self.strength_Pa**2:
+            raise ConfigError(
+                f"interface.fracture_energy_J_m2 = {self.fracture_energy_J_m2!r}: must exceed σc²/(2 K0) = "
+                f"{self.strength_Pa**2 / (2 * self.penalty_stiffness_Pa_m):.3g} J/m² (the final opening "
+                "2 Gc/σc must exceed the onset σc/K0)")
+        valid = sorted(LABEL_NAMES[c] for c in ION_CONDUCTORS)
+        if isinstance(self.conductors, str) or not isinstance(self.conductors, (list, tuple)) or not self.conductors:
+            raise ConfigError(f"interface.conductors = {self.conductors!r}: needs a list of phases out of {valid}")
+        for name in self.conductors:
+            if LABEL_BY_NAME.get(str(name).lower()) not in ION_CONDUCTORS:
+                raise ConfigError(
+                    f"interface.conductors: {name!r} is not an ion conductor the active material can be bonded "
+                    f"to; valid phases are {valid} (cohesive interfaces are active | ion-conductor boundaries)")
+        if not _is_int(self.update_every_steps) or self.update_every_steps < 1:
+            raise ConfigError(
+                f"interface.update_every_steps = {self.update_every_steps!r}: must be an integer ≥ 1")
+        if not _is_number(self.max_damage_increment) or not 0 < self.max_damage_increment <= 1:
+            raise ConfigError(
+                f"interface.max_damage_increment = {self.max_damage_increment!r}: valid range is (0, 1]")
+        if not _is_int(self.max_active_set_iterations) or not 1 <= self.max_active_set_iterations <= 50:
+            raise ConfigError(f"interface.max_active_set_iterations = {self.max_active_set_iterations!r}: "
+                              "must be an integer in [1, 50]")
+
+
+@dataclasses.dataclass(frozen=True)
 class CellConfig:
     """A cell around the particle (docs/physics.md S2): collector | composite | separator | Li.
 
@@ -440,6 +488,7 @@ SECTIONS = {
     "protocol": ProtocolConfig,
     "mechanics": MechanicsConfig,
     "cell": CellConfig,
+    "interface": InterfaceConfig,
     "electrochemistry": ElectrochemistryConfig,
     "numerics": NumericsConfig,
     "output": OutputConfig,
@@ -457,6 +506,7 @@ class Scenario:
     protocol: ProtocolConfig = ProtocolConfig()
     mechanics: MechanicsConfig = MechanicsConfig()
     cell: CellConfig = CellConfig()
+    interface: InterfaceConfig = InterfaceConfig()
     electrochemistry: ElectrochemistryConfig = ElectrochemistryConfig()
     numerics: NumericsConfig = NumericsConfig()
     output: OutputConfig = OutputConfig()
@@ -483,6 +533,8 @@ class Scenario:
             raise ConfigError(
                 f"mechanics.electrolyte_material = {self.mechanics.electrolyte_material!r} in a particle run: "
                 "it names the separator of a cell; a particle's surround is mechanics.surrounding_material")
+        if self.interface.enabled:
+            self._check_interface()
         if self.cell.enabled and self.protocol.kind != "cycling":
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
@@ -500,6 +552,27 @@ class Scenario:
             raise ConfigError(
                 "mechanics.enabled = true with numerics.cell_driver = 'host': the legacy host loop does not "
                 "solve stress; use cell_driver = 'device' or set [mechanics] enabled = false")
+
+    def _check_interface(self):
+        """Debonding needs what it couples: mechanics, a cell and a bonded resistance."""
+        if not self.mechanics.enabled:
+            raise ConfigError("interface.enabled = true needs mechanics.enabled = true (the interface opens in the "
+                              "stress solve)")
+        if not self.cell.enabled:
+            raise ConfigError("interface.enabled = true in a particle run: debonding is coupled to the cell's "
+                              "Butler–Volmer kinetics; set [cell] enabled = true (particle runs have no "
+                              "interface resistance to raise)")
+        if not self.electrochemistry.interface_resistance_ohm_m2 > 0:
+            raise ConfigError(
+                f"electrochemistry.interface_resistance_ohm_m2 = {self.electrochemistry.interface_resistance_ohm_m2!r}"
+                " with interface.enabled = true: the gap raises R_int = R0 exp(g/g0) from this bonded value R0, "
+                "which must be > 0 (e.g. 1e-3 Ω m² = 10 Ω cm²)")
+        mech = self.mechanics
+        if mech.couple_diffusion and mech.coupling_every_steps != self.interface.update_every_steps:
+            raise ConfigError(
+                f"mechanics.coupling_every_steps = {mech.coupling_every_steps} with interface.update_every_steps = "
+                f"{self.interface.update_every_steps}: with debonding, the stress that drives Li is the interface "
+                "solve's; set both to the same number")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -551,7 +624,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
             if key not in fields:
                 raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
         cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
-        for key in ("diffusivity_m2_s", "expansion", "steps", "values"):
+        for key in ("diffusivity_m2_s", "expansion", "steps", "values", "conductors"):
             if isinstance(cleaned.get(key), list):
                 cleaned[key] = tuple(cleaned[key])
         if isinstance(cleaned.get("active_electronic_S_m"), list):  # table rows as pairs

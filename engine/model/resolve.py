@@ -29,7 +29,9 @@ from ssbx.kernels.electrode import interface_faces
 
 from ssbx.engine.geometry.cell_stack import cell_microstructure, phase_conductivities
 from ssbx.engine.config.scenario import Scenario
-from ssbx.engine.physics.mechanics import StressCoupling, scenario_stress_coupling
+from ssbx.engine.physics.interface import CellInterface, CohesiveParams, DebondingParams, cell_interface
+from ssbx.engine.physics.mechanics import StressCoupling, scenario_stress_coupling, stress_free_x
+from ssbx.engine.phases import LABEL_BY_NAME
 from ssbx.engine.geometry.microstructure import ACTIVE, ION_CONDUCTORS, LABEL_NAMES, Microstructure
 from ssbx.engine.config.protocol import parse_cycle
 from ssbx.engine.model.protocol_table import ProtocolTable
@@ -54,6 +56,8 @@ class CellGeometry(eqx.Module):
         axes, directions: static face-group metadata.
         voxel_size_m: voxel edge h (m, static).
         active_box: static (start, stop) per axis of the active voxels' bounding box.
+        cohesive: the cohesive layers on the particle surface
+            (engine.physics.interface.CellInterface) when ``[interface]`` is enabled.
     """
 
     labels: jax.Array
@@ -67,6 +71,7 @@ class CellGeometry(eqx.Module):
     directions: tuple = eqx.field(static=True)
     voxel_size_m: float = eqx.field(static=True)
     active_box: tuple = eqx.field(static=True)
+    cohesive: CellInterface | None = None
 
     @property
     def ndim(self) -> int:
@@ -110,6 +115,8 @@ class CellParams(eqx.Module):
         coupling: stress-assisted transport (engine.physics.mechanics.StressCoupling: the
             cell's stiffness tables, β, x_ref, the stack pressure as array leaves), or
             None when ``mechanics.couple_diffusion`` is off.
+        debonding: cohesive law, g0 and the cell's elastic tables
+            (engine.physics.interface.DebondingParams) when ``[interface]`` is enabled.
         ocv_name: the open-circuit potential (static: it chooses a function).
     """
 
@@ -129,6 +136,7 @@ class CellParams(eqx.Module):
     one_c_A: jax.Array
     coupling: StressCoupling | None
     ocv_name: str = eqx.field(static=True)
+    debonding: DebondingParams | None = None
 
 
 class CellNumerics(eqx.Module):
@@ -186,6 +194,20 @@ def _phase_table(sigma_map: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return table
 
 
+def _debonding(scenario: Scenario, micro: Microstructure, dtype) -> DebondingParams | None:
+    itf = scenario.interface
+    if not itf.enabled:
+        return None
+    a = lambda v: jnp.asarray(v, dtype)  # noqa: E731
+    elastic = StressCoupling.build(micro, scenario.mechanics, stress_free_x(scenario),
+                                   scenario.electrochemistry.temperature_K, dtype, cell=True)
+    return DebondingParams(
+        cohesive=CohesiveParams(a(itf.strength_Pa), a(itf.fracture_energy_J_m2), a(itf.penalty_stiffness_Pa_m)),
+        gap_decay_length_m=a(itf.gap_decay_length_m), elastic=elastic,
+        max_damage_increment=a(itf.max_damage_increment), update_every_steps=int(itf.update_every_steps),
+        max_active_set_iterations=int(itf.max_active_set_iterations))
+
+
 def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
     """Build the cell of ``scenario`` (``[cell] enabled = true``) once."""
     micro, info = cell_microstructure(scenario)
@@ -201,6 +223,10 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
     area = area * micro.voxel_size_m ** (micro.ndim - 1)
     index = [np.flatnonzero(m) for m in masks]
     surface = np.unique(np.concatenate(index)) if index else np.zeros(0, np.int64)
+    cohesive = None
+    if scenario.interface.enabled:
+        bonded = np.isin(labels, [LABEL_BY_NAME[str(c).lower()] for c in scenario.interface.conductors])
+        cohesive = cell_interface(active, bonded, index, labels.shape)
     geometry = CellGeometry(
         labels=jnp.asarray(labels, jnp.uint8),
         grain_id=jnp.asarray(micro.grain_id, jnp.int32),
@@ -213,6 +239,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         directions=faces.directions,
         voxel_size_m=float(micro.voxel_size_m),
         active_box=tuple((int(np.min(i)), int(np.max(i)) + 1) for i in np.nonzero(active)),
+        cohesive=cohesive,
     )
     a = lambda v: jnp.asarray(v, dtype)  # noqa: E731
     params = CellParams(
@@ -232,6 +259,7 @@ def resolve_cell(scenario: Scenario, dtype=jnp.float32) -> ResolvedCell:
         one_c_A=a(info["capacity_Ah"]),  # 1C = capacity / 1 h: Ah -> A numerically
         coupling=scenario_stress_coupling(scenario, micro, dtype, cell=True),
         ocv_name=mat.ocv_key(ec.ocv),  # the windowed name when material.x_at_0_soc is set
+        debonding=_debonding(scenario, micro, dtype),
     )
     numerics = CellNumerics(
         time_step_s=a(ec.time_step_s),

@@ -31,12 +31,18 @@ from ssbx.kernels.elasticity import solve_elasticity
 from ssbx.kernels.stiffness import voigt_to_mandel_stiffness
 
 __all__ = [
+    "CellInterface",
     "CohesiveParams",
+    "DebondingParams",
     "InterfaceGeometry",
     "InterfaceSolution",
     "area_averaged_gap",
     "interface_geometry",
     "layer_gap_statistics",
+    "cell_interface",
+    "layer_statistics",
+    "positive_gap",
+    "solve_debonding",
     "solve_with_interfaces",
 ]
 
@@ -210,8 +216,10 @@ class InterfaceSolution(eqx.Module):
             at the active voxel of each active | conductor face, 0 elsewhere. All
             faces of one host voxel share its layer's normal opening.
         converged: CG converged and the compression active set is stable.
-        active_set_iterations: number of elastic solves used.
+        active_set_iterations: number of active-set passes (elastic solves; under jit a
+            search that ran adds one re-solve for the derivative, not counted).
         cg_iterations: CG iterations of the last solve.
+        cg_residual: relative CG residual of the last solve.
     """
 
     stress: jax.Array
@@ -225,6 +233,16 @@ class InterfaceSolution(eqx.Module):
     converged: jax.Array
     active_set_iterations: jax.Array
     cg_iterations: jax.Array
+    cg_residual: jax.Array | float = float("nan")
+
+    # the names of kernels.elasticity.ElasticityResult, so stress outputs take either
+    @property
+    def iterations(self):
+        return self.cg_iterations
+
+    @property
+    def residual(self):
+        return self.cg_residual
 
 
 def _scatter(shape, idx, values, dtype):
@@ -370,19 +388,25 @@ def solve_with_interfaces(
         settled = jnp.asarray(settled)
         nsolve = jnp.asarray(nsolve, jnp.int32)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        # under jit: the same iteration with lax.cond (a settled pass costs nothing)
-        def stable(gn_, comp_):
-            return jnp.all(((jax.lax.stop_gradient(gn_) < 0) == comp_) | ~relevant)
+        # under jit: the first pass above proposes a set; further passes search it in a
+        # while loop that carries only the boolean set (no derivative flows through it);
+        # if the loop ran, one more, differentiated solve with the settled set gives the
+        # gradient of the converged active set. Compiled: one solve in the loop and two
+        # outside; before any layer is damaged (the usual case) only the first pass runs.
+        def search(carry):
+            comp_, _, n_ = carry
+            _, _, gn_ = one_pass(comp_)
+            new_ = jnp.where(relevant, jax.lax.stop_gradient(gn_) < 0, comp_)
+            return new_, jnp.all(new_ == comp_), n_ + 1
 
-        settled = stable(gn, comp)
-        nsolve = jnp.asarray(1, jnp.int32)
-        for _ in range(n_iter - 1):
-            comp_next = jnp.where(relevant & ~settled, jax.lax.stop_gradient(gn) < 0, comp)
-            res, g, gn = jax.lax.cond(
-                settled, lambda c, r=res, gg=g, q=gn: (r, gg, q), one_pass, comp_next)
-            nsolve = nsolve + jnp.where(settled, 0, 1).astype(jnp.int32)
-            comp = comp_next
-            settled = stable(gn, comp)
+        def searching(carry):
+            return ~carry[1] & (carry[2] < n_iter - 1)
+
+        proposed = jnp.where(relevant, jax.lax.stop_gradient(gn) < 0, comp)
+        comp, settled, n_searched = jax.lax.while_loop(
+            searching, search, (proposed, jnp.all(proposed == comp), jnp.asarray(0, jnp.int32)))
+        res, g, gn = jax.lax.cond(n_searched > 0, one_pass, lambda c, r=res, gg=g, q=gn: (r, gg, q), comp)
+        nsolve = (1 + n_searched).astype(jnp.int32)  # the re-solve for the derivative is not counted
 
     trial = params.update_history(hist_host, g.T, n_host.T)
     sig_host = res.stress[(slice(None),) + idx].T
@@ -413,6 +437,7 @@ def solve_with_interfaces(
         converged=jnp.logical_and(res.converged, settled),
         active_set_iterations=nsolve,
         cg_iterations=res.iterations,
+        cg_residual=res.residual,
     )
 
 
@@ -437,3 +462,91 @@ def area_averaged_gap(face_gaps, face_masks):
     count = sum(int(np.sum(np.asarray(m))) for m in face_masks)
     gmax = jnp.max(jnp.stack([jnp.max(g) for g in face_gaps]))
     return total / max(count, 1), gmax
+
+
+# --- cells: the interface of a cell run (engine.model.resolve, engine.solve.cell_step) ---------------
+
+
+class CellInterface(NamedTuple):
+    """The cohesive layers of a cell, on the device (part of CellGeometry).
+
+    Attributes:
+        layers: :class:`InterfaceGeometry` with jnp arrays (hosts on the active side).
+        face_host: per reactive face group of the cell (CellGeometry.face_index order),
+            int32 index of the layer that owns each face, or M (one past the last layer:
+            no layer, e.g. a face to a conductor the particle is not bonded to).
+    """
+
+    layers: InterfaceGeometry
+    face_host: tuple
+
+
+def cell_interface(active, bonded, face_index, shape) -> CellInterface:
+    """Layers on every active voxel with a face to a ``bonded`` conductor voxel, and the
+    owner of each reactive face (``face_index``: per face group, flat indices of the
+    active voxels, as CellGeometry stores them)."""
+    layers = interface_geometry(active, bonded, side="active")
+    m = len(layers.host_index[0])
+    owner = np.full(int(np.prod(shape)), m, np.int64)
+    owner[np.ravel_multi_index(layers.host_index, shape)] = np.arange(m)
+    face_host = tuple(jnp.asarray(owner[np.asarray(idx)], jnp.int32) for idx in face_index)
+    device = InterfaceGeometry(
+        jnp.asarray(layers.host), tuple(jnp.asarray(i, jnp.int32) for i in layers.host_index),
+        jnp.asarray(layers.normals), jnp.asarray(layers.area_factor),
+        tuple(jnp.asarray(f) for f in layers.face_masks), layers.face_axes, layers.face_directions, layers.side)
+    return CellInterface(device, face_host)
+
+
+class DebondingParams(eqx.Module):
+    """Everything debonding adds to a cell's parameters (array leaves, differentiable).
+
+    Attributes:
+        cohesive: :class:`CohesiveParams` (σc, Gc, K0, smoothing).
+        gap_decay_length_m: g0 of R_int = R0 exp(g/g0) (m); a modelling choice.
+        elastic: the cell's :class:`~ssbx.engine.physics.mechanics.StressCoupling`
+            (stiffness tables, β, x_ref, mean stress; tol and maxiter static).
+        update_every_steps, max_damage_increment, max_active_set_iterations: step
+            control (static ints; the increment an array leaf).
+    """
+
+    cohesive: CohesiveParams
+    gap_decay_length_m: jax.Array
+    elastic: eqx.Module
+    max_damage_increment: jax.Array
+    update_every_steps: int = eqx.field(static=True, default=5)
+    max_active_set_iterations: int = eqx.field(static=True, default=8)
+
+    def face_resistance(self, r0, gap_m):
+        """R_int = R0 exp(min(g/g0, 30)) (Ω m²): the exponent is capped at 30 (×1e13,
+        an insulating face) so float32 cannot overflow; beyond the cap dR/dg = 0."""
+        return r0 * jnp.exp(jnp.minimum(gap_m / self.gap_decay_length_m, 30.0))
+
+
+def solve_debonding(interface: CellInterface, params: DebondingParams, orientations, x, history, voxel_size,
+                    secant_history=None) -> InterfaceSolution:
+    """The cell's stress with its cohesive layers at frozen ``history`` (κ grid, m), for
+    the Li field ``x`` (0 off the active phase): :func:`solve_with_interfaces` with the
+    cell's tables and mean-stress control (every component: zero laterally, the stack
+    pressure along the stack axis)."""
+    el = params.elastic
+    return solve_with_interfaces(
+        interface.layers, el.table0, el.table1, el.phase_index, x, params.cohesive, history, voxel_size,
+        expansion_table=el.expansion_table(orientations), x_ref=el.x_ref, macro_stress=el.macro_stress,
+        stress_mask=jnp.ones(el.macro_stress.shape, bool), tol=el.tol, maxiter=el.maxiter,
+        max_active_set_iterations=params.max_active_set_iterations, secant_history=secant_history)
+
+
+def layer_statistics(interface: CellInterface, gap, damage):
+    """(D_G_ave, D_G_max, damaged area fraction, debonded area fraction) of the layers:
+    ``gap`` and ``damage`` per layer (M,); areas from InterfaceGeometry.area_factor;
+    damaged: d > 0, debonded: d ≥ 0.99."""
+    a = interface.layers.area_factor.astype(gap.dtype)
+    total = jnp.maximum(jnp.sum(a), 1e-30)
+    return (jnp.sum(gap * a) / total, jnp.max(gap, initial=0.0),
+            jnp.sum(jnp.where(damage > 0, a, 0.0)) / total, jnp.sum(jnp.where(damage >= 0.99, a, 0.0)) / total)
+
+
+def positive_gap(params: DebondingParams, normal_opening):
+    """⟨g_n⟩₊ as the R_int law and D_G use it (softplus of width smoothing·δ0)."""
+    c = params.cohesive
+    return coh.positive_part(normal_opening, c.smoothing * coh.onset_opening(c.strength, c.penalty_stiffness))

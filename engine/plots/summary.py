@@ -267,9 +267,11 @@ def cell_figure(run: RunData, max_maps: int = 4):
     segments = [(c, k % n_cycle, rows) for c, k, rows in _segments(ts)]
     cycles = run.config["protocol"].get("cycles", 1)
 
-    fig = plt.figure(figsize=(15, 12), constrained_layout=True)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.7])
-    ax_v, ax_q, ax_m = top.subplots(1, 3)
+    debonding = "gap_mean_m" in ts
+    fig = plt.figure(figsize=(20 if debonding else 15, 15 if debonding else 12), constrained_layout=True)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 2.4 if debonding else 1.7])
+    panels = top.subplots(1, 4 if debonding else 3)
+    ax_v, ax_q, ax_m = panels[:3]
     t_h = ts["t_s"] / 3600
 
     # voltage and current vs time, steps shaded by kind
@@ -325,10 +327,11 @@ def cell_figure(run: RunData, max_maps: int = 4):
     ax_m.set_xlabel("t (h)")
     ax_m.set_title("M_Li(t): Li in the active material")
     ax_m.grid(alpha=0.3)
+    if debonding:
+        _debonding_panel(panels[3], ts, t_h)
 
     # maps
     picks = _map_times(run, segments, labels, max_maps)
-    axes = bottom.subplots(2, len(picks), squeeze=False)
     gid = run.geometry["grain_id"]
     mid = gid.shape[1] // 2 if gid.ndim == 3 else None
     h_um = run.voxel_size_m * 1e6
@@ -337,14 +340,18 @@ def cell_figure(run: RunData, max_maps: int = 4):
     if current is not None and np.isfinite(current).any():
         lim = float(np.nanmax(np.abs(current))) or 1.0
     t_snap = run.fields["t_s"]
+    rows_shown = [("soc", "viridis", (0, 1)), ("interface_current_A_m2", "coolwarm", (-lim, lim))]
+    if debonding and "gap_m" in run.fields:
+        gmax = max(float(np.nanmax(g)) if np.isfinite(g).any() else 0.0 for g in run.fields["gap_m"])
+        rows_shown.append(("gap_m", "plasma", (0, gmax * 1e9 or 1.0)))
+    axes = bottom.subplots(len(rows_shown), len(picks), squeeze=False)
     for col, (i, name) in enumerate(picks):
-        for row, (field, cmap, vlim) in enumerate((("soc", "viridis", (0, 1)),
-                                                   ("interface_current_A_m2", "coolwarm", (-lim, lim)))):
+        for row, (field, cmap, vlim) in enumerate(rows_shown):
             ax = axes[row, col]
             if field not in run.fields:
                 ax.set_axis_off()
                 continue
-            data = run.fields[field][i]
+            data = run.fields[field][i] * (1e9 if field == "gap_m" else 1.0)
             plane = data[:, mid, :] if mid is not None else data
             ext = [0, plane.shape[0] * h_um, 0, plane.shape[1] * h_um]
             im = ax.imshow(plane.T, origin="lower", extent=ext, cmap=cmap, vmin=vlim[0], vmax=vlim[1])
@@ -355,12 +362,32 @@ def cell_figure(run: RunData, max_maps: int = 4):
             if col == 0:
                 ax.set_ylabel("z (µm), collector at 0")
             if col == len(picks) - 1:
-                bottom.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9,
-                                label=X_LABEL if field == "soc" else "interface current density (A/m²), > 0 = charge")
+                bottom.colorbar(im, ax=axes[row, :].tolist(), shrink=0.9, label=_MAP_LABELS[field])
     bottom.suptitle("x–z sections through the particle (mid-plane y)", fontsize=10)
     cyc = f" × {cycles} cycles" if cycles > 1 else ""
     _suptitle(fig, run, " → ".join(labels) + cyc)
     return fig
+
+
+_MAP_LABELS = {"soc": X_LABEL, "interface_current_A_m2": "interface current density (A/m²), > 0 = charge",
+               "gap_m": "interface gap ⟨g_n⟩₊ (nm)"}
+
+
+def _debonding_panel(ax, ts, t_h):
+    """D_G_ave and D_G_max (nm) and the damaged / debonded area fractions vs time."""
+    ax.plot(t_h, ts["gap_mean_m"] * 1e9, color="k", label="D_G_ave (area mean)")
+    ax.plot(t_h, ts["gap_max_m"] * 1e9, color="k", ls="--", label="D_G_max")
+    ax.set_xlabel("t (h)")
+    ax.set_ylabel("interface gap (nm)")
+    twin = ax.twinx()
+    twin.plot(t_h, ts["damaged_area_fraction"], color="tab:red", lw=1.0, label="damaged (d > 0)")
+    twin.plot(t_h, ts["debonded_area_fraction"], color="tab:red", ls=":", lw=1.5, label="debonded (d ≥ 0.99)")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("area fraction of the interface", color="tab:red")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+    ax.set_title("interface debonding")
+    ax.grid(alpha=0.3)
 
 
 def _suptitle(fig, run: RunData, protocol: str):

@@ -30,8 +30,10 @@ from ssbx.engine.io.run_file import RunWriter, _ssbx_version
 from ssbx.engine.physics.mechanics import StressSolver, stress_free_x, stress_outputs
 from ssbx.engine.geometry.microstructure import SOLID_ELECTROLYTE
 from ssbx.engine.safe_files import exception_status
-from ssbx.engine.solve.cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RUNNING, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
-                        electronic_conductivity, initial_state)
+from ssbx.engine.physics.interface import positive_gap, solve_debonding
+from ssbx.engine.solve.cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, RECORD_INTERFACE, RUNNING,
+                                        STOP_MECHANICS, STOP_TIME_STEP, STOP_X_BOUNDS, cell_step,
+                                        electronic_conductivity, initial_state)
 from ssbx.engine.solve.loop import advance
 from ssbx.engine.model.resolve import ResolvedCell, resolve_cell
 from ssbx.engine.io.restart import load_checkpoint, save_checkpoint
@@ -85,6 +87,7 @@ class LaneFile:
         self.status, self.message = "running", ""
         self.done = False
         self.stress = None
+        self.debonding = resolved.params.debonding is not None
         mech = scenario.mechanics
         if mech.enabled:
             dtype = jnp.asarray(par.c_max_mol_m3).dtype
@@ -92,16 +95,35 @@ class LaneFile:
             self.solid = np.asarray(self.stress.table0)[np.asarray(self.stress.phase_index), 0, 0] > 0
             self.electrolyte = micro.labels == SOLID_ELECTROLYTE
 
-    def stress_outputs(self, x) -> tuple[dict, dict]:
+    def stress_outputs(self, x, kappa=None) -> tuple[dict, dict]:
         """Stress fields on every solid voxel of the cell and the statistics of the
-        active phase (as particle runs write them) plus the electrolyte's extremes."""
-        fields, stats = stress_outputs(self.stress.solve(jnp.asarray(x)), self.active, self.solid)
+        active phase (as particle runs write them) plus the electrolyte's extremes. With
+        debonding (``kappa``: the cohesive history) the stress is that of the cell with
+        its layers at that history, and the layers' gap and damage are added."""
+        extra = {}
+        if kappa is None:
+            result = self.stress.solve(jnp.asarray(x))
+        else:
+            geo, par = self.resolved.geometry, self.resolved.params
+            result = _interface_snapshot(geo.cohesive, par.debonding, par.orientations, jnp.asarray(x),
+                                         jnp.asarray(kappa), geo.voxel_size_m)
+            extra = self.interface_fields(result)
+        fields, stats = stress_outputs(result, self.active, self.solid)
+        fields.update(extra)
         if self.electrolyte.any():
             se = self.electrolyte
             stats["electrolyte_von_mises_max_Pa"] = float(np.nanmax(fields["von_mises_Pa"][se]))
             stats["electrolyte_hydrostatic_min_Pa"] = float(np.nanmin(fields["hydrostatic_Pa"][se]))
             stats["electrolyte_max_principal_max_Pa"] = float(np.nanmax(fields["max_principal_Pa"][se]))
         return fields, stats
+
+    def interface_fields(self, result) -> dict:
+        """Gap (⟨g_n⟩₊ of each layer, m) and damage on the layers' voxels, NaN elsewhere."""
+        host = np.asarray(self.resolved.geometry.cohesive.layers.host)
+        deb = self.resolved.params.debonding
+        gap = np.asarray(positive_gap(deb, result.normal_opening), np.float64)
+        return {"gap_m": np.where(host, gap, np.nan),
+                "damage": np.where(host, np.asarray(result.damage, np.float64), np.nan)}
 
     def snapshot(self, fields: dict):
         """``fields``: NumPy x, phi_s, phi_e, voxel_current, v_ref (and sigma_s)."""
@@ -119,7 +141,7 @@ class LaneFile:
             out["sigma_s_S_m"] = np.where(self.conducting_s, np.asarray(fields["sigma_s"], np.float64), np.nan)
         stats = {"mean_soc": float(xa[self.active].mean())}
         if self.stress is not None and np.all(np.isfinite(xa[self.active])):
-            stress_fields, stress_stats = self.stress_outputs(np.where(self.active, xa, 0.0))
+            stress_fields, stress_stats = self.stress_outputs(np.where(self.active, xa, 0.0), fields.get("kappa"))
             out.update(stress_fields)
             stats.update(stress_stats)
         self.writer.append_snapshot(self.t, out, {}, stats)
@@ -159,6 +181,7 @@ class LaneFile:
             "cycle_index": rec["cycle_index"][:n], "cg_iterations": rec["cg_iterations"][:n],
             "newton_iterations": rec["newton_iterations"][:n],
             "bv_residual": rec["bv_residual"][:n],
+            **({name: rec[name][:n] for name in RECORD_INTERFACE} if self.debonding else {}),
         })
         self.t, self.charge_C = float(t_rows[-1]), float(charge_rows[-1])
         self.last_current = float(current[-1])
@@ -191,6 +214,12 @@ class LaneFile:
             self.message = (f"{where} at t = {self.t:.6g} s: an active voxel is about to empty or fill under the "
                             "local current (time step below 1e-3 of electrochemistry.time_step_s) before the "
                             "step's limit was reached")
+        elif code == STOP_MECHANICS:
+            self.status = "stopped"
+            self.message = (f"{where} at t = {self.t:.6g} s: the interface solve did not converge (elasticity CG "
+                            f"within mechanics.maxiter, or the open/closed set of the cohesive layers within "
+                            "interface.max_active_set_iterations); the step was not taken, and the file keeps every "
+                            "step so far")
         elif code == STOP_X_BOUNDS:
             xa = np.asarray(fields["x"])[self.active]
             self.status = "stopped"
@@ -226,7 +255,15 @@ def read_fields(geometry, params, state) -> dict:
            "v_ref": state.v_ref}
     if params.active_sigma_x is not None:
         got["sigma_s"] = _sigma_of_x(geometry, params, state.x)
+    if params.debonding is not None:
+        got["kappa"] = state.kappa
     return jax.device_get(got)
+
+
+def _interface_snapshot(cohesive, debonding, orientations, x, kappa, voxel_size):
+    """Eager on purpose: the active-set passes call the jitted elasticity core, which
+    compiles once (a jitted whole would compile three copies of the solve again)."""
+    return solve_debonding(cohesive, debonding, orientations, x, kappa, voxel_size)
 
 
 @eqx.filter_jit

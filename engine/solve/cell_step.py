@@ -53,6 +53,7 @@ from ssbx.kernels.electrode import face_potential_drop, neighbour, solve_coupled
 from ssbx.kernels.ocv import get_ocv
 from ssbx.kernels.rotations import quaternion_to_matrix
 
+from ssbx.engine.physics.interface import layer_statistics, positive_gap, solve_debonding
 from ssbx.engine.model.protocol_table import CC, CV, ProtocolTable
 from ssbx.engine.model.resolve import CellGeometry, CellNumerics, CellParams
 
@@ -64,12 +65,17 @@ STOP_TIME_STEP = 2  # Δt fell below 1e-3 of the user step (not taken)
 STOP_X_BOUNDS = 3  # the step would take x out of [0, 1] in an active voxel (not taken)
 DIVERGED_SOLVE = 4  # the potential solve gave NaN/Inf (not taken)
 DIVERGED_X = 5  # x became NaN/Inf (not taken)
+STOP_MECHANICS = 6  # the interface solve (CG or its active set) did not converge (not taken)
 
 STRESS_DUE = 2**30  # ``since_stress`` that makes the next advancing step solve the stress
 
 # record names, one record per solve at its time t_n: dt_s is the time since the previous
 # record, dx_sum is Σ (x − x_initial) over active voxels at t_n
 RECORD_FLOAT = ("dt_s", "voltage_V", "current_A", "dx_sum", "bv_residual")
+# with [interface]: the layers' state at t_n (from the last interface solve) and the mean
+# interfacial voltage drop R_int(g) |i| over the reactive area (0 without debonding)
+RECORD_INTERFACE = ("gap_mean_m", "gap_max_m", "damaged_area_fraction", "debonded_area_fraction",
+                    "interface_drop_V")
 RECORD_INT = ("step_index", "cycle_index", "cg_iterations", "newton_iterations")
 
 
@@ -90,6 +96,11 @@ class CellState(eqx.Module):
     With stress-assisted transport: ``chi`` (χ of the last stress solve, on active
     voxels), ``x_stress`` (the Li fraction it was solved for) and ``since_stress``
     (accepted steps since); all three are None without it.
+    With debonding (``params.debonding``): ``kappa`` the cohesive history κ (m, grid;
+    irreversible maximum effective opening of each layer), ``gap`` and ``damage`` per
+    layer from the last interface solve (⟨g_n⟩₊ in m; d ∈ [0, 1]), ``since_mech`` the
+    accepted steps and ``mech_elapsed_s`` the time since that solve, ``damage_rate`` the
+    largest damage change per second seen by the last solve (1/s, step control).
     """
 
     x: jax.Array
@@ -114,6 +125,12 @@ class CellState(eqx.Module):
     chi: jax.Array | None = None
     x_stress: jax.Array | None = None
     since_stress: jax.Array | None = None
+    kappa: jax.Array | None = None
+    gap: jax.Array | None = None
+    damage: jax.Array | None = None
+    since_mech: jax.Array | None = None
+    mech_elapsed_s: jax.Array | None = None
+    damage_rate: jax.Array | None = None
 
 
 def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, dtype=jnp.float32) -> CellState:
@@ -125,6 +142,11 @@ def initial_state(geometry: CellGeometry, params: CellParams, x_initial: float, 
     stress = {}
     if params.coupling is not None:
         stress = dict(chi=zero, x_stress=x, since_stress=jnp.asarray(STRESS_DUE, jnp.int32))
+    if params.debonding is not None:
+        m = geometry.cohesive.layers.normals.shape[0]
+        stress.update(kappa=zero, gap=jnp.zeros(m, dtype), damage=jnp.zeros(m, dtype),
+                      since_mech=jnp.asarray(STRESS_DUE, jnp.int32), mech_elapsed_s=scalar(0.0),
+                      damage_rate=scalar(0.0))
     return CellState(
         x=x, phi_s=zero, phi_e=zero, voxel_current=zero, warm=jnp.zeros((2, 2) + x.shape, dtype),
         v_ref=scalar(get_ocv(params.ocv_name)(jnp.asarray(x_initial, dtype))),
@@ -205,16 +227,20 @@ def _ratio_jvp(primals, tangents):
     return q, da / b - (q / b) * db
 
 
-def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref):
+def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref, r_int=None):
     """Per face group: (G_f in S, C_f in A, BV current in A) linearised at ``drop``
-    (φ_s − v_ref − φ_e on each face), as grids that are zero off the faces."""
+    (φ_s − v_ref − φ_e on each face), as grids that are zero off the faces. ``r_int``:
+    per face group, the interfacial resistance of each face (Ω m²; debonding), else
+    ``params.interface_resistance_ohm_m2`` on every face."""
     ocv = get_ocv(params.ocv_name)
     temp, aa, ac = params.temperature_K, params.alpha_a, params.alpha_c
     f = FARADAY / (GAS_CONSTANT * temp)
     h = geometry.voxel_size_m
     out_g, out_c, out_i = [], [], []
-    for idx, d, ax, dr, d_n, area in zip(geometry.face_index, drop, geometry.axes, geometry.directions,
-                                         derived.face_diffusivity, geometry.face_area_m2):
+    if r_int is None:
+        r_int = (params.interface_resistance_ohm_m2,) * len(geometry.face_index)
+    for idx, d, ax, dr, d_n, area, r_f in zip(geometry.face_index, drop, geometry.axes, geometry.directions,
+                                              derived.face_diffusivity, geometry.face_area_m2, r_int):
         take = lambda a: a.reshape(-1)[idx]  # noqa: E731
         xf = take(x)
         u = ocv(xf) - v_ref
@@ -223,7 +249,7 @@ def _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref
         df = take(d)
         # the half voxels on both sides of the face in series with the kinetics, and the
         # surface-concentration extrapolation R_diff = −U'(x)(h/2)/(F c_max D_n)
-        r_face = params.interface_resistance_ohm_m2 + 0.5 * h * (take(inv_s) + take(neighbour(inv_e, ax, dr)))
+        r_face = r_f + 0.5 * h * (take(inv_s) + take(neighbour(inv_e, ax, dr)))
         r_face = r_face + _ratio(jnp.maximum(-slope, 0.0) * 0.5 * h / (FARADAY * params.c_max_mol_m3),
                                  jnp.maximum(d_n, 1e-30))
         eta = kbv.solve_overpotential(df - u, i0, r_face, temp, aa, ac)
@@ -248,14 +274,25 @@ class Potentials(NamedTuple):
     tau_min: jax.Array
     warm: jax.Array
     newton_iterations: jax.Array
+    interface_drop: jax.Array | float = 0.0  # mean R_int |i| over the reactive area (V)
+
+
+def face_resistances(geometry, params, gap):
+    """Per reactive face group, R_int of each face (Ω m²) from the layers' gaps ``gap``
+    (M,): R0 exp(g/g0) of the layer that owns the face, R0 for a face without one."""
+    deb = params.debonding
+    padded = jnp.concatenate([gap, jnp.zeros((1,), gap.dtype)])
+    return tuple(deb.face_resistance(params.interface_resistance_ohm_m2, padded[owner])
+                 for owner in geometry.cohesive.face_host)
 
 
 def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref, voltage_control,
-               target, current_guess, controls=(True, True)) -> Potentials:
+               target, current_guess, controls=(True, True), r_int=None) -> Potentials:
     """Newton iterations for the coupled potentials under current control (``target``
     in A) or voltage control (``target`` = absolute collector voltage), chosen by the
     traced flag ``voltage_control``; ``controls`` (static: current, voltage) says which
-    of the two can occur. ``phi_s`` in and out is φ_s − v_ref."""
+    of the two can occur. ``phi_s`` in and out is φ_s − v_ref. ``r_int``: per face
+    group, each face's interfacial resistance (debonding; :func:`face_resistances`)."""
     faces = geometry.interface()
     sigma_s = electronic_conductivity(geometry, params, x)
     sigma_e = ionic_conductivity(geometry, params)
@@ -265,10 +302,10 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
                   preconditioner=numerics.preconditioner)
 
     def newton(inputs, carry):
-        params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target = inputs
+        params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target, r_int = inputs
         phi_s, phi_e, _v, current, iters, _g, _c, warm, k, _change = carry
         drop = face_potential_drop(phi_s, phi_e, faces)
-        g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
+        g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref, r_int)
         phi_anode = anode_potential(geometry, params, current)
         args = (sigma_s, sigma_e, geometry.voxel_size_m, faces, g, c, phi_anode)
         by_voltage = lambda: solve_coupled(*args, voltage=target - v_ref, warm_start=warm, **solver)  # noqa: E731
@@ -285,7 +322,7 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     zeros = tuple(jnp.zeros_like(x) for _ in geometry.face_masks)
     init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
             jnp.asarray(0, jnp.int32), zeros, zeros, warm, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype))
-    inputs = (params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target)
+    inputs = (params, x, sigma_s, sigma_e, inv_s, inv_e, derived, v_ref, target, r_int)
     # Newton to convergence (the face potential drops change by ≤ newton_tolerance_V) in a
     # loop that is not differentiated, then one more iteration that is. At the solution
     # the Newton map's derivative w.r.t. its iterate vanishes, so reverse mode through
@@ -304,7 +341,7 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     # currents of the last linear solve: they meet the applied current exactly
     drop = face_potential_drop(phi_s, phi_e, faces)
     face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))
-    g_out, _, i_bv = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref)
+    g_out, _, i_bv = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref, r_int)
     scale = jnp.maximum(sum(jnp.sum(jnp.abs(i)) for i in face_currents), 1e-30)
     bv_residual = sum(jnp.sum(jnp.abs(a - b)) for a, b in zip(face_currents, i_bv)) / scale
     voxel_current = sum(face_currents)
@@ -318,8 +355,13 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     conductance = sum(g_out).reshape(-1)[surf]
     tau = FARADAY * params.c_max_mol_m3 * geometry.voxel_size_m**x.ndim / jnp.maximum(conductance * slope, 1e-30)
     tau_min = jnp.min(jnp.where(conductance > 0, tau, jnp.inf))
+    interface_drop = jnp.asarray(0.0, x.dtype)
+    if r_int is not None:  # Σ_f R_f |I_f| / Σ_f A_f: the area mean of R_int |i|
+        area = sum(jnp.sum(a) for a in geometry.face_area_m2)
+        interface_drop = sum(jnp.sum(r * jnp.abs(i.reshape(-1)[idx])) for r, i, idx in
+                             zip(r_int, face_currents, geometry.face_index)) / area
     return Potentials(phi_s, phi_e, voltage + v_ref, sum(jnp.sum(i) for i in face_currents), voxel_current,
-                      iters, bv_residual, tau_min, warm, newton_steps)
+                      iters, bv_residual, tau_min, warm, newton_steps, interface_drop)
 
 
 def diffuse(geometry: CellGeometry, params: CellParams, derived: Derived, x, voxel_current, dt_s, n_sub,
@@ -389,8 +431,10 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     applied = jnp.where(mode == CC, protocol.sign[k] * protocol.c_rate[k] * params.one_c_A, 0.0).astype(dtype)
     target = jnp.where(voltage_control, protocol.voltage_V[k].astype(dtype), applied)
     guess = jnp.where(voltage_control, state.current, applied)
+    deb = params.debonding
+    extra = {} if deb is None else {"r_int": face_resistances(geometry, params, state.gap)}
     sol = solve(geometry, params, numerics, derived, state.x, state.phi_s, state.phi_e, state.warm,
-                state.v_ref, voltage_control, target, guess, protocol.controls)
+                state.v_ref, voltage_control, target, guess, protocol.controls, **extra)
     solve_ok = jnp.isfinite(sol.voltage) & jnp.isfinite(sol.current)
     conducting = params.phase_sigma_s[geometry.labels] > 0
     # re-centre φ_s on the new voltage
@@ -433,6 +477,10 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     predicting = has_cut & have_prev & (approach > 0)
     predicted = jnp.where(predicting, distance / jnp.where(predicting, approach, 1.0), jnp.inf)
     dt = jnp.minimum(dt, jnp.maximum(predicted, 1e-3 * numerics.time_step_s))
+    if deb is not None:  # damage step control: at most max_damage_increment per step at the last rate
+        rate_d = state.damage_rate
+        dt_d = jnp.where(rate_d > 0, deb.max_damage_increment / jnp.where(rate_d > 0, rate_d, 1.0), jnp.inf)
+        dt = jnp.minimum(dt, jnp.maximum(dt_d, 1e-3 * numerics.time_step_s))
     dt = jnp.minimum(dt, left).astype(dtype)
     too_small = too_small & ~overshot
     # the corrective step: from the last record, to the interpolated crossing
@@ -446,8 +494,35 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     if max_substeps is not None:
         max_sub = jnp.minimum(max_sub, max_substeps)
     n_sub = jnp.where(go, jnp.clip(jnp.ceil(dt / derived.dt_stable), 1, max_sub), 0).astype(jnp.int32)
-    stress, stress_state = None, {}
-    if params.coupling is not None:  # re-solve the stress when due and the step goes ahead
+    stress, stress_state, mech_state = None, {}, {}
+    mech_failed = jnp.asarray(False)
+    if deb is not None:  # the interface solve (stress + cohesive layers) when due and the step goes ahead
+        due = go & ((state.since_mech >= deb.update_every_steps) | (state.damage_rate > 0))
+        hosts = geometry.cohesive.layers.host_index
+
+        def solve_interface():
+            m = solve_debonding(geometry.cohesive, deb, params.orientations, x_from, state.kappa, h)
+            chi = state.chi
+            if params.coupling is not None:
+                chi = params.coupling.potential_of(m, params.orientations, params.c_max_mol_m3,
+                                                   geometry.active).astype(dtype)
+            return (m.trial_history.astype(dtype), positive_gap(deb, m.normal_opening[hosts]).astype(dtype),
+                    m.damage[hosts].astype(dtype), m.converged, chi)
+
+        def keep_interface():
+            return state.kappa, state.gap, state.damage, jnp.asarray(True), state.chi
+
+        kappa, gap, damage, mech_ok, chi = jax.lax.cond(due, solve_interface, keep_interface)
+        mech_failed = due & ~mech_ok
+        increment = jnp.max(damage - state.damage, initial=0.0)
+        elapsed = state.mech_elapsed_s
+        new_rate = jnp.where(elapsed > 0, increment / jnp.where(elapsed > 0, elapsed, 1.0),
+                             increment / numerics.time_step_s)
+        mech_state = dict(kappa=kappa, gap=gap, damage=damage, rate=new_rate)
+        if params.coupling is not None:
+            stress = (chi, jnp.where(due, x_from, state.x_stress))
+            stress_state = dict(chi=stress[0], x_stress=stress[1], since_stress=None)
+    elif params.coupling is not None:  # re-solve the stress when due and the step goes ahead
         due = go & (state.since_stress >= numerics.stress_every_steps)
 
         def solve_stress():
@@ -465,12 +540,23 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     status = jnp.where(~solve_ok, DIVERGED_SOLVE,
                        jnp.where(ended, RUNNING,
                                  jnp.where(too_small, STOP_TIME_STEP,
-                                           jnp.where(~x_ok, DIVERGED_X,
-                                                     jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS)))))
-    advanced = go & x_ok & in_bounds  # a step that would leave [0, 1] is not taken
+                                           jnp.where(mech_failed, STOP_MECHANICS,
+                                                     jnp.where(~x_ok, DIVERGED_X,
+                                                               jnp.where(in_bounds, RUNNING, STOP_X_BOUNDS))))))
+    advanced = go & x_ok & in_bounds & ~mech_failed  # a step that would leave [0, 1] is not taken
     if stress is not None:
         since = jnp.where(due, 0, state.since_stress) + advanced.astype(jnp.int32)
         stress_state["since_stress"] = since.astype(jnp.int32)
+    if deb is not None:  # the interface solve counts only if its step was taken
+        solved = due & advanced
+        pick = lambda new, old: jnp.where(solved, new, old)  # noqa: E731
+        step_taken_dt = jnp.where(advanced, dt, 0.0).astype(dtype)
+        mech_state = dict(
+            kappa=pick(mech_state["kappa"], state.kappa), gap=pick(mech_state["gap"], state.gap),
+            damage=pick(mech_state["damage"], state.damage),
+            since_mech=(jnp.where(solved, 0, state.since_mech) + advanced.astype(jnp.int32)).astype(jnp.int32),
+            mech_elapsed_s=(jnp.where(solved, 0.0, state.mech_elapsed_s) + step_taken_dt).astype(dtype),
+            damage_rate=pick(mech_state["rate"], state.damage_rate).astype(dtype))
     pointer = state.pointer + ended.astype(jnp.int32)
     status = jnp.where(ended & (pointer >= protocol.n_total), FINISHED, status).astype(jnp.int32)
 
@@ -491,7 +577,7 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
         corrections=jnp.where(overshot, state.corrections + 1, jnp.where(recorded, 0, state.corrections)
                               ).astype(jnp.int32),
         t_step_s=jnp.where(ended, 0.0, t_step).astype(dtype), pointer=pointer,
-        status=status, n_taken=state.n_taken + recorded.astype(jnp.int32), **stress_state,
+        status=status, n_taken=state.n_taken + recorded.astype(jnp.int32), **stress_state, **mech_state,
     )
     active = geometry.active[box]
     record = {
@@ -502,4 +588,10 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
         "cg_iterations": sol.iterations.astype(jnp.int32),
         "newton_iterations": sol.newton_iterations.astype(jnp.int32),
     }
+    if deb is None:
+        record.update({name: jnp.asarray(0.0, dtype) for name in RECORD_INTERFACE})
+    else:  # the layers as the kinetics of this solve saw them
+        stats = layer_statistics(geometry.cohesive, state.gap, state.damage)
+        record.update({name: jnp.asarray(v).astype(dtype) for name, v in zip(RECORD_INTERFACE[:4], stats)})
+        record["interface_drop_V"] = jnp.asarray(sol.interface_drop).astype(dtype)
     return new_state, record, recorded, ended | (status != RUNNING)

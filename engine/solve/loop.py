@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ssbx.engine.solve.cell_step import RECORD_FLOAT, RECORD_INT, RUNNING, CellState, cell_step, derive
+from ssbx.engine.solve.cell_step import RECORD_FLOAT, RECORD_INT, RECORD_INTERFACE, RUNNING, CellState, cell_step, derive
 from ssbx.engine.model.protocol_table import ProtocolTable
 from ssbx.engine.model.resolve import CellGeometry, CellNumerics, CellParams
 
@@ -29,7 +29,7 @@ def advance(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, 
     dtype = state.x.dtype
     derived = derive(geometry, params, numerics)
     x_initial = jnp.asarray(x_initial, dtype)
-    buffers = {name: jnp.zeros((chunk,), dtype) for name in RECORD_FLOAT}
+    buffers = {name: jnp.zeros((chunk,), dtype) for name in RECORD_FLOAT + RECORD_INTERFACE}
     buffers.update({name: jnp.zeros((chunk,), jnp.int32) for name in RECORD_INT})
 
     def cond(carry):
