@@ -23,7 +23,10 @@ At the fitted weights the Gauss–Newton Hessian of ½Σr² in w, F = JᵀJ (J =
 forward mode, σ known or estimated as in fitting.laplace_uncertainty), gives the
 Laplace standard deviation std(w_g) = √(F⁻¹)_gg (pseudo-inverse, directions with
 λ < 1e-12 λ_max are infinitely uncertain). It is taken in w, not s, because σ'(s)
-vanishes at a saturated weight. A grain is *determined* when 2 std(w_g) < 1/2: the
+vanishes at a saturated weight. The maps depend on w only through w / A(w) (the flux
+is homogeneous of degree 0 in w: the current is fixed), so the scaling direction w is
+an exact null direction of F; F is inverted on its orthogonal complement, the scale
+being fixed by the binarity of the mask. A grain is *determined* when 2 std(w_g) < 1/2: the
 maps then tell contact from no contact at two standard deviations. Grains whose
 surface is hidden in every projection, or too small to leave a trace, are reported
 undetermined. The penalty is not part of F (it is a prior on binarity, not data).
