@@ -2,6 +2,7 @@
 mask, equivalence with the prescribed-flux model for binary masks, recovery of a
 synthetic 2/3-reactive mask from projections at three times, and bad input."""
 
+import argparse
 import dataclasses
 import json
 
@@ -11,7 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ssbx.engine.cli import fit as fit_cli
+from ssbx.engine.config.scenario import load_scenario
 from ssbx.engine.errors import ConfigError
+from ssbx.engine.inverse.fit_file import fit_config_from_dict
+from ssbx.engine.io.measurements import MeasuredMaps
 from ssbx.engine.geometry.microstructure import polycrystalline_particle
 from ssbx.engine.inverse.fitting import _fields
 from ssbx.engine.inverse.reactive_contact import (
@@ -75,70 +80,132 @@ def test_relaxed_mask_conserves_current_and_reduces_to_the_prescribed_flux_model
     np.testing.assert_allclose(binary, reference, rtol=0, atol=1e-12)
 
 
+CONTACT_FIT_TOML = """
+[scenario]
+file = "EXAMPLES/default.toml"
+[scenario.run]
+dtype = "float32"
+[scenario.particle]
+radius_m = 0.6e-6
+voxel_size_m = 1e-7
+n_grains = 20
+seed = 0
+reactive_fraction = 0.667
+[scenario.protocol]
+c_rate = 10.0
+[scenario.mechanics]
+enabled = false
+
+[measurement]
+file = "maps.h5"
+kind = "projection"
+beam_axis = "z"
+pixel_size_m = 1e-7
+t_s = [10.0, 20.0, 30.0]
+noise_std = 0.005
+min_thickness_voxels = 2.0
+
+[parameters.reactive]
+kind = "per_surface_grain"
+start = 0.5
+penalty_schedule = [0.0, 0.1, 1.0]
+iterations_per_stage = 40
+
+[output]
+folder = "out"
+
+[synthetic]
+noise_std = 0.005
+seed = 1
+"""
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="ssbx")
+    fit_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
 @pytest.fixture(scope="module")
-def contact_fit():
-    """A 16³ particle (radius 0.6 µm, 0.1 µm voxels, 20 Voronoi grains, seed 0; 19 surface
-    grains, 13 of them reactive = round(2/3 · 19)), NCM622 D = (5e-15, 5e-15, 1e-20) m²/s,
-    delithiated at 10C from x = 0.95; projections along z at 10, 20, 30 s with noise
-    σ = 0.005. The fit starts at w = 1/2 for every grain, float32."""
-    micro, setup = _setup(6, 20, 0, jnp.float32)
-    measured = synthetic_contact_maps(setup, micro.reactive_grains, noise_std=0.005, seed=1)
-    problem = ContactProblem(setup, measured)
-    return micro, setup, fit_reactive_contact(problem, true_reactive=micro.reactive_grains,
-                                              iterations_per_stage=40)
+def contact_fit(tmp_path_factory, examples_dir):
+    """``ssbx fit --make-synthetic`` on a fit file with [parameters.reactive]: a 16³ particle
+    (radius 0.6 µm, 0.1 µm voxels, 20 Voronoi grains, seed 0: 19 surface grains, 13 of
+    them reactive = round(0.667 · 19)), NCM622 D = (5e-15, 5e-15, 1e-20) m²/s, delithiated
+    at 10C from x = 0.95; projections along z at 10, 20, 30 s with noise σ = 0.005. The
+    fit starts at w = 1/2 for every grain, float32."""
+    folder = tmp_path_factory.mktemp("contact")
+    path = folder / "fit.toml"
+    path.write_text(CONTACT_FIT_TOML.replace("EXAMPLES", str(examples_dir)))
+    code = fit_cli.run(_parse(["fit", str(path), "--make-synthetic", "--quiet"]))
+    return code, folder
 
 
 def test_fit_classifies_the_reactive_surface_grains(contact_fit):
-    micro, setup, fit = contact_fit
-    truth = micro.reactive_grains[setup.surface_grains]
-    assert setup.n_surface >= 15 and truth.sum() == round(2 / 3 * setup.n_surface)
-    assert fit.accuracy >= 0.9, fit.table()
+    code, folder = contact_fit
+    assert code == 0
+    data = json.loads((folder / "out" / "fit_result.json").read_text())
+    rows = data["grains"]
+    assert data["n_surface_grains"] == len(rows) == 19
+    assert sum(r["true_reactive"] for r in rows) == round(0.667 * 19)
+    assert data["accuracy"] >= 0.9, rows
+    assert data["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows]))
     # at the optimum the residuals are the noise: ½ mean(r²) ≈ ½ in units of σ
-    assert fit.history[0]["loss"] > 4 * fit.data_loss
-    assert 0.35 < fit.data_loss < 0.65, fit.data_loss
+    start_loss = float((folder / "out" / "loss_history.csv").read_text().splitlines()[1].split(",")[3])
+    assert start_loss > 4 * data["data_loss"]
+    assert 0.35 < data["data_loss"] < 0.65, data["data_loss"]
     # the penalty made the mask (nearly) binary
-    assert np.all(np.minimum(fit.weight, 1 - fit.weight) < 0.1), fit.weight
+    assert all(min(r["weight"], 1 - r["weight"]) < 0.1 for r in rows), rows
     # the fitted flux still carries the applied current
-    assert abs(fit.li_flow_fitted_mol_s / fit.li_flow_mol_s - 1) < 1e-5
+    assert abs(data["li_flow_fitted_mol_s"] / data["li_flow_mol_s"] - 1) < 1e-5
     # the grains the Gauss–Newton analysis marks determined are classified correctly
-    assert fit.determined.sum() >= setup.n_surface // 2
-    assert fit.determined_accuracy == 1.0, fit.table()
+    assert data["n_determined"] >= len(rows) // 2
+    assert all(r["correct"] for r in rows if r["determined"]), rows
+    assert set(rows[0]) == {"grain_id", "weight", "reactive", "area_m2", "true_reactive", "correct", "std",
+                            "determined"}
+    for name in ("contact_fit.png", "loss_history.csv"):
+        assert (folder / "out" / name).stat().st_size > 0
+    assert data["settings"]["reactive"]["kind"] == "per_surface_grain"
 
 
-def test_fit_result_table_and_json(contact_fit):
-    _, setup, fit = contact_fit
-    data = json.loads(fit.to_json())
-    assert data["n_surface_grains"] == setup.n_surface == len(data["grains"])
-    row = data["grains"][0]
-    assert set(row) == {"grain_id", "weight", "reactive", "area_m2", "true_reactive", "correct", "std",
-                        "determined"}
-    assert data["accuracy"] == pytest.approx(np.mean([r["correct"] for r in data["grains"]]))
-    assert sum(r["area_m2"] for r in data["grains"]) == pytest.approx(
-        float(setup.geometry.reactive_area_m2), rel=1e-5)
-
-
-def test_bad_inputs_name_the_problem(contact_fit, examples_dir):
-    micro, setup, _ = contact_fit
-    measured = synthetic_contact_maps(setup, micro.reactive_grains)
+def test_bad_inputs_name_the_problem(examples_dir, tmp_path, capsys):
+    micro = polycrystalline_particle(0.4e-6, 1e-7, n_grains=6, seed=2)
+    op = ObservationOperator("projection", beam_axis=2)
+    setup = make_contact_setup(micro, D, C_MAX, 0.95, 10.0, -1, [1.0, 2.0], [op])
+    shape = (2,) + op.image_shape(micro.labels.shape)
+    good = MeasuredMaps(maps=np.full(shape, 0.9), t_s=[1.0, 2.0], pixel_size_m=1e-7, beam_axis=2)
+    ContactProblem(setup, [good])
     with pytest.raises(ConfigError, match="1 observation operators"):
-        ContactProblem(setup, measured * 2)
-    wrong = dataclasses.replace(measured[0], maps=measured[0].maps[:, :-2, :], mask=None)
+        ContactProblem(setup, [good, good])
     with pytest.raises(ConfigError, match="shape"):
-        ContactProblem(setup, [wrong])
-    late = dataclasses.replace(measured[0], t_s=measured[0].t_s + 1.0, mask=None)
+        ContactProblem(setup, [dataclasses.replace(good, maps=good.maps[:, :-2, :], mask=None)])
     with pytest.raises(ConfigError, match="t_s"):
-        ContactProblem(setup, [late])
+        ContactProblem(setup, [dataclasses.replace(good, t_s=good.t_s + 1.0, mask=None)])
     with pytest.raises(ConfigError, match="reactive mask shape"):
         setup.surface_weights_of(np.ones(3, bool))
-    problem = ContactProblem(setup, measured)
+    problem = ContactProblem(setup, [good])
     with pytest.raises(ConfigError, match="start_weight"):
         fit_reactive_contact(problem, start_weight=1.0)
     with pytest.raises(ConfigError, match="penalty_schedule"):
         fit_reactive_contact(problem, penalty_schedule=[-1.0])
     with pytest.raises(ConfigError, match="diffusivity_m2_s"):
-        make_contact_setup(micro, [1e-15, 0.0, 1e-15], C_MAX, 0.95, 1.0, -1, [1.0], setup.operators)
-    from ssbx.engine.config.scenario import load_scenario
-
+        make_contact_setup(micro, [1e-15, 0.0, 1e-15], C_MAX, 0.95, 1.0, -1, [1.0], [op])
     cell = load_scenario(examples_dir / "ncm111_llzo_single_particle.toml")
     with pytest.raises(ConfigError, match="Butler–Volmer"):
-        contact_setup_from_scenario(cell, [1.0], setup.operators)
+        contact_setup_from_scenario(cell, [1.0], [op])
+    # fit files
+    base = {"measurement": {"file": "m.h5"}}
+    cfg = fit_config_from_dict({**base, "parameters": {"reactive": "per_surface_grain"}})
+    assert cfg.reactive.kind == "per_surface_grain" and cfg.parameters == ()
+    with pytest.raises(ConfigError, match="parameters.reactive.kind = 'per_voxel'"):
+        fit_config_from_dict({**base, "parameters": {"reactive": "per_voxel"}})
+    with pytest.raises(ConfigError, match="unknown key in \\[parameters.reactive\\] \\['bounds'\\]"):
+        fit_config_from_dict({**base, "parameters": {"reactive": {"bounds": [0, 1]}}})
+    with pytest.raises(ConfigError, match="threshold = 1.5"):
+        fit_config_from_dict({**base, "parameters": {"reactive": {"threshold": 1.5}}})
+    with pytest.raises(ConfigError, match="fitted alone"):
+        fit_config_from_dict({**base, "parameters": {"reactive": "per_surface_grain", "D1": {"start": 5e-15}}})
+    path = tmp_path / "fit.toml"
+    path.write_text(CONTACT_FIT_TOML.replace("EXAMPLES", str(examples_dir))
+                    .replace("[synthetic]", "[synthetic]\ntruth = { D1 = 6e-15 }"))
+    assert fit_cli.run(_parse(["fit", str(path), "--make-synthetic", "--quiet"])) == 2
+    assert "synthetic.truth" in capsys.readouterr().err

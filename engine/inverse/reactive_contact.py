@@ -10,7 +10,7 @@ is redistributed over the weighted reactive area, j_v = w_g(v) Ṅ / A(w), so ev
 carries the same total current. With maps m_{b,k} along beam axes b at times t_k,
 
     L(s; λ) = (1/2N) Σ_{b,k,p} r_bkp(s)² + λ · (1/n_s) Σ_g w_g (1 − w_g),
-    r_bkp = (A_b[x(t_k; w(s))](p) − m_bkp) / σ_b,
+    r_bkp = (A_b[x(t_k; w(s))]_p − m_bkp) / σ_b,
 
 is minimised over the n_s logits s by L-BFGS (optax, as inverse/fitting.py), in stages
 of increasing penalty weight λ (continuation, Bendsøe & Sigmund 2003 §1.5): the first
@@ -56,6 +56,65 @@ from ssbx.engine.model.particle import ParticleGeometry, TransportParams, initia
 from ssbx.engine.observables.observation import ObservationOperator
 from ssbx.engine.io.measurements import MeasuredMaps
 from ssbx.engine.inverse.fitting import FitDiverged, _fields, make_setup
+
+DEFAULT_PENALTY_SCHEDULE = (0.0, 0.1, 1.0)
+
+
+# --------------------------------------------------------------------------- fit-file options
+
+CONTACT_KINDS = ("per_surface_grain",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReactiveConfig:
+    """``[parameters.reactive]`` of a fit file: the reactive mask as the free field.
+
+    Attributes:
+        kind: "per_surface_grain" (one weight per grain touching the ion conductor).
+        start: the weight every grain starts from, in (0, 1) (the prior: 0.5 = no preference).
+        penalty_schedule: binarity-penalty weights λ of the continuation stages, ≥ 0.
+        iterations_per_stage: L-BFGS iteration limit per stage, ≥ 1.
+        threshold: w above it is classified reactive, in (0, 1).
+    """
+
+    kind: str = "per_surface_grain"
+    start: float = 0.5
+    penalty_schedule: tuple = DEFAULT_PENALTY_SCHEDULE
+    iterations_per_stage: int = 40
+    threshold: float = 0.5
+
+    def validate(self):
+        f = "parameters.reactive"
+        if self.kind not in CONTACT_KINDS:
+            raise ConfigError(f"{f}.kind = {self.kind!r}: valid values are {list(CONTACT_KINDS)}")
+        for name in ("start", "threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ConfigError(f"{f}.{name} = {v!r}: valid range is (0, 1), exclusive")
+        sched = self.penalty_schedule
+        if (not isinstance(sched, (list, tuple)) or not sched
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0)
+                       for v in sched)):
+            raise ConfigError(f"{f}.penalty_schedule = {sched!r}: give a list of ≥ 1 finite numbers ≥ 0")
+        n = self.iterations_per_stage
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{f}.iterations_per_stage = {n!r}: must be an integer ≥ 1")
+
+
+def reactive_config_from(value) -> ReactiveConfig:
+    """A validated :class:`ReactiveConfig` from ``reactive = "per_surface_grain"`` or a table."""
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"parameters.reactive = {value!r}: give \"per_surface_grain\" or a table "
+                          "(kind, start, penalty_schedule, iterations_per_stage, threshold)")
+    fields = {f.name for f in dataclasses.fields(ReactiveConfig)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key in [parameters.reactive] {unknown}; valid: {sorted(fields)}")
+    cfg = ReactiveConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()})
+    cfg.validate()
+    return cfg
 
 
 # --------------------------------------------------------------------------- setup
@@ -428,15 +487,13 @@ def _finite(obj):
 # --------------------------------------------------------------------------- optimise
 
 
-DEFAULT_PENALTY_SCHEDULE = (0.0, 0.1, 1.0)
-
 
 def fit_reactive_contact(
     problem: ContactProblem,
     true_reactive=None,
     start_weight: float = 0.5,
     penalty_schedule: Sequence[float] = DEFAULT_PENALTY_SCHEDULE,
-    iterations_per_stage: int = 30,
+    iterations_per_stage: int = 40,
     threshold: float = 0.5,
     gtol: float = 1e-7,
     ftol: float = 1e-9,
