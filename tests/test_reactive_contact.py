@@ -15,7 +15,7 @@ import pytest
 from ssbx.engine.cli import fit as fit_cli
 from ssbx.engine.config.scenario import load_scenario
 from ssbx.engine.errors import ConfigError
-from ssbx.engine.inverse.fit_file import fit_config_from_dict
+from ssbx.engine.inverse.fit_file import fit_config_from_dict, load_fit_config
 from ssbx.engine.io.measurements import MeasuredMaps
 from ssbx.engine.geometry.microstructure import polycrystalline_particle
 from ssbx.engine.inverse.fitting import _fields
@@ -204,6 +204,8 @@ def test_bad_inputs_name_the_problem(examples_dir, tmp_path, capsys):
         fit_config_from_dict({**base, "parameters": {"reactive": {"threshold": 1.5}}})
     with pytest.raises(ConfigError, match="fitted alone"):
         fit_config_from_dict({**base, "parameters": {"reactive": "per_surface_grain", "D1": {"start": 5e-15}}})
+    example = load_fit_config(examples_dir / "fit_contact.toml")
+    assert example.reactive.kind == "per_surface_grain" and example.parameters == ()
     path = tmp_path / "fit.toml"
     path.write_text(CONTACT_FIT_TOML.replace("EXAMPLES", str(examples_dir))
                     .replace("[synthetic]", "[synthetic]\ntruth = { D1 = 6e-15 }"))
