@@ -34,6 +34,8 @@ def _operator(cfg, kind, beam_axis, factor):
 
 
 def run_contact(cfg, args, out: Path, log) -> int:
+    import numpy as np
+
     from ssbx.engine.errors import ConfigError
     from ssbx.engine.geometry.microstructure import build_microstructure
     from ssbx.engine.inverse.fitting import FitDiverged
@@ -45,7 +47,7 @@ def run_contact(cfg, args, out: Path, log) -> int:
 
     micro = build_microstructure(cfg.scenario)
     m = cfg.measurement
-    truth = None
+    truth = setup = None
     if args.make_synthetic:
         syn = cfg.synthetic
         if syn is not None and syn.truth:
@@ -72,7 +74,8 @@ def run_contact(cfg, args, out: Path, log) -> int:
     measured = cfg.load_measured()
     op = _operator(cfg, measured.kind, measured.beam_axis if measured.beam_axis is not None else 2,
                    measured.pixel_factor(micro.voxel_size_m))
-    setup = contact_setup_from_scenario(cfg.scenario, measured.t_s, [op], micro, cfg.optimizer.checkpoint_every)
+    if setup is None or setup.operators != (op,) or not np.array_equal(setup.t_s, measured.t_s):
+        setup = contact_setup_from_scenario(cfg.scenario, measured.t_s, [op], micro, cfg.optimizer.checkpoint_every)
     problem = ContactProblem(setup, [measured])
     r = cfg.reactive
     log(f"ssbx fit: reactive mask of {setup.n_surface} surface grains from {problem.n_pixels} pixels in "
