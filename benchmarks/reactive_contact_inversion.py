@@ -14,6 +14,10 @@ classifies each surface grain. Cases:
 * ``s1``: the S1 particle of docs/physics.md (radius 5 µm, 400 grains, 0.2 µm
   voxels, 54³), 1C, times 240, 480, 720 s — for a GPU; not run on the 2-core CPU.
 
+``--gradient-only`` times one loss + gradient (first call with compile, then warm)
+without fitting, for sizes the CPU cannot fit in a minute. Runs of other cases kept in
+the JSON of this device are preserved.
+
 Reported: surface grains, accuracy (all / determined), the number the Gauss–Newton
 analysis marks determined, iterations, wall time of the fit and of one loss+gradient
 evaluation (warm), the applied vs fitted Li flow, and the figure
@@ -23,6 +27,7 @@ evaluation (warm), the applied vs fitted Li flow, and the figure
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +53,8 @@ CASES = {
 }
 
 
-def run_case(name: str, axes, seed: int = 0, noise_std: float = 0.005, iterations_per_stage: int = 40):
+def run_case(name: str, axes, seed: int = 0, noise_std: float = 0.005, iterations_per_stage: int = 40,
+             gradient_only: bool = False):
     c = CASES[name]
     t0 = time.perf_counter()
     micro = polycrystalline_particle(c["radius_m"], c["voxel_size_m"], n_grains=c["n_grains"],
@@ -60,7 +66,18 @@ def run_case(name: str, axes, seed: int = 0, noise_std: float = 0.005, iteration
     t_setup = time.perf_counter() - t0
     vg = jax.jit(jax.value_and_grad(problem.objective))
     s = jnp.zeros(setup.n_surface, setup.x0.dtype)
-    t_grad = time_call(vg, s, jnp.asarray(0.1, s.dtype), repeats=3)
+    t0 = time.perf_counter()
+    jax.block_until_ready(vg(s, jnp.asarray(0.1, s.dtype)))
+    t_compile = time.perf_counter() - t0
+    t_grad = time_call(vg, s, jnp.asarray(0.1, s.dtype), repeats=1 if gradient_only else 3)
+    if gradient_only:
+        return setup, None, measured, {
+            "case": name, "mode": "gradient_only", "grid": list(micro.labels.shape),
+            "n_grains": int(micro.n_grains), "n_surface_grains": int(setup.n_surface),
+            "beam_axes": [str(a) for a in axes], "t_s": list(c["t_s"]), "c_rate": c["c_rate"],
+            "n_steps": int(setup.n_steps), "setup_s": t_setup, "first_loss_and_gradient_s": t_compile,
+            "loss_and_gradient_s": t_grad,
+        }
     t0 = time.perf_counter()
     fit = fit_reactive_contact(problem, true_reactive=micro.reactive_grains,
                                iterations_per_stage=iterations_per_stage)
@@ -68,6 +85,7 @@ def run_case(name: str, axes, seed: int = 0, noise_std: float = 0.005, iteration
     wrong = ~(fit.reactive == fit.true_reactive)
     result = {
         "case": name,
+        "mode": "fit",
         "grid": list(micro.labels.shape),
         "n_grains": int(micro.n_grains),
         "n_surface_grains": int(setup.n_surface),
@@ -91,6 +109,7 @@ def run_case(name: str, axes, seed: int = 0, noise_std: float = 0.005, iteration
         "li_flow_mol_s": fit.li_flow_mol_s,
         "li_flow_fitted_mol_s": fit.li_flow_fitted_mol_s,
         "setup_s": t_setup,
+        "first_loss_and_gradient_s": t_compile,
         "loss_and_gradient_s": t_grad,
         "fit_s": t_fit,
     }
@@ -103,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--axes", nargs="+", action="append",
                         help="beam axes (x, y, z) of one run; repeat for more runs (default: z x, then z alone)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient-only", action="store_true",
+                        help="time one loss + gradient (compile and warm) without fitting; for sizes a CPU cannot fit")
     args = parser.parse_args(argv)
     runs = args.axes or [["z", "x"], ["z"]]
     info = device_info()
@@ -111,19 +132,29 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = []
     for i, axes in enumerate(runs):
-        setup, fit, measured, result = run_case(args.case, axes, args.seed)
+        setup, fit, measured, result = run_case(args.case, axes, args.seed, gradient_only=args.gradient_only)
+        results.append(result)
+        if args.gradient_only:
+            print(result)
+            continue
         if i == 0:  # the figure shows the first run
             plot_contact_fit(setup, fit, measured, png,
                              title=f"reactive contact, {args.case} case, beam axes {' '.join(axes)}: "
                                    f"{result['n_surface_grains']} surface grains, "
                                    f"{100 * result['accuracy']:.0f} % classified correctly")
             result["figure"] = png.name
-        results.append(result)
         print(", ".join(f"{k}: {result[k]}" for k in (
             "beam_axes", "grid", "n_surface_grains", "accuracy", "n_determined", "determined_accuracy",
             "n_iterations", "loss_and_gradient_s", "fit_s")))
+    # keep the other cases' entries of an earlier run on this device
+    done = {(r["case"], r["mode"], tuple(r["beam_axes"])) for r in results}
+    old = RESULTS / f"{name}_{device_slug(info)}.json"
+    if old.exists():
+        kept = [r for r in json.loads(old.read_text()).get("results", [])
+                if (r["case"], r.get("mode", "fit"), tuple(r["beam_axes"])) not in done]
+        results = kept + results
     path = write_result(name, {"device": info, "results": results})
-    print(f"wrote {path} and {png}")
+    print(f"wrote {path}" + ("" if args.gradient_only else f" and {png}"))
 
 
 if __name__ == "__main__":

@@ -209,6 +209,9 @@ def test_bad_inputs_name_the_problem(examples_dir, tmp_path, capsys):
     cell = load_scenario(examples_dir / "ncm111_llzo_single_particle.toml")
     with pytest.raises(ConfigError, match="Butler–Volmer"):
         contact_setup_from_scenario(cell, [1.0], [op])
+    coupled = load_scenario(examples_dir / "default.toml").replace(mechanics={"couple_diffusion": True})
+    with pytest.raises(ConfigError, match="couple_diffusion"):
+        contact_setup_from_scenario(coupled, [1.0], [op])
     # fit files
     base = {"measurement": {"file": "m.h5"}}
     cfg = fit_config_from_dict({**base, "parameters": {"reactive": "per_surface_grain"}})

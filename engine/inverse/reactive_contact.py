@@ -276,7 +276,8 @@ def make_contact_setup(
 def contact_setup_from_scenario(scenario, t_s, operators, microstructure: Microstructure | None = None,
                                 checkpoint_every="auto") -> ContactSetup:
     """:func:`make_contact_setup` with material, C-rate, direction and numerics of a scenario
-    (``particle.reactive_fraction`` is ignored: the mask is the unknown)."""
+    (``particle.reactive_fraction`` is ignored: the mask is the unknown). Refused with
+    ConfigError: a cycling (Butler–Volmer) protocol and stress-coupled diffusion."""
     from ssbx.engine.config.scenario import jnp_dtype
     from ssbx.engine.geometry.microstructure import build_microstructure
 
@@ -284,6 +285,11 @@ def contact_setup_from_scenario(scenario, t_s, operators, microstructure: Micros
         raise ConfigError(
             f"protocol.kind = {scenario.protocol.kind!r}: the reactive-contact fit needs 'prescribed_flux' "
             "(a per-grain mask under Butler–Volmer kinetics is not in the model yet)"
+        )
+    if scenario.mechanics.enabled and scenario.mechanics.couple_diffusion:
+        raise ConfigError(
+            "mechanics.couple_diffusion = true: the reactive-contact fit does not include stress-assisted "
+            "transport yet; set it to false (the stress would otherwise be silently left out of the maps)"
         )
     micro = microstructure if microstructure is not None else build_microstructure(scenario)
     mat = scenario.material
