@@ -78,6 +78,10 @@ def _run(cfg, args) -> int:
     out = Path(args.out) if args.out else cfg.output_folder
     out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    if cfg.reactive is not None:  # [parameters.reactive]: the reactive-contact fit
+        from ssbx.engine.cli.fit_contact import run_contact
+
+        return run_contact(cfg, args, out, log)
 
     if args.make_synthetic:
         if cfg.synthetic is None:

@@ -21,6 +21,7 @@ from ssbx.engine.inverse.fitting import METHODS
 from ssbx.engine.io.measurements import FORMATS, MeasuredMaps, load_measurement
 from ssbx.engine.observables.observation import KINDS, SHIFT_METHODS
 from ssbx.engine.inverse.parameters import FreeParameter
+from ssbx.engine.inverse.reactive_contact import reactive_config_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +122,7 @@ class FitConfig:
     output: OutputConfig = OutputConfig()
     synthetic: SyntheticConfig | None = None
     base_dir: Path = Path(".")
+    reactive: object = None  # reactive_contact.ReactiveConfig when [parameters.reactive] is given
 
     @property
     def measurement_path(self) -> Path:
@@ -181,7 +183,11 @@ def fit_config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Fi
     if not isinstance(params_table, dict) or not params_table:
         raise ConfigError("the fit file needs at least one [parameters.<name>] table, e.g. [parameters.D1] start = 5e-15")
     free = []
+    reactive = None
     for name, spec in params_table.items():
+        if name == "reactive":  # the reactive mask (docs/inverse_contact.md), a field, not a scalar
+            reactive = reactive_config_from(spec)
+            continue
         if not isinstance(spec, dict):
             raise ConfigError(f"[parameters.{name}] must be a table with start (and optional lower, upper)")
         unknown = set(spec) - {"start", "lower", "upper"}
@@ -190,13 +196,18 @@ def fit_config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Fi
         if "start" not in spec:
             raise ConfigError(f"[parameters.{name}] needs a start value")
         free.append(FreeParameter(name, spec["start"], spec.get("lower"), spec.get("upper")))
+    if reactive is not None and free:
+        raise ConfigError(
+            f"parameters: the reactive mask is fitted alone for now (D, flux scale and orientations known); "
+            f"remove {[p.name for p in free]} or fit them in a separate run"
+        )
     optimizer = _build(OptimizerConfig, "optimizer", data.get("optimizer", {}))
     output = _build(OutputConfig, "output", data.get("output", {}))
     synthetic = None
     if "synthetic" in data:
         syn = dict(data["synthetic"])
         synthetic = _build(SyntheticConfig, "synthetic", syn)
-    return FitConfig(scenario, measurement, tuple(free), optimizer, output, synthetic, Path(base_dir))
+    return FitConfig(scenario, measurement, tuple(free), optimizer, output, synthetic, Path(base_dir), reactive)
 
 
 def load_fit_config(path: str | Path) -> FitConfig:
