@@ -152,7 +152,7 @@ def sharded_diffusion_rate(x, grain_id, component_table, voxel_size_m, mesh: Mes
 
 
 def sharded_explicit_rollout(x0, grain_id, component_table, voxel_size_m, dt_s, n_steps, mesh: Mesh,
-                             source_rate=None, axis_name=SLAB):
+                             source_rate=None, axis_name=SLAB, checkpoint_every=None):
     """``n_steps`` forward-Euler steps of :func:`.diffusion.explicit_step` on slabs.
 
     The whole ``lax.scan`` runs inside one ``shard_map``: per step each device
@@ -162,8 +162,14 @@ def sharded_explicit_rollout(x0, grain_id, component_table, voxel_size_m, dt_s, 
     step (a ``psum`` of the slab sums).
 
     Args: as :func:`.diffusion.explicit_step`; ``dt_s`` in s, ``n_steps`` a static int.
+        ``checkpoint_every``: None (one scan) or a block length k dividing n_steps;
+        each block of k steps is wrapped in ``jax.checkpoint`` so reverse mode stores
+        n_steps / k slab states (as engine.model.particle.rollout does).
     """
     check_slab_shape(x0.shape, mesh, axis_name)
+    k = n_steps if checkpoint_every is None else int(checkpoint_every)
+    if k < 1 or n_steps % k:
+        raise ValueError(f"checkpoint_every = {checkpoint_every}; valid: a divisor of n_steps = {n_steps}")
     n = mesh.shape[axis_name]
     slab, rep = _specs(axis_name)
     if source_rate is None:
@@ -181,7 +187,13 @@ def sharded_explicit_rollout(x0, grain_id, component_table, voxel_size_m, dt_s, 
             mean = jax.lax.psum(jnp.sum(jnp.where(active, x, 0)), axis_name) / n_active
             return x, mean
 
-        return jax.lax.scan(step, xl, None, length=n_steps)
+        def block(x, _):
+            return jax.lax.scan(step, x, None, length=k)
+
+        if checkpoint_every is not None:
+            block = jax.checkpoint(block)
+        x, means = jax.lax.scan(block, xl, None, length=n_steps // k)
+        return x, means.reshape(n_steps)
 
     return jax.shard_map(local, mesh=mesh, in_specs=(slab, slab, slab, rep, rep), out_specs=(slab, rep))(
         x0, grain_id, source_rate, component_table, jnp.asarray(dt_s, x0.dtype))
