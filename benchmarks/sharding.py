@@ -19,7 +19,8 @@ ideal). It also records XLA's compiled memory estimate per device (arguments +
 outputs + temporaries) and divides it by the voxels per device, and the same estimate
 for the single-device solvers on a ``--memory-size``³ grid (compiled from abstract
 shapes, nothing allocated): particle rollout forward and gradient, conduction solve
-(FFT and Jacobi preconditioners), elasticity solve. docs/sharding.md turns these into
+(FFT and Jacobi preconditioners), elasticity solve; and of the sharded solvers on the
+same grid split over all devices (bytes per device and voxel held). docs/sharding.md turns these into
 the largest grids per device.
 
 On a CPU the "devices" are simulated (``--xla_force_host_platform_device_count``):
@@ -196,6 +197,49 @@ def single_device_memory(n, rng):
     return result
 
 
+def sharded_memory(n, p):
+    """XLA's memory estimate per device and voxel of the sharded solvers on n³ over p devices
+    (abstract shapes, nothing allocated)."""
+    from ssbx.engine.model.particle import ParticleGeometry, TransportParams
+    from ssbx.engine.solve.sharded_particle import sharded_rollout
+
+    mesh = ks.slab_mesh(p)
+    shape = (n, n, n)
+    grid = ks.slab_sharding(mesh)
+    f32 = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=grid)
+    i32 = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=grid)
+    q = jnp.asarray(np.tile([1.0, 0.0, 0.0, 0.0], (8, 1)), jnp.float32)
+    params = TransportParams(jnp.asarray([5e-15, 5e-15, 1e-16], jnp.float32), q, jnp.asarray(1e-4, jnp.float32),
+                             jnp.asarray(5e4, jnp.float32))
+    dt = kd.stable_time_step(5e-15, 1e-7, 3)
+
+    def forward(gid, faces, x0):
+        return sharded_rollout(ParticleGeometry(gid, faces, 1e-7), params, x0, 16, dt, mesh)[0]
+
+    def gradient(gid, faces, x0):
+        def loss(d):
+            pp = TransportParams(d, params.orientations, params.flux_mol_m2_s, params.c_max_mol_m3)
+            x = sharded_rollout(ParticleGeometry(gid, faces, 1e-7), pp, x0, 256, dt, mesh, checkpoint_every=16)[0]
+            return jnp.sum(x ** 2)
+        return jax.grad(loss)(params.diffusivity_m2_s)
+
+    t = kst.grain_stiffness_table(q, kst.hexagonal_stiffness(250e9, 90e9, 40e9, 110e9, 30e9))
+    ex = kst.grain_expansion_table(q, jnp.array([0.028, 0.028, -0.04]))
+    cases = {
+        "particle_forward": (forward, (i32, f32, f32)),
+        "particle_gradient_256_steps_k16": (gradient, (i32, f32, f32)),
+        "conduction_solve_jacobi": (lambda sig: ks.sharded_solve_potential(sig, 1e-6, mesh=mesh, value_hi=1.0).phi,
+                                    (f32,)),
+        "elasticity_solve": (lambda idx, x: ks.sharded_solve_elasticity(t, t, idx, x, mesh=mesh,
+                                                                        expansion_table=ex).stress, (i32, f32)),
+    }
+    result = {"n": n, "devices": p}
+    for name, (fn, shapes) in cases.items():
+        result[name] = _per_voxel(memory_bytes(jax.jit(fn).lower(*shapes).compile()), n ** 3 // p)
+        print("sharded", p, name, result[name], flush=True)
+    return result
+
+
 def _compiled(fn, *example):
     """Ahead-of-time compiled ``fn`` (timed and asked for its memory estimate)."""
     return jax.jit(fn).lower(*example).compile()
@@ -222,8 +266,10 @@ def main():
                 row[key[:-2] + "_weak_efficiency"] = round(base / row[key], 3)
     info = device_info()
     memory = single_device_memory(args.memory_size, rng) if args.memory_size else None
+    sharded = sharded_memory(args.memory_size, counts[-1]) if args.memory_size else None
     payload = {
         "single_device_bytes_per_voxel": memory,
+        "sharded_bytes_per_device_voxel": sharded,
         "device": info,
         "simulated_devices": info["platform"] == "cpu",
         "note": ("CPU devices are simulated and share the host's cores: efficiency is expected "

@@ -152,24 +152,32 @@ def sharded_diffusion_rate(x, grain_id, component_table, voxel_size_m, mesh: Mes
 
 
 def sharded_explicit_rollout(x0, grain_id, component_table, voxel_size_m, dt_s, n_steps, mesh: Mesh,
-                             source_rate=None, axis_name=SLAB, checkpoint_every=None):
+                             source_rate=None, axis_name=SLAB, checkpoint_every=None, adjoint="symmetric"):
     """``n_steps`` forward-Euler steps of :func:`.diffusion.explicit_step` on slabs.
 
     The whole ``lax.scan`` runs inside one ``shard_map``: per step each device
-    exchanges two planes of x and applies the single-device step to its padded slab.
-    The grain-id halo is exchanged once. Returns ``(x_final, mean_x)``: the final
-    state (slab-sharded) and the (n_steps,) mean of x over active voxels after each
-    step (a ``psum`` of the slab sums).
+    exchanges two planes of x and applies the single-device operator to its padded
+    slab. The grain-id halo is exchanged once. Returns ``(x_final, mean_x)``: the
+    final state (slab-sharded) and the (n_steps,) mean of x over active voxels after
+    each step (a ``psum`` of the slab sums).
 
     Args: as :func:`.diffusion.explicit_step`; ``dt_s`` in s, ``n_steps`` a static int.
         ``checkpoint_every``: None (one scan) or a block length k dividing n_steps;
         each block of k steps is wrapped in ``jax.checkpoint`` so reverse mode stores
         n_steps / k slab states (as engine.model.particle.rollout does).
+        ``adjoint``: "symmetric" (default) applies :func:`.diffusion.symmetric_operator`
+        to the padded slab with the tensor components gathered once (its hand-written
+        VJP uses the symmetry of the padded operator; reverse mode keeps only states,
+        forward mode is not defined); "autodiff" applies
+        :func:`.diffusion.explicit_step` (gathers every step, all transformations).
+        The values are the same.
     """
     check_slab_shape(x0.shape, mesh, axis_name)
     k = n_steps if checkpoint_every is None else int(checkpoint_every)
     if k < 1 or n_steps % k:
         raise ValueError(f"checkpoint_every = {checkpoint_every}; valid: a divisor of n_steps = {n_steps}")
+    if adjoint not in ("symmetric", "autodiff"):
+        raise ValueError(f"adjoint = {adjoint!r}; valid: 'symmetric' or 'autodiff'")
     n = mesh.shape[axis_name]
     slab, rep = _specs(axis_name)
     if source_rate is None:
@@ -177,13 +185,26 @@ def sharded_explicit_rollout(x0, grain_id, component_table, voxel_size_m, dt_s, 
 
     def local(xl, gl, sl, table, dt):
         gpad = _pad_grain_id(gl, axis_name, n)
-        spad = _pad_zero(sl)
         active = gl >= 0
         n_active = jnp.maximum(jax.lax.psum(jnp.sum(active), axis_name), 1)
+        if adjoint == "symmetric":
+            comps = kdiff.voxel_components(table, gpad)
+            active_pad = gpad >= 0
+            source = jnp.where(active, sl, 0.0)
+
+            def advance(x):
+                rate = kdiff.symmetric_operator(halo_pad(x, axis_name, n, False), comps, active_pad,
+                                                1.0 / voxel_size_m)
+                return x + dt * (rate[1:-1] + source)
+        else:
+            spad = _pad_zero(sl)
+
+            def advance(x):
+                return kdiff.explicit_step(halo_pad(x, axis_name, n, False), dt, gpad, table, voxel_size_m,
+                                           spad)[1:-1]
 
         def step(x, _):
-            x = kdiff.explicit_step(halo_pad(x, axis_name, n, False), dt, gpad, table, voxel_size_m,
-                                    spad)[1:-1]
+            x = advance(x)
             mean = jax.lax.psum(jnp.sum(jnp.where(active, x, 0)), axis_name) / n_active
             return x, mean
 

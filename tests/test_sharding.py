@@ -38,6 +38,7 @@ def test_sharded_particle_rollout_equals_single_device(measured):
     # 32 explicit steps, 16x12x12 ellipsoid of three anisotropic grains, lithiating
     assert measured["rollout_x_spread"] > 0.05  # a non-trivial field was compared
     assert measured["rollout_max_abs_dx"] <= 1e-6  # x in [0, 1]; float32 eps = 1.2e-7
+    assert measured["rollout_autodiff_max_abs_dx"] <= 1e-6  # the other adjoint path, same values
     assert measured["rollout_max_abs_dmean"] <= 1e-5
 
 

@@ -39,14 +39,19 @@ def check_mesh(shape, mesh, axis_name=ksh.SLAB):
 
 
 def sharded_rollout(geometry: ParticleGeometry, params: TransportParams, x0: jax.Array, n_steps: int,
-                    dt_s: float, mesh, checkpoint_every: int = 16, axis_name=ksh.SLAB):
+                    dt_s: float, mesh, checkpoint_every: int = 16, adjoint: str = "symmetric",
+                    axis_name=ksh.SLAB):
     """Advance ``n_steps`` explicit steps on slabs; returns ``(x_final, per_step)``.
 
     Same physics and outputs as ``particle.rollout(..., guard=False, coupling=None)``:
     ``per_step`` holds (n_steps,) ``mean_x`` and ``status`` (always running).
-    ``x_final`` comes back split along axis 0 over ``mesh``.
+    ``x_final`` comes back split along axis 0 over ``mesh``. ``adjoint`` as in
+    particle.rollout: "symmetric" (hand-written VJP, tensor components gathered once;
+    the cheap reverse mode) or "autodiff" (forward mode too, one int per voxel).
     """
     check_mesh(geometry.grain_id.shape, mesh, axis_name)
+    if adjoint not in ("symmetric", "autodiff"):
+        raise ConfigError(f"adjoint = {adjoint!r}; valid: 'symmetric' or 'autodiff'")
     if n_steps < 1 or checkpoint_every < 1 or n_steps % checkpoint_every:
         raise ConfigError(f"n_steps = {n_steps}, checkpoint_every = {checkpoint_every}: valid are "
                           "n_steps ≥ 1 a multiple of checkpoint_every ≥ 1")
@@ -55,6 +60,6 @@ def sharded_rollout(geometry: ParticleGeometry, params: TransportParams, x0: jax
                                      geometry.voxel_size_m)
     x, mean_x = ksh.sharded_explicit_rollout(
         x0, geometry.grain_id, table, geometry.voxel_size_m, dt_s, n_steps, mesh, source_rate=source,
-        axis_name=axis_name, checkpoint_every=checkpoint_every)
+        axis_name=axis_name, checkpoint_every=checkpoint_every, adjoint=adjoint)
     status = jnp.full((n_steps,), STATUS_RUNNING, jnp.int32)
     return x, {"mean_x": mean_x, "status": status}
