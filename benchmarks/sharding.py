@@ -63,7 +63,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, time_call, write_result  # noqa: E402
-
 from ssbx.kernels import conduction as kc  # noqa: E402
 from ssbx.kernels import diffusion as kd  # noqa: E402
 from ssbx.kernels import elasticity as ke  # noqa: E402

@@ -27,9 +27,10 @@ only the order of the global sums in CG differs):
 
 The grid size along axis 0 must be a multiple of the number of devices.
 
-What is not decomposed here: the FFT/DST preconditioner of the conduction solver and
-the FFT-Galerkin elasticity solver need a distributed FFT (see docs/sharding.md); the
-sharded conduction solve offers the Jacobi preconditioner.
+The FFT-Galerkin elasticity solver gets a slab-decomposed real FFT
+(:class:`SlabRFFT`, one ``lax.all_to_all`` per transform) for its preconditioner. Not
+decomposed: the DST/DCT (FFT) and multigrid preconditioners of the conduction solver;
+the sharded conduction solve offers Jacobi or none. Use and limits: docs/sharding.md.
 """
 
 from __future__ import annotations
@@ -48,18 +49,18 @@ from . import elasticity as kel
 
 __all__ = [
     "SLAB",
-    "slab_mesh",
+    "SlabIRFFT",
+    "SlabRFFT",
     "check_slab_shape",
-    "slab_sharding",
     "halo_pad",
+    "sharded_apply_operator",
     "sharded_diffusion_rate",
     "sharded_explicit_rollout",
-    "sharded_apply_operator",
-    "sharded_solve_potential",
-    "SlabRFFT",
-    "SlabIRFFT",
-    "slab_rfft_pair",
     "sharded_solve_elasticity",
+    "sharded_solve_potential",
+    "slab_mesh",
+    "slab_rfft_pair",
+    "slab_sharding",
 ]
 
 #: Default name of the mesh axis the slabs are distributed over.

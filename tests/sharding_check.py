@@ -16,7 +16,6 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
 from ssbx.engine.errors import ConfigError  # noqa: E402
 from ssbx.engine.model.particle import ParticleGeometry, TransportParams, rollout  # noqa: E402
 from ssbx.engine.solve.sharded_particle import sharded_rollout  # noqa: E402
@@ -95,7 +94,7 @@ lap("rollout_and_gradient")
 # --- conduction: operator (ring halo) and Jacobi PCG -----------------------------------
 cshape = (16, 10, 8)
 sigma = jnp.asarray(np.where(rng.random(cshape) < 0.7, 10 ** rng.uniform(-2, 0, cshape), 0.0), jnp.float32)
-opts = dict(axis=1, lateral="periodic", value_lo=0.0, value_hi=1.0, rtol=1e-6, preconditioner="jacobi")
+opts = {"axis": 1, "lateral": "periodic", "value_lo": 0.0, "value_hi": 1.0, "rtol": 1e-6, "preconditioner": "jacobi"}
 s1 = kc.solve_potential(sigma, 1e-6, **opts)
 s4 = ks.sharded_solve_potential(sigma, 1e-6, mesh=mesh, **opts)
 out["solve_max_abs_dphi_V"] = float(jnp.max(jnp.abs(s1.phi - s4.phi)))
@@ -114,7 +113,7 @@ t1 = kst.grain_stiffness_table(q, kst.hexagonal_stiffness(280e9, 100e9, 70e9, 23
 ex = kst.grain_expansion_table(q, jnp.array([0.028, 0.028, -0.04]))
 pidx = jnp.asarray(rng.integers(0, 3, eshape), jnp.int32)
 xe = jnp.asarray(rng.random(eshape), jnp.float32)
-eopts = dict(expansion_table=ex, macro_stress=jnp.zeros(6), x_ref=0.5)
+eopts = {"expansion_table": ex, "macro_stress": jnp.zeros(6), "x_ref": 0.5}
 e1 = ke.solve_elasticity(t0, t1, pidx, xe, **eopts)
 e4 = ks.sharded_solve_elasticity(t0, t1, pidx, xe, mesh=mesh, **eopts)
 out["elasticity_stress_rel_diff"] = float(jnp.max(jnp.abs(e1.stress - e4.stress)) / jnp.max(jnp.abs(e1.stress)))

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-from ssbx.kernels import diffusion as kdiff
-from ssbx.kernels import sharded as ksh
-
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.model.particle import STATUS_RUNNING, ParticleGeometry, TransportParams, component_table
+from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels import sharded as ksh
 
 
 def check_mesh(shape, mesh, axis_name=ksh.SLAB):
