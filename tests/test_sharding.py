@@ -42,6 +42,10 @@ def test_sharded_particle_rollout_equals_single_device(measured):
     assert measured["rollout_max_abs_dmean"] <= 1e-5
 
 
+def test_sharded_diffusion_rate_equals_kernel_in_3d_and_2d(measured):
+    assert measured["rate_rel_diff_3d_2d"] <= 1e-5
+
+
 def test_sharded_rollout_conserves_li(measured):
     # Σx grows by exactly Δt Σ s per step: the operator is conservative across slab cuts
     assert measured["rollout_li_balance_rel_err"] <= 1e-5
