@@ -295,8 +295,13 @@ def _modified_wavevector(shape, dtype):
     return np.stack(xi).astype(dtype)
 
 
-def _reference_preconditioner(shape, lam0, mu0, dtype):
-    """Returns apply(r) = K_ref⁺ r for nodal fields r (3, *grid)."""
+def _reference_preconditioner(shape, lam0, mu0, dtype, transforms=None):
+    """Returns apply(r) = K_ref⁺ r for nodal fields r (3, *grid).
+
+    ``transforms``: optional (forward, inverse) pair replacing ``jnp.fft.rfftn`` /
+    ``irfftn`` over the grid axes of a (3, *grid) field (same layout and values), e.g.
+    the slab-decomposed FFT of :mod:`.sharded`.
+    """
     ndim = len(shape)
     xi_np = _modified_wavevector(shape, np.float64)
     xi2 = np.sum(xi_np**2, axis=0)
@@ -307,8 +312,14 @@ def _reference_preconditioner(shape, lam0, mu0, dtype):
     axes = tuple(range(1, ndim + 1))
     coef = (lam0 + mu0) / (lam0 + 2.0 * mu0)
 
+    if transforms is None:
+        forward = lambda r: jnp.fft.rfftn(r, axes=axes)  # noqa: E731
+        inverse = lambda zh: jnp.fft.irfftn(zh, s=shape, axes=axes)  # noqa: E731
+    else:
+        forward, inverse = transforms
+
     def apply(r):
-        rh = jnp.fft.rfftn(r, axes=axes)
+        rh = forward(r)
         # in-plane components couple through ξ ξᵀ; u_z in 2D only through μ|ξ|²
         xr = sum(xi[j] * rh[j] for j in range(ndim))
         proj = coef * xr * inv_xi2
@@ -319,7 +330,7 @@ def _reference_preconditioner(shape, lam0, mu0, dtype):
                 v = v - proj * xi[c]
             comps.append(v * inv_xi2 / mu0)
         zh = jnp.stack(comps)
-        return jnp.fft.irfftn(zh, s=shape, axes=axes).astype(r.dtype)
+        return inverse(zh).astype(r.dtype)
 
     return apply
 
@@ -394,9 +405,9 @@ def _pcg(matvec, b, precond, tol, maxiter):
 # ----------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("maxiter",))
+@functools.partial(jax.jit, static_argnames=("maxiter", "transforms"))
 def _solve(t0, t1, idx, x, expansion, eig_field, x_ref, e_strain, s_stress, mask,
-           tol, floor, maxiter):
+           tol, floor, maxiter, transforms=None):
     """Core solve; all stiffness/stress arguments already in GPa and Mandel form."""
     ndim = idx.ndim
     shape = idx.shape
@@ -446,7 +457,7 @@ def _solve(t0, t1, idx, x, expansion, eig_field, x_ref, e_strain, s_stress, mask
         sig = stiff(eps)
         return (_divergence_t(sig, ndim), maskf * jnp.sum(sig, axis=tuple(range(1, ndim + 1))))
 
-    precond_u = _reference_preconditioner(shape, lam0, mu0, dtype)
+    precond_u = _reference_preconditioner(shape, lam0, mu0, dtype, transforms)
     m_e = maskf[:, None] * c_ref_m * maskf[None, :] * nvox + jnp.diag(1.0 - maskf)
     m_e_inv = maskf[:, None] * jnp.linalg.inv(m_e) * maskf[None, :]
     m_e_inv = jax.lax.stop_gradient(m_e_inv)
@@ -510,6 +521,7 @@ def solve_elasticity(
     tol=1e-5,
     maxiter=2000,
     stiffness_floor=1e-6,
+    transforms=None,
 ) -> ElasticityResult:
     """Solve ∇·σ = 0, σ = C(x):(ε − ε*) on a periodic 2D/3D voxel grid.
 
@@ -544,6 +556,10 @@ def solve_elasticity(
         maxiter: maximum CG iterations (static).
         stiffness_floor: every phase gets ``stiffness_floor × C_ref`` added (C_ref:
             isotropic reference stiffness); keeps pores (zero stiffness) solvable.
+        transforms: optional static (forward, inverse) real-FFT pair for the
+            preconditioner (default ``jnp.fft.rfftn`` / ``irfftn`` over the grid
+            axes); :func:`ssbx.kernels.sharded.sharded_solve_elasticity` passes a
+            slab-decomposed one. Must be hashable (functions are).
 
     Returns:
         :class:`ElasticityResult` with strain, stress (Pa), means, iterations,
@@ -642,6 +658,7 @@ def solve_elasticity(
         jnp.asarray(tol, dtype),
         jnp.asarray(stiffness_floor, dtype),
         maxiter=int(maxiter),
+        transforms=transforms,
     )
 
 
