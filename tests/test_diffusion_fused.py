@@ -1,6 +1,8 @@
 """The fused diffusion step (kernels/diffusion_fused.py) against the reference kernel
 (kernels/diffusion.py): same values, same gradients, Li conservation, textbook stencil."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,13 @@ H = 1e-7  # voxel size, m
 PRINCIPAL = (5e-15, 2e-15, 1e-16)  # m²/s, three distinct values: all tensor components live
 
 
+@partial(jax.jit, static_argnums=1)
+def _table(quaternions, ndim):
+    """Packed per-grain tensors R diag(PRINCIPAL) Rᵀ (one compile instead of many eager ops)."""
+    rot = quaternion_to_matrix(quaternions)
+    return kd.tensor_components(kd.grain_diffusion_tensors(rot, jnp.asarray(PRINCIPAL, quaternions.dtype), ndim))
+
+
 def _random_polycrystal(shape, n_grains, pores, seed, dtype):
     """Random grain per voxel (every face a grain boundary), random orientations,
     optionally ~25 % pore voxels (grain id −1)."""
@@ -23,8 +32,7 @@ def _random_polycrystal(shape, n_grains, pores, seed, dtype):
         gid = np.where(rng.random(shape) < 0.25, -1, gid)
     q = rng.standard_normal((n_grains, 4))
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    rot = quaternion_to_matrix(jnp.asarray(q, dtype))
-    table = kd.tensor_components(kd.grain_diffusion_tensors(rot, jnp.asarray(PRINCIPAL, dtype), len(shape)))
+    table = _table(jnp.asarray(q, dtype), len(shape))
     x = jnp.asarray(rng.random(shape), dtype)
     source = jnp.asarray(np.where(gid >= 0, rng.standard_normal(shape), 0.0), dtype) * 0.1
     return jnp.asarray(gid, jnp.int32), table, x, source
@@ -63,7 +71,9 @@ def test_fused_steps_match_reference_to_float32_roundoff(shape, pores):
         for got in (x_unpadded, x_rollout, kf.interior(xp)):
             np.testing.assert_allclose(np.asarray(got), np.asarray(x_ref), rtol=0, atol=4e-6)
         # the padding layer stays zero
-        assert float(jnp.sum(jnp.abs(xp))) == float(jnp.sum(jnp.abs(kf.interior(xp))))
+        halo = np.array(xp)
+        halo[(slice(1, -1),) * len(shape)] = 0.0
+        assert not halo.any()
 
 
 @pytest.mark.parametrize("shape", [(24, 20), (12, 11, 10)])
@@ -86,11 +96,16 @@ def test_homogeneous_weights_are_the_textbook_stencil(x64, ndim):
     """Uniform rotated tensor, all voxels active: interior weights are D_kk/h² on the
     axis pairs and ±D_kl/(2h²) on the diagonal pairs (the 9-/19-point cross-derivative
     stencil); pairs that leave the grid have weight 0."""
-    q = jnp.asarray([[0.9, 0.3, -0.2, 0.25]], jnp.float64)
-    q = q / jnp.linalg.norm(q)
-    tensor = kd.grain_diffusion_tensors(quaternion_to_matrix(q), jnp.asarray(PRINCIPAL), ndim)
-    table = kd.tensor_components(tensor)
-    d = np.asarray(tensor[0]) / H**2
+    q = np.asarray([[0.9, 0.3, -0.2, 0.25]])
+    table = _table(jnp.asarray(q / np.linalg.norm(q)), ndim)
+    # the tensor unpacked from the table's layout (diagonal, then upper triangle row by row)
+    d = np.diag(np.asarray(table[0, :ndim]))
+    off = iter(np.asarray(table[0, ndim:]))
+    for k in range(ndim):
+        for l in range(k + 1, ndim):
+            d[k, l] = d[l, k] = next(off)
+    assert np.all(np.abs(d[np.triu_indices(ndim, 1)]) > 1e-17)  # the rotation mixes all components
+    d = d / H**2
     n = 6
     w = np.asarray(kf.prepare(jnp.zeros((n,) * ndim, jnp.int32), table, H).weights)
     interior = (slice(2, n - 1),) * ndim  # padded index 2..n-2 = voxels 1..n-3: all pairs inside
@@ -107,9 +122,11 @@ def test_homogeneous_weights_are_the_textbook_stencil(x64, ndim):
 
 
 def test_gradient_through_fused_steps_equals_reference(x64):
-    """jax.grad of a loss after 3 steps w.r.t. the tensor table, x0 and the source."""
-    gid, table, x, source = _random_polycrystal((6, 5, 4), 4, True, seed=5, dtype=jnp.float64)
-    dt = kd.stable_time_step(max(PRINCIPAL), H, 3)
+    """jax.grad of a loss after 3 steps w.r.t. the tensor table, x0 and the source (2D, to
+    keep compile time small: the 2D and 3D paths are the same code, and 3D forward values
+    are compared above)."""
+    gid, table, x, source = _random_polycrystal((10, 9), 4, True, seed=5, dtype=jnp.float64)
+    dt = kd.stable_time_step(max(PRINCIPAL), H, 2)
     weight = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape))
 
     def loss_ref(table, x, source):
