@@ -14,9 +14,10 @@ The operator as a symmetric pair stencil
 The reference operator is minus the gradient of the discrete energy (see
 :mod:`ssbx.kernels.diffusion`)
 
-    E(x) = Σ_cells [ ¼ Σ_k D_kk (d_k+² + d_k−²) + Σ_{k<l} D_kl g_k g_l ] / h²,
+    E(x) = Σ_cells [ ¼ Σ_k D_kk (d_k+² + d_k−²) + Σ_{k<l} D_kl g_k g_l ] / h²
 
-with masked one-sided differences d_k± and g_k = ½ (d_k+ + d_k−) (cross terms of
+(per unit cell volume), with the masked one-sided differences d_k± of x (not divided
+by h here) and g_k = ½ (d_k+ + d_k−) (cross terms of
 Günter et al., J. Comput. Phys. 209, 354 (2005)). Each product d_k^s d_l^t
 (s, t = ±1, pointing from cell i to a = i + s e_k and b = i + t e_l) is split with
 (x_a − x_i)(x_b − x_i) = ½ [(x_a − x_i)² + (x_b − x_i)² − (x_a − x_b)²], so E is a sum
