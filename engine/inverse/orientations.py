@@ -29,20 +29,27 @@ upper-hemisphere representative, so the antipodal singularity of the shortest-ar
 formula is never approached). D1 uses the log-sigmoid transform of a bounded
 FreeParameter (inverse/parameters.py).
 
-Optimisation: multi-start, then polish
---------------------------------------
-The loss is not convex in the axes: a grain's axis can settle in a wrong basin (e.g.
-the mirror image of the truth across a plane the projections cannot tell apart). The
-sign ambiguity c ~ −c is removed by the parameterisation; the others are handled by a
-multi-start: ``n_starts`` independent random starts (axes uniform on the sphere, D1 at
-its start value) are advanced together by Adam (Kingma & Ba, ICLR 2015) as one batched
-(vmapped) program; then, because grains interact only weakly (mostly through their
-shared boundaries), the starts are *recombined grain by grain*: for every grain the
-axis of the start whose simulated maps match the data best on the pixels that see
-that grain (its rays through the grain, weighted by the grain's share of each ray) is
-kept — a greedy block-coordinate choice, accepted only when it lowers the total loss.
-Finally L-BFGS (optax, zoom line search; Nocedal & Wright, *Numerical Optimization*,
-2nd ed.) polishes the best combination.
+Optimisation: multi-start, per-grain candidate sweeps, polish
+-------------------------------------------------------------
+The loss is not convex in the axes: a grain's axis can settle in a wrong basin, most
+often about 90° from the truth (with D3 ≈ 0 an axis perpendicular to the true one
+blocks a different in-plane direction, and the gradient towards the truth vanishes
+on the way). The sign ambiguity c ~ −c is removed by the parameterisation; the other
+basins are handled in three stages:
+
+1. *multi-start*: ``n_starts`` random starts (axes uniform on the sphere, D1 at its
+   start value) advanced together by Adam (Kingma & Ba, ICLR 2015) as one batched
+   (vmapped) program; the best start is kept;
+2. *L-BFGS polish* (optax, zoom line search; Nocedal & Wright, *Numerical
+   Optimization*, 2nd ed.);
+3. *per-grain candidate sweeps*: because grains interact only through their shared
+   boundaries, a wrong grain can be corrected with the others held fixed. For each
+   grain in turn, eight trial axes (the four perpendicular to the current axis at
+   45° spacing and the four tilted 45° from it; :func:`candidate_axes`) are
+   evaluated in one batched forward run (no gradient, ≈ 1/7 of a gradient each) and
+   the best replaces the current axis if it lowers the loss — a greedy block
+   coordinate multi-start. Sweeps alternate with polishes (2) until a sweep changes
+   nothing or ``max_rounds`` is reached.
 
 Identifiability
 ---------------
@@ -115,10 +122,12 @@ class OrientationFit:
         true_directions: (n_grains, 3) true axes when given, else None.
         loss: final loss ½ mean r².
         start_losses: loss of every start after the Adam stage.
-        recombined_grains: grains whose axis was taken from another start than the best.
+        swept_grains: grains whose axis a candidate sweep replaced.
         history: per iteration {"stage", "loss"}.
         max_std_deg: the threshold used for ``determined``.
         noise_std: per measurement, σ used (given or estimated).
+        u: the fitted unconstrained vector (OrientationProblem.simulated_maps(u) gives
+            the maps at the optimum).
     """
 
     directions: np.ndarray
@@ -132,11 +141,11 @@ class OrientationFit:
     true_directions: np.ndarray | None
     loss: float
     start_losses: list
-    recombined_grains: list
+    swept_grains: list
     history: list
     max_std_deg: float
     noise_std: list
-    simulated: list | None = None
+    u: np.ndarray | None = None
 
     @property
     def n_grains(self) -> int:
@@ -185,7 +194,7 @@ class OrientationFit:
             "d1_std_m2_s": self.d1_std_m2_s,
             "loss": self.loss,
             "start_losses": self.start_losses,
-            "recombined_grains": self.recombined_grains,
+            "swept_grains": self.swept_grains,
             "max_std_deg": self.max_std_deg,
             "noise_std": self.noise_std,
             "n_iterations": len(self.history),
@@ -278,11 +287,9 @@ class OrientationProblem:
             self.data.append(jnp.asarray(m.maps.reshape(-1)[idx], dtype))
             self.sigma.append(m.noise_std if m.noise_std is not None else 1.0)
         self.n_pixels = int(sum(len(i) for i in self.index))
-        self._loss = jax.jit(self._loss_impl)
         self._value_and_grad = jax.jit(jax.value_and_grad(self._loss_impl))
         self._batch_value_and_grad = jax.jit(jax.vmap(jax.value_and_grad(self._loss_impl)))
-        self._weights = jnp.asarray(self._grain_weights(), dtype)
-        self._batch_grain_losses = jax.jit(jax.vmap(self._grain_losses_impl))
+        self._batch_loss = jax.jit(jax.vmap(self._loss_impl))
         self._residuals = jax.jit(self._residuals_impl)
 
     # parameters
@@ -335,31 +342,10 @@ class OrientationProblem:
         r = self._residuals_impl(u)
         return 0.5 * jnp.mean(r**2)
 
-    def _grain_losses_impl(self, u):
-        """Per grain, Σ w_gp r_p² over all pixels p, w_gp = share of grain g in the rays of p."""
-        r = self._residuals_impl(u)
-        return self._weights @ (r**2)
-
-    def _grain_weights(self) -> np.ndarray:
-        """(n_grains, N) share of each grain in the active material seen by each residual."""
-        grain_id = np.asarray(self.setup.geometry.grain_id)
-        active = (grain_id >= 0).astype(np.float64)
-        rows = []
-        for g in range(self.n_grains):
-            ind = (grain_id == g).astype(np.float64)
-            parts = []
-            for op, idx, mask in zip(self.operators, self.index, self.masks):
-                num = _ray_sum(op, ind)
-                den = _ray_sum(op, active)
-                share = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
-                n_t = mask.shape[0]
-                parts.append(np.broadcast_to(share, (n_t,) + share.shape).reshape(-1)[idx])
-            rows.append(np.concatenate(parts))
-        return np.stack(rows)
-
     # public
     def loss(self, u) -> float:
-        return float(self._loss(jnp.asarray(u, self.setup.x0.dtype)))
+        # through the batched program the sweeps compile anyway (one compile fewer)
+        return float(self._batch_loss(jnp.asarray(u, self.setup.x0.dtype)[None])[0])
 
     def residuals(self, u) -> jax.Array:
         return self._residuals(jnp.asarray(u, self.setup.x0.dtype))
@@ -410,7 +396,7 @@ def synthetic_orientation_maps(setup: ForwardSetup, directions, d1_m2_s: float, 
         hide: optional bool grid of voxels none of whose pixels are usable: every pixel
             whose rays (or block) touch them is NaN — a region hidden from the beam.
     """
-    q = c_axis_quaternion(jnp.asarray(directions, jnp.float64))
+    q = c_axis_quaternion(jnp.asarray(directions, setup.x0.dtype))
     truth_setup = with_orientations(setup, q)
     fields = np.asarray(simulate_fields(truth_setup, {"D1": d1_m2_s}), np.float64)
     rng = np.random.default_rng(seed)
@@ -459,6 +445,7 @@ def fit_grain_orientations(
     adam_iterations: int = 60,
     learning_rate: float = 0.05,
     lbfgs_iterations: int = 40,
+    max_rounds: int = 3,
     seed: int = 0,
     max_std_deg: float = 5.0,
     truth=None,
@@ -468,13 +455,16 @@ def fit_grain_orientations(
 
     Stages (module docstring): ``n_starts`` random starts advanced together by Adam for
     ``adam_iterations`` steps (axis vectors renormalised to unit length after each
-    step); per-grain recombination of the starts; L-BFGS polish of the result; Laplace
-    identifiability in tangent coordinates.
+    step); L-BFGS polish of the best; then up to ``max_rounds`` − 1 rounds of a per-grain
+    candidate sweep followed by a polish, until a sweep changes nothing; Laplace
+    identifiability in tangent coordinates at the end.
 
     Args:
         problem: the :class:`OrientationProblem`.
         n_starts: number of random starts (≥ 1).
         learning_rate: Adam step, radians per step for the axes (≈ relative change of D1).
+        lbfgs_iterations: iteration limit of each polish.
+        max_rounds: polish + (sweep + polish) rounds at most (≥ 1).
         seed: seed of the random starts.
         max_std_deg: a grain is determined when its marginal angular std ≤ this.
         truth: optional (n_grains, 3) true axes (or (n_grains, 4) quaternions) for the
@@ -482,7 +472,7 @@ def fit_grain_orientations(
         callback: called with each history entry {"stage", "loss"}.
     """
     for field, value, low in (("n_starts", n_starts, 1), ("adam_iterations", adam_iterations, 0),
-                              ("lbfgs_iterations", lbfgs_iterations, 0)):
+                              ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{field} = {value!r}: must be an integer ≥ {low}")
     if not (isinstance(max_std_deg, (int, float)) and max_std_deg > 0):
@@ -524,7 +514,10 @@ def fit_grain_orientations(
         return _renormalise(problem, optax.apply_updates(u, updates)), state
 
     u = starts
-    losses, grads = problem._batch_value_and_grad(u)
+    if adam_iterations:
+        losses, grads = problem._batch_value_and_grad(u)
+    else:
+        losses = problem._batch_loss(u)
     log("start", jnp.min(losses))
     for _ in range(adam_iterations):
         u, state = adam_step(u, state, grads)
@@ -532,51 +525,84 @@ def fit_grain_orientations(
         log("adam", jnp.min(losses))
     start_losses = [float(a) for a in np.asarray(losses)]
 
-    # stage 2: per-grain recombination of the starts
+    # stage 2: per-grain candidate sweeps alternating with L-BFGS polish
     best = int(np.argmin(start_losses))
-    current = u[best]
+    u_best = u[best]
     current_loss = start_losses[best]
-    recombined: list[int] = []
-    if n_starts > 1:
-        per_grain = np.asarray(problem._batch_grain_losses(u))  # (starts, grains)
-        choice = np.argmin(per_grain, axis=0)
-        order = np.argsort(-(per_grain[best] - per_grain.min(axis=0)))  # largest expected gain first
-        for g in order:
-            k = int(choice[g])
-            if k == best:
-                continue
-            candidate = current.at[3 * g: 3 * g + 3].set(u[k, 3 * g: 3 * g + 3])
-            cand_loss = problem.loss(candidate)
-            if cand_loss < current_loss:
-                current, current_loss = candidate, cand_loss
-                recombined.append(int(g))
-        log("recombine", current_loss)
+    moved: list[int] = []
+    for round_ in range(max_rounds):
+        if round_ > 0 or lbfgs_iterations == 0:
+            u_best, current_loss, accepted = _candidate_sweep(problem, u_best, current_loss)
+            log("sweep", current_loss)
+            moved += accepted
+            if round_ > 0 and not accepted:
+                break
+        if lbfgs_iterations:
+            u_best, current_loss = _lbfgs(problem, u_best, lbfgs_iterations, log)
+    u_best = _renormalise(problem, u_best)
+    final_loss = problem.loss(u_best)
+    log("final", final_loss)
+    return _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
 
-    # stage 3: L-BFGS polish
-    u_best = current
-    if lbfgs_iterations:
+
+def candidate_axes(n: int = 24) -> np.ndarray:
+    """(n, 3) trial axes spread evenly over the upper hemisphere (the axis space ℝP²):
+    a Fibonacci (golden-angle) lattice, equal area per point (González, Math. Geosci.
+    42, 49 (2010)); with n = 24 every axis lies within about 17° of a trial axis."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - k / n  # uniform in z on (0, 1]: equal area on the hemisphere
+    phi = np.pi * (3.0 - math.sqrt(5.0)) * np.arange(n)
+    r = np.sqrt(1.0 - z**2)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 24):
+    """One greedy pass over the grains: for each grain (others fixed) evaluate the
+    ``n_candidates`` :func:`candidate_axes` in one batched forward run and keep the
+    best if it lowers the loss. Escapes the wrong basins a gradient method cannot leave (e.g. an axis
+    90° from the truth). Returns (u, loss, grains moved)."""
+    u = jnp.asarray(u)
+    accepted = []
+    cand = jnp.asarray(candidate_axes(n_candidates), u.dtype)
+    for g in range(problem.n_grains):
+        if problem.grain_voxels[g] == 0:
+            continue
+        batch = jnp.tile(u[None], (cand.shape[0], 1)).at[:, 3 * g: 3 * g + 3].set(cand)
+        losses = np.asarray(problem._batch_loss(batch))
+        k = int(np.argmin(losses))
+        if losses[k] < loss:
+            u, loss = batch[k], float(losses[k])
+            accepted.append(g)
+    return u, loss, accepted
+
+
+def _lbfgs(problem: OrientationProblem, u, iterations: int, log, ftol: float = 1e-6):
+    """L-BFGS (optax, zoom line search) from ``u``, stopped after ``iterations`` or when an
+    iteration lowers the loss by ≤ ftol relative (above float32 round-off); returns
+    (u with unit axes, loss)."""
+    if not hasattr(problem, "_lbfgs_step"):
         value_fn = problem._loss_impl
         lbfgs = optax.lbfgs()
-        lstate = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(a)), lbfgs.init(u_best))
         value_and_grad = optax.value_and_grad_from_state(value_fn)
 
         @jax.jit
-        def lbfgs_step(u, s):
+        def step(u, s):
             value, g = value_and_grad(u, state=s)
             updates, s = lbfgs.update(g, s, u, value=value, grad=g, value_fn=value_fn)
             return optax.apply_updates(u, updates), s, optax.tree.get(s, "value")
 
-        previous = current_loss
-        for _ in range(lbfgs_iterations):
-            u_best, lstate, value = lbfgs_step(u_best, lstate)
-            log("lbfgs", value)
-            if abs(previous - float(value)) <= 1e-10 * max(abs(previous), 1e-300):
-                break
-            previous = float(value)
-    u_best = _renormalise(problem, u_best)
-    final_loss = problem.loss(u_best)
-    log("final", final_loss)
-    return _finish(problem, u_best, final_loss, start_losses, recombined, history, max_std_deg, true_dirs)
+        problem._lbfgs_step = step
+        problem._lbfgs_init = lambda u: jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(a)), lbfgs.init(u))
+    state = problem._lbfgs_init(u)
+    previous = problem.loss(u)
+    for _ in range(iterations):
+        u, state, value = problem._lbfgs_step(u, state)
+        log("lbfgs", value)
+        if abs(previous - float(value)) <= ftol * max(abs(previous), 1e-300):
+            break
+        previous = float(value)
+    u = _renormalise(problem, u)
+    return u, problem.loss(u)
 
 
 def tangent_basis(c: np.ndarray) -> np.ndarray:
@@ -615,12 +641,13 @@ def tangent_jacobian(problem: OrientationProblem, u) -> np.ndarray:
     return np.asarray(jax.jit(jax.jacfwd(residuals_fm))(jnp.zeros(m, dtype)), np.float64)
 
 
-def _finish(problem, u, loss, start_losses, recombined, history, max_std_deg, true_dirs) -> OrientationFit:
+def _finish(problem, u, loss, start_losses, swept, history, max_std_deg, true_dirs) -> OrientationFit:
     n = problem.n_grains
     v, d1 = problem.split(jnp.asarray(u))
     directions = np.asarray(upper_hemisphere(unit_axis(v)), np.float64)
     J = tangent_jacobian(problem, u)
-    r = np.asarray(problem.residuals(u), np.float64)
+    if any(m.noise_std is None for m in problem.measurements):
+        r = np.asarray(problem.residuals(u), np.float64)
     # the residuals are divided by σ of each measurement; where a σ was not given (σ = 1)
     # the rows are scaled by the residual estimate s² = Σr²/(N_a − p) of that measurement
     noise, start = [], 0
@@ -677,9 +704,9 @@ def _finish(problem, u, loss, start_losses, recombined, history, max_std_deg, tr
         true_directions=true_dirs,
         loss=float(loss),
         start_losses=start_losses,
-        recombined_grains=recombined,
+        swept_grains=swept,
         history=history,
         max_std_deg=float(max_std_deg),
         noise_std=noise,
-        simulated=problem.simulated_maps(u),
+        u=np.asarray(u, np.float64),
     )
