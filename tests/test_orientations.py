@@ -12,7 +12,7 @@ import pytest
 from ssbx.engine.config.scenario import Scenario
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.inverse.fitting import forward_setup
-from ssbx.engine.inverse.orientations import (OrientationProblem, fit_grain_orientations,
+from ssbx.engine.inverse.orientations import (OrientationProblem, candidate_axes, fit_grain_orientations,
                                               synthetic_orientation_maps, tangent_basis)
 from ssbx.engine.inverse.parameters import FreeParameter
 from ssbx.engine.observables.observation import ObservationOperator
@@ -70,6 +70,19 @@ def test_misorientation_ignores_the_sign():
         np.testing.assert_allclose(e[k] @ e[k].T, np.eye(2), atol=1e-12)
 
 
+def test_trial_axes_cover_the_axis_sphere():
+    """The 24 Fibonacci trial axes of the sweeps: on the upper hemisphere, unit length,
+    and every axis of 20 000 random ones lies within 25° of one of them (sign ignored;
+    measured largest gap 24.1°)."""
+    cand = candidate_axes(24)
+    np.testing.assert_allclose(np.linalg.norm(cand, axis=1), 1.0, atol=1e-12)
+    assert np.all(cand[:, 2] > 0)
+    v = np.random.default_rng(3).standard_normal((20000, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    nearest = np.degrees(np.arccos(np.clip(np.max(np.abs(v @ cand.T), axis=1), -1, 1)))
+    assert nearest.max() < 25, nearest.max()
+
+
 # ------------------------------------------------------------------ synthetic recovery
 
 D1_TRUE = 8e-15
@@ -107,8 +120,9 @@ def orientation_fit():
     x_initial = 0.95 and the 15C delithiation flux through the whole surface. Truth:
     random orientations (uniform on SO(3)), D1 = 8e-15 m²/s. Observed: projections along
     x and along z at t = 5, 10, 15 s, noise σ = 0.001, pixels thinner than 2 voxels
-    masked. Fitted from one random start with D1 = 5e-15 (bounds 4e-15..1.2e-14):
-    L-BFGS, then one sweep of per-grain trial axes and a second L-BFGS.
+    masked. Fitted from one random start with D1 = 5e-15 (bounds 4e-15..1.2e-14) by
+    L-BFGS alone (the multi-start and sweep stages are for larger particles; see
+    benchmarks/orientation_inversion.py).
     """
     scenario, micro = _tiny_grain_particle()
     d1 = FreeParameter("D1", 5e-15, 4e-15, 1.2e-14)
@@ -117,7 +131,7 @@ def orientation_fit():
     truth = np.asarray(c_axis_of_quaternion(jnp.asarray(micro.orientations)))
     measured = synthetic_orientation_maps(setup, truth, D1_TRUE, beam_axes=(0, 2), noise_std=0.001, seed=1)
     problem = OrientationProblem(setup, measured, d1)
-    result = fit_grain_orientations(problem, n_starts=1, adam_iterations=0, lbfgs_iterations=50, max_rounds=2,
+    result = fit_grain_orientations(problem, n_starts=1, adam_iterations=0, lbfgs_iterations=60, max_rounds=1,
                                     seed=0, truth=micro.orientations)
     return problem, result
 

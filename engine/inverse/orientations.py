@@ -43,13 +43,25 @@ basins are handled in three stages:
 2. *L-BFGS polish* (optax, zoom line search; Nocedal & Wright, *Numerical
    Optimization*, 2nd ed.);
 3. *per-grain candidate sweeps*: because grains interact only through their shared
-   boundaries, a wrong grain can be corrected with the others held fixed. For each
-   grain in turn, eight trial axes (the four perpendicular to the current axis at
-   45° spacing and the four tilted 45° from it; :func:`candidate_axes`) are
-   evaluated in one batched forward run (no gradient, ≈ 1/7 of a gradient each) and
-   the best replaces the current axis if it lowers the loss — a greedy block
-   coordinate multi-start. Sweeps alternate with polishes (2) until a sweep changes
-   nothing or ``max_rounds`` is reached.
+   boundaries, a wrong grain can often be corrected with the others held fixed. For
+   each grain in turn, 24 trial axes spread evenly over the hemisphere
+   (:func:`candidate_axes`, a Fibonacci lattice) are evaluated in one batched forward
+   run (no gradient) and the best replaces the current axis if it lowers the loss — a
+   greedy block-coordinate multi-start. With ``relax_iterations`` the two best trial
+   axes are each followed by a short L-BFGS of all parameters before the comparison.
+   Sweeps alternate with polishes (2) until a sweep changes nothing or ``max_rounds``
+   is reached.
+
+Optionally (``continuation=True``) the whole procedure first fits the maps of the
+first time alone, then of the first two times from that result, and so on — a
+continuation in the observation horizon (early maps depend on each grain's own
+near-surface response, later maps couple neighbouring grains).
+
+What this achieves is measured, not assumed: benchmarks/orientation_inversion.py
+reports, for a 20-grain particle, how many grains end in a wrong basin. Groups of
+neighbouring grains can settle in a *co-adapted* wrong configuration that none of the
+single-grain moves above can leave (moving one grain of the group to its true axis
+raises the loss); more random starts are then the remedy that worked.
 
 Identifiability
 ---------------
@@ -342,6 +354,14 @@ class OrientationProblem:
         r = self._residuals_impl(u)
         return 0.5 * jnp.mean(r**2)
 
+    def first_times(self, k: int) -> "OrientationProblem":
+        """The same problem restricted to the first ``k`` observation times."""
+        s = self.setup
+        setup = dataclasses.replace(s, t_s=s.t_s[:k], segments=s.segments[:k],
+                                    uniform=s.uniform and sum(1 for seg in s.segments[:k] if seg[0]) > 1)
+        meas = [dataclasses.replace(m, maps=m.maps[:k], t_s=m.t_s[:k], mask=m.mask[:k]) for m in self.measurements]
+        return OrientationProblem(setup, meas, self.d1)
+
     # public
     def loss(self, u) -> float:
         # through the batched program the sweeps compile anyway (one compile fewer)
@@ -450,6 +470,10 @@ def fit_grain_orientations(
     max_std_deg: float = 5.0,
     truth=None,
     callback=None,
+    start=None,
+    continuation: bool = False,
+    identify: bool = True,
+    relax_iterations: int = 0,
 ) -> OrientationFit:
     """Fit every grain's c axis (and D1 when free) to the measurements of ``problem``.
 
@@ -470,6 +494,13 @@ def fit_grain_orientations(
         truth: optional (n_grains, 3) true axes (or (n_grains, 4) quaternions) for the
             misorientation column.
         callback: called with each history entry {"stage", "loss"}.
+        start: optional (n_grains, 3) axes (or a u vector) used as the first start
+            instead of a random one (the other n_starts − 1 stay random).
+        relax_iterations: L-BFGS iterations after each of the two best trial axes of a
+            grain in the sweeps (0: compare the trial axes as they are); costs about
+            2 · n_grains · relax_iterations gradients per sweep.
+        continuation: fit the maps of the first time alone, then of the first two, …,
+            each stage starting from the previous one (module docstring).
     """
     for field, value, low in (("n_starts", n_starts, 1), ("adam_iterations", adam_iterations, 0),
                               ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1)):
@@ -502,9 +533,28 @@ def fit_grain_orientations(
                 f"orientation fit: the loss became NaN/Inf in stage {stage!r} (iteration {len(history) - 1})"
             )
 
+    if continuation and len(problem.setup.t_s) > 1:
+        n_t = len(problem.setup.t_s)
+        u_prev = start
+        for k in range(1, n_t):
+            sub = problem.first_times(k)
+            sub_fit = fit_grain_orientations(
+                sub, n_starts=n_starts if k == 1 else 1, adam_iterations=adam_iterations if k == 1 else 0,
+                learning_rate=learning_rate, lbfgs_iterations=lbfgs_iterations, max_rounds=max_rounds,
+                seed=seed, max_std_deg=max_std_deg, callback=callback, start=u_prev, identify=False,
+                relax_iterations=relax_iterations)
+            history += [dict(e, stage=f"t≤{problem.setup.t_s[k - 1]:g}s:{e['stage']}") for e in sub_fit.history]
+            u_prev = sub_fit.u
+        start = u_prev
+        n_starts, adam_iterations = 1, 0
+
     # stage 1: batched multi-start Adam
     rng = np.random.default_rng(seed)
-    starts = jnp.stack([problem.pack(random_axes(problem.n_grains, rng)) for _ in range(n_starts)]).astype(dtype)
+    random_starts = [problem.pack(random_axes(problem.n_grains, rng)) for _ in range(n_starts)]
+    if start is not None:
+        st = np.asarray(start, np.float64)
+        random_starts[0] = jnp.asarray(st) if st.shape == (problem.n_params,) else problem.pack(st)
+    starts = jnp.stack(random_starts).astype(dtype)
     opt = optax.adam(learning_rate)
     state = opt.init(starts)
 
@@ -532,7 +582,8 @@ def fit_grain_orientations(
     moved: list[int] = []
     for round_ in range(max_rounds):
         if round_ > 0 or lbfgs_iterations == 0:
-            u_best, current_loss, accepted = _candidate_sweep(problem, u_best, current_loss)
+            u_best, current_loss, accepted = _candidate_sweep(problem, u_best, current_loss,
+                                                              relax_iterations=relax_iterations)
             log("sweep", current_loss)
             moved += accepted
             if round_ > 0 and not accepted:
@@ -542,13 +593,18 @@ def fit_grain_orientations(
     u_best = _renormalise(problem, u_best)
     final_loss = problem.loss(u_best)
     log("final", final_loss)
+    if not identify:  # an inner continuation stage: no Laplace analysis
+        v, d1 = problem.split(u_best)
+        return OrientationFit(np.asarray(unit_axis(v)), float(d1), math.nan, None, None, None,
+                              problem.grain_voxels, None, None, final_loss, start_losses, sorted(set(moved)),
+                              history, max_std_deg, [], np.asarray(u_best, np.float64))
     return _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
 
 
 def candidate_axes(n: int = 24) -> np.ndarray:
     """(n, 3) trial axes spread evenly over the upper hemisphere (the axis space ℝP²):
     a Fibonacci (golden-angle) lattice, equal area per point (González, Math. Geosci.
-    42, 49 (2010)); with n = 24 every axis lies within about 17° of a trial axis."""
+    42, 49 (2010)); with n = 24 every axis lies within 25° of a trial axis (24.1° measured)."""
     k = np.arange(n) + 0.5
     z = 1.0 - k / n  # uniform in z on (0, 1]: equal area on the hemisphere
     phi = np.pi * (3.0 - math.sqrt(5.0)) * np.arange(n)
@@ -556,11 +612,16 @@ def candidate_axes(n: int = 24) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
-def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 24):
+def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 24, relax_iterations: int = 0,
+                     relax_candidates: int = 2):
     """One greedy pass over the grains: for each grain (others fixed) evaluate the
     ``n_candidates`` :func:`candidate_axes` in one batched forward run and keep the
-    best if it lowers the loss. Escapes the wrong basins a gradient method cannot leave (e.g. an axis
-    90° from the truth). Returns (u, loss, grains moved)."""
+    best if it lowers the loss. Escapes the wrong basins a gradient method cannot leave
+    (e.g. an axis 90° from the truth). With ``relax_iterations`` > 0, the
+    ``relax_candidates`` best trial axes of each grain are each followed by that many
+    L-BFGS iterations of all parameters before the comparison, so that a grain whose
+    neighbours have adapted to its wrong axis can still move (the neighbours re-adapt).
+    Returns (u, loss, grains moved)."""
     u = jnp.asarray(u)
     accepted = []
     cand = jnp.asarray(candidate_axes(n_candidates), u.dtype)
@@ -569,10 +630,17 @@ def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 2
             continue
         batch = jnp.tile(u[None], (cand.shape[0], 1)).at[:, 3 * g: 3 * g + 3].set(cand)
         losses = np.asarray(problem._batch_loss(batch))
-        k = int(np.argmin(losses))
-        if losses[k] < loss:
-            u, loss = batch[k], float(losses[k])
+        order = np.argsort(losses)
+        if losses[order[0]] < loss:
+            u, loss = batch[order[0]], float(losses[order[0]])
             accepted.append(g)
+            continue
+        for k in order[:relax_candidates] if relax_iterations else ():
+            u_k, loss_k = _lbfgs(problem, batch[k], relax_iterations, lambda *a: None)
+            if loss_k < loss:
+                u, loss = u_k, loss_k
+                accepted.append(g)
+                break
     return u, loss, accepted
 
 
