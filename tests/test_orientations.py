@@ -140,7 +140,7 @@ def test_fit_recovers_c_axes_and_d1(orientation_fit):
     """≥ 80 % of the grains the Gauss–Newton analysis marks determined are within 15° of
     the truth (sign ignored); D1 within 5 % and within 3 of its Laplace std; the loss
     reaches the noise level (½ mean r² ≈ ½ for residuals in units of σ)."""
-    problem, result = orientation_fit
+    _, result = orientation_fit
     rec = result.recovery(15.0)
     det = rec["determined"]
     assert det["n"] >= 4, result.table()
