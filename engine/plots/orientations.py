@@ -43,7 +43,8 @@ def plot_pole_figure(fitted: np.ndarray, png_path: str | Path, true: np.ndarray 
         png_path: output PNG.
         true: optional (n, 3) true axes; drawn as open circles joined to the fitted ones.
         determined: optional (n,) bool; undetermined grains are drawn grey.
-        labels: write the grain index beside each fitted axis.
+        labels: write the grain index beside each fitted axis (coloured) and each true
+            axis (black, below left), so pairs split across the rim can be matched.
         title: figure title.
     """
     fitted = np.asarray(fitted, np.float64)
@@ -71,6 +72,9 @@ def plot_pole_figure(fitted: np.ndarray, png_path: str | Path, true: np.ndarray 
             if a_up[g, 2] >= 0:  # both on the upper hemisphere: join them
                 ax.plot([pt[g, 0], pf[g, 0]], [pt[g, 1], pf[g, 1]], color="C0" if det[g] else "0.6", lw=0.8)
         ax.scatter(pt[:, 0], pt[:, 1], s=46, facecolors="none", edgecolors="k", label="true")
+        if labels:
+            for g in range(n):
+                ax.annotate(str(g), pt[g], xytext=(-9, -9), textcoords="offset points", fontsize=6, color="k")
     ax.scatter(pf[det, 0], pf[det, 1], s=30, marker="x", color="C3", label="fitted (determined)")
     if (~det).any():
         ax.scatter(pf[~det, 0], pf[~det, 1], s=30, marker="x", color="0.55", label="fitted (undetermined)")
