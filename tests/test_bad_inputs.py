@@ -341,3 +341,15 @@ def test_exception_in_cell_run_marks_the_file(tmp_path, exc, status):
     run = load_run(out)
     assert run.status == status and status in run.message
     assert not Path(str(out) + ".lock").exists()
+
+
+def test_two_dimensional_cell_is_refused():
+    """A 2D (disc) cell gave a first potential solve of ~750 V at a 2C charge, ending the
+    charge at once: refused, naming the field, until it is fixed and validated."""
+    from ssbx.engine.config.scenario import scenario_from_dict
+    from ssbx.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"particle.ndim = 2 with \[cell\] enabled = true: cell runs are 3D"):
+        scenario_from_dict({"particle": {"ndim": 2, "radius_m": 2e-6, "voxel_size_m": 5e-7, "n_grains": 6},
+                            "cell": {"enabled": True}, "mechanics": {"enabled": False},
+                            "protocol": {"kind": "cycling", "steps": ["charge at 1C until 4.3 V"]}})

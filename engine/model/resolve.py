@@ -152,6 +152,10 @@ class CellNumerics(eqx.Module):
             (static; newton_iterations is the most Newton iterations of one solve).
         stress_every_steps: with stress-assisted transport, the stress is re-solved
             every this many accepted steps (static; mechanics.coupling_every_steps).
+        differentiable: static. False (runs): the Newton loop of the potentials is one
+            while loop. True (engine.solve.rollout sets it): the loop runs undifferentiated
+            and one more iteration carries the derivative (one-step differentiation),
+            at the price of compiling the linear solve twice.
     """
 
     time_step_s: jax.Array
@@ -164,6 +168,7 @@ class CellNumerics(eqx.Module):
     maxiter: int = eqx.field(static=True)
     preconditioner: str = eqx.field(static=True)
     stress_every_steps: int = eqx.field(static=True, default=1)
+    differentiable: bool = eqx.field(static=True, default=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -274,14 +274,15 @@ def solve_with_interfaces(
     maxiter=2000,
     max_active_set_iterations=8,
     initial_compression=None,
-    residual_stiffness=2e-6,
+    residual_stiffness=None,
     secant_history=None,
 ):
     """Elastic solve with cohesive laminate voxels at frozen history.
 
     Active set: start with every layer "open" (K_n = (1 − d)K0) unless
     ``initial_compression`` (bool, (*grid)) is given; solve; layers with g_n < 0 get
-    K_n = K0; re-solve until no layer changes state, at most
+    K_n = K0 (a closed layer reopens only when g_n exceeds the softplus width
+    smoothing·δ0: hysteresis, so that a damaged layer in contact settles); re-solve until no layer changes state, at most
     ``max_active_set_iterations`` solves. ``converged`` is False if the set did
     not settle or CG did not converge — callers must not accept such a step.
 
@@ -301,7 +302,9 @@ def solve_with_interfaces(
             stiffness's largest Mandel eigenvalue added (isotropic), so a fully
             separated layer (d = 1, singular C_lam) stays positive definite for
             solve_elasticity's table check (which needs eigenvalue ratios > 1e-6).
-            Residual traction of an open layer ≈ 2e-6 · λ_max(C) · g/h.
+            Default 2e-6 in float64 and 2e-5 in float32, whose round-off in the
+            laminate's cancelling normal term reached 1.6e-6 λ_max (S2 cell, fully
+            open layers). Residual traction of an open layer ≈ that · λ_max(C) · g/h.
 
     Differentiable (jax.grad) with respect to params, history, x, tables,
     eigenstrain and loads; the gradient is that of the converged active set.
@@ -351,6 +354,8 @@ def solve_with_interfaces(
 
     # residual stiffness of a fully separated layer (keeps every table entry positive
     # definite for solve_elasticity's check): residual_stiffness × λ_max(C_host) × I
+    if residual_stiffness is None:
+        residual_stiffness = 2e-6 if dtype == jnp.float64 else 2e-5
     lam_max = jnp.max(jnp.linalg.eigvalsh(voigt_to_mandel_stiffness(c_host)), axis=-1)
     c_floor = (residual_stiffness * jax.lax.stop_gradient(lam_max))[:, None, None] * jnp.diag(
         jnp.asarray([1.0, 1.0, 1.0, 0.5, 0.5, 0.5], dtype))
@@ -372,18 +377,28 @@ def solve_with_interfaces(
     comp = (jnp.zeros(m, bool) if initial_compression is None
             else jnp.asarray(initial_compression, bool)[idx])
     n_iter = int(max_active_set_iterations)
+    # hysteresis: a closed layer reopens only beyond the softplus width w = smoothing·δ0.
+    # A damaged layer in contact has no consistent state at g_n = 0 (open: it sinks in,
+    # closed: it lifts off by a little), and a plain sign test alternates forever; kept
+    # closed, it carries at most K0 w = smoothing·σc of spurious tension.
+    reopen = jax.lax.stop_gradient(params.smoothing * coh.onset_opening(params.strength, params.penalty_stiffness))
+
+    def closed(gn_, comp_):
+        gn_ = jax.lax.stop_gradient(gn_)
+        return jnp.where(comp_, gn_ < reopen, gn_ < 0)
+
     res, g, gn = one_pass(comp)
     try:  # eager (also under jax.grad): Python loop, stops as soon as the set is stable
         rel = np.asarray(relevant)
-        new = np.asarray(jax.lax.stop_gradient(gn)) < 0
         cmp = np.asarray(comp)
+        new = np.asarray(closed(gn, cmp))
         settled = bool(np.all((new == cmp) | ~rel))
         nsolve = 1
         while not settled and nsolve < n_iter:
             cmp = np.where(rel, new, cmp)
             res, g, gn = one_pass(jnp.asarray(cmp))
             nsolve += 1
-            new = np.asarray(jax.lax.stop_gradient(gn)) < 0
+            new = np.asarray(closed(gn, cmp))
             settled = bool(np.all((new == cmp) | ~rel))
         settled = jnp.asarray(settled)
         nsolve = jnp.asarray(nsolve, jnp.int32)
@@ -396,13 +411,13 @@ def solve_with_interfaces(
         def search(carry):
             comp_, _, n_ = carry
             _, _, gn_ = one_pass(comp_)
-            new_ = jnp.where(relevant, jax.lax.stop_gradient(gn_) < 0, comp_)
+            new_ = jnp.where(relevant, closed(gn_, comp_), comp_)
             return new_, jnp.all(new_ == comp_), n_ + 1
 
         def searching(carry):
             return ~carry[1] & (carry[2] < n_iter - 1)
 
-        proposed = jnp.where(relevant, jax.lax.stop_gradient(gn) < 0, comp)
+        proposed = jnp.where(relevant, closed(gn, comp), comp)
         comp, settled, n_searched = jax.lax.while_loop(
             searching, search, (proposed, jnp.all(proposed == comp), jnp.asarray(0, jnp.int32)))
         res, g, gn = jax.lax.cond(n_searched > 0, one_pass, lambda c, r=res, gg=g, q=gn: (r, gg, q), comp)

@@ -330,14 +330,28 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     # potentials ("one-step differentiation": Bolte, Pauwels & Vaiter, NeurIPS 2023), at
     # one transposed linear solve per step. The extra iteration starts from the
     # converged fields, so its PCG needs few iterations.
-    frozen = jax.lax.stop_gradient(inputs)
+    if numerics.differentiable:
+        frozen = jax.lax.stop_gradient(inputs)
 
-    def unconverged(carry):
-        k, change = carry[-2], carry[-1]
-        return (k < numerics.newton_iterations - 1) & (change > numerics.newton_tolerance_V)
+        def unconverged(carry):
+            k, change = carry[-2], carry[-1]
+            return (k < numerics.newton_iterations - 1) & (change > numerics.newton_tolerance_V)
 
-    carry = jax.lax.while_loop(unconverged, lambda cr: newton(frozen, cr), jax.lax.stop_gradient(init))
-    phi_s, phi_e, voltage, _, iters, g, c, warm, newton_steps, _ = newton(inputs, jax.lax.stop_gradient(carry))
+        carry = jax.lax.while_loop(unconverged, lambda cr: newton(frozen, cr), jax.lax.stop_gradient(init))
+        phi_s, phi_e, voltage, _, iters, g, c, warm, newton_steps, _ = newton(inputs, jax.lax.stop_gradient(carry))
+    else:
+        # forward only (the run driver): the same iterations — to convergence, then one
+        # more — in one loop, so the linear solve is compiled once, not twice
+        def going(state):
+            carry, extra_done = state
+            return (carry[-2] < numerics.newton_iterations) & ~extra_done
+
+        def iterate(state):
+            carry, _ = state
+            return newton(inputs, carry), carry[-1] <= numerics.newton_tolerance_V
+
+        carry, _ = jax.lax.while_loop(going, iterate, (init, jnp.asarray(False)))
+        phi_s, phi_e, voltage, _, iters, g, c, warm, newton_steps, _ = carry
     # currents of the last linear solve: they meet the applied current exactly
     drop = face_potential_drop(phi_s, phi_e, faces)
     face_currents = tuple(gi * d + ci for gi, ci, d in zip(g, c, drop))

@@ -34,6 +34,7 @@ Use::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -61,6 +62,7 @@ def rollout(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, 
     ``valid`` marks the rows that were recorded. ``checkpoint_every`` (0: ⌈√n⌉) must
     divide ``n_steps`` after rounding it up; the budget is rounded up to whole blocks.
     """
+    numerics = dataclasses.replace(numerics, differentiable=True)  # the Newton loop's derivative
     k = checkpoint_every or max(1, math.isqrt(max(n_steps - 1, 0)) + 1)
     n_blocks = -(-n_steps // k)
     derived = derive(geometry, params, numerics)
