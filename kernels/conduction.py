@@ -549,6 +549,51 @@ def _pcg(matvec, b, x0, precond, rtol, atol, maxiter):
 # ----------------------------------------------------------------------------------
 
 
+class ScaledSystem(NamedTuple):
+    """The scaled linear system of :func:`solve_potential` (A' = (h²/max σ) A)."""
+
+    mask: jax.Array  # voxels connected to a Dirichlet face
+    mf: jax.Array  # the mask as 0/1 in the field dtype
+    sig: jax.Array  # σ / max σ on the connected voxels
+    g: tuple  # face conductances per axis (scaled, masked)
+    gb: jax.Array  # Dirichlet boundary conductance per voxel
+    b: jax.Array  # right-hand side (boundary values, flux faces, source)
+    identity: jax.Array  # 1 on unconnected voxels (their equation is φ = 0)
+
+
+def scaled_system(sigma, h, axis, lo, hi, lateral, value_lo, value_hi, source) -> ScaledSystem:
+    """Connectivity mask, scaled face and boundary conductances and right-hand side of
+    ∇·(σ∇φ) = f with the ``lo``/``hi`` conditions of ``axis`` (see :func:`solve_potential`);
+    shared by the single-device and the slab-sharded solvers (kernels.sharded)."""
+    dtype = sigma.dtype
+    shape = sigma.shape
+    mask = connected_to_dirichlet(sigma, axis, lo, hi, lateral)
+    mf = mask.astype(dtype)
+    scale = jax.lax.stop_gradient(jnp.max(sigma))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    sig = sigma / scale * mf  # masked, normalised to [0, 1]
+    g = tuple(ga * mf for ga in face_conductances(sig, axis, lateral))
+    layer_lo = _boundary_layer(shape, axis, 0, dtype)
+    layer_hi = _boundary_layer(shape, axis, 1, dtype)
+    v_lo = _expand_face_value(value_lo, shape, axis, dtype)
+    v_hi = _expand_face_value(value_hi, shape, axis, dtype)
+    gb = jnp.zeros(shape, dtype)
+    b = jnp.zeros(shape, dtype)
+    if lo == "dirichlet":
+        gb = gb + 2.0 * sig * layer_lo
+        b = b + 2.0 * sig * layer_lo * v_lo
+    else:
+        b = b + layer_lo * v_lo * h / scale * mf
+    if hi == "dirichlet":
+        gb = gb + 2.0 * sig * layer_hi
+        b = b + 2.0 * sig * layer_hi * v_hi
+    else:
+        b = b + layer_hi * v_hi * h / scale * mf
+    if source is not None:
+        b = b - jnp.asarray(source, dtype) * (h * h / scale) * mf
+    return ScaledSystem(mask, mf, sig, g, gb, b, 1.0 - mf)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("axis", "lo", "hi", "lateral", "maxiter", "preconditioner"),
@@ -601,34 +646,8 @@ def solve_potential(
     shape = sigma.shape
     h = jnp.asarray(voxel_size_m, dtype)
 
-    mask = connected_to_dirichlet(sigma, axis, lo, hi, lateral)
-    mf = mask.astype(dtype)
-    scale = jax.lax.stop_gradient(jnp.max(sigma))
-    scale = jnp.where(scale > 0, scale, 1.0)
-    sig = sigma / scale * mf  # masked, normalised to [0, 1]
-
-    g = tuple(ga * mf for ga in face_conductances(sig, axis, lateral))
-    layer_lo = _boundary_layer(shape, axis, 0, dtype)
-    layer_hi = _boundary_layer(shape, axis, 1, dtype)
-    v_lo = _expand_face_value(value_lo, shape, axis, dtype)
-    v_hi = _expand_face_value(value_hi, shape, axis, dtype)
-
-    gb = jnp.zeros(shape, dtype)
-    b = jnp.zeros(shape, dtype)
-    if lo == "dirichlet":
-        gb = gb + 2.0 * sig * layer_lo
-        b = b + 2.0 * sig * layer_lo * v_lo
-    else:
-        b = b + layer_lo * v_lo * h / scale * mf
-    if hi == "dirichlet":
-        gb = gb + 2.0 * sig * layer_hi
-        b = b + 2.0 * sig * layer_hi * v_hi
-    else:
-        b = b + layer_hi * v_hi * h / scale * mf
-    if source is not None:
-        b = b - jnp.asarray(source, dtype) * (h * h / scale) * mf
-
-    identity = 1.0 - mf
+    mask, mf, sig, g, gb, b, identity = scaled_system(sigma, h, axis, lo, hi, lateral, value_lo, value_hi,
+                                                      source)
 
     def matvec(x):
         return apply_operator(x, g, gb) + identity * x

@@ -331,31 +331,8 @@ def sharded_solve_potential(sigma, voxel_size_m, *, mesh: Mesh, axis_name=SLAB, 
     sigma = jax.lax.with_sharding_constraint(sigma, slab_sharding(mesh, axis_name))
 
     # set-up: the same expressions as conduction.solve_potential, on global arrays
-    mask = kcond.connected_to_dirichlet(sigma, axis, lo, hi, lateral)
-    mf = mask.astype(dtype)
-    scale = jax.lax.stop_gradient(jnp.max(sigma))
-    scale = jnp.where(scale > 0, scale, 1.0)
-    sig = sigma / scale * mf
-    g = tuple(ga * mf for ga in kcond.face_conductances(sig, axis, lateral))
-    layer_lo = kcond._boundary_layer(shape, axis, 0, dtype)
-    layer_hi = kcond._boundary_layer(shape, axis, 1, dtype)
-    v_lo = kcond._expand_face_value(value_lo, shape, axis, dtype)
-    v_hi = kcond._expand_face_value(value_hi, shape, axis, dtype)
-    gb = jnp.zeros(shape, dtype)
-    b = jnp.zeros(shape, dtype)
-    if lo == "dirichlet":
-        gb = gb + 2.0 * sig * layer_lo
-        b = b + 2.0 * sig * layer_lo * v_lo
-    else:
-        b = b + layer_lo * v_lo * h / scale * mf
-    if hi == "dirichlet":
-        gb = gb + 2.0 * sig * layer_hi
-        b = b + 2.0 * sig * layer_hi * v_hi
-    else:
-        b = b + layer_hi * v_hi * h / scale * mf
-    if source is not None:
-        b = b - jnp.asarray(source, dtype) * (h * h / scale) * mf
-    identity = 1.0 - mf
+    mask, mf, sig, g, gb, b, identity = kcond.scaled_system(sigma, h, axis, lo, hi, lateral, value_lo, value_hi,
+                                                            source)
 
     def matvec(v):
         return sharded_apply_operator(v, g, gb, mesh, axis_name) + identity * v

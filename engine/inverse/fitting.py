@@ -482,16 +482,17 @@ class FitResult:
         }
 
     def to_json(self) -> str:
-        return json.dumps(_finite_json(self.to_dict()), indent=2, sort_keys=True)
+        return json.dumps(finite_json(self.to_dict()), indent=2, sort_keys=True)
 
 
-def _finite_json(obj):
+def finite_json(obj):
+    """``obj`` with every non-finite float as its text ("nan", "inf"), for strict JSON."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 

@@ -107,7 +107,7 @@ from ssbx.kernels.c_axis import unit_axis, upper_hemisphere
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.io.measurements import MeasuredMaps
 from ssbx.engine.observables.observation import ObservationOperator
-from ssbx.engine.inverse.fitting import ForwardSetup, _fields, simulate_fields
+from ssbx.engine.inverse.fitting import ForwardSetup, _fields, finite_json, simulate_fields
 from ssbx.engine.inverse.parameters import FreeParameter, ModelInputs
 
 
@@ -217,17 +217,7 @@ class OrientationFit:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(_finite_json(self.to_dict()), indent=2, sort_keys=True)
-
-
-def _finite_json(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    return obj
+        return json.dumps(finite_json(self.to_dict()), indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- problem

@@ -55,7 +55,7 @@ from ssbx.engine.geometry.microstructure import Microstructure
 from ssbx.engine.model.particle import ParticleGeometry, TransportParams, initial_state
 from ssbx.engine.observables.observation import ObservationOperator
 from ssbx.engine.io.measurements import MeasuredMaps
-from ssbx.engine.inverse.fitting import FitDiverged, _fields, make_setup
+from ssbx.engine.inverse.fitting import FitDiverged, _fields, finite_json, make_setup
 
 DEFAULT_PENALTY_SCHEDULE = (0.0, 0.1, 1.0)
 
@@ -477,17 +477,7 @@ class ContactFit:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=2, sort_keys=True)
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+        return json.dumps(finite_json(self.to_dict()), indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- optimise
