@@ -320,6 +320,7 @@ class OrientationProblem:
         v, d1 = self.split(u)
         base = self.setup.base
         d = base.transport.diffusivity_m2_s
+        d1 = jnp.asarray(d1).astype(d.dtype)
         d = d.at[0].set(d1).at[1].set(d1)
         transport = eqx.tree_at(lambda t: (t.diffusivity_m2_s, t.orientations), base.transport,
                                 (d, c_axis_quaternion(v).astype(d.dtype)))
@@ -446,7 +447,7 @@ def _renormalise(problem: OrientationProblem, u):
     """Scale each axis vector back to unit length (the loss does not depend on |v|)."""
     v = u[..., : 3 * problem.n_grains].reshape(u.shape[:-1] + (problem.n_grains, 3))
     v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-    return u.at[..., : 3 * problem.n_grains].set(v.reshape(u.shape[:-1] + (-1,)))
+    return u.at[..., : 3 * problem.n_grains].set(v.reshape(u.shape[:-1] + (-1,)).astype(u.dtype))
 
 
 def fit_grain_orientations(
