@@ -13,6 +13,7 @@ figure of the trends.
 
     python benchmarks/s2_study.py --quick     # CI-sized: 7 cases, ~10–20 min on 2 CPU cores
     python benchmarks/s2_study.py             # every case of docs/physics.md S2 (hours on a CPU)
+    python benchmarks/s2_study.py --groups baseline mesh   # some groups of the full study
 
 Not covered: two particles 12 µm apart (cells hold one particle so far, issue #13 item 4).
 """
@@ -124,11 +125,15 @@ def figure(rows: list[dict], png: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized subset of the cases")
+    ap.add_argument("--groups", nargs="+", default=None,
+                    help="run only these groups of the full study (e.g. baseline mesh); results go to "
+                         "s2_study_<groups>_<device>.json")
     args = ap.parse_args(argv)
     base = load_scenario(EXAMPLE)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (group, label, change) in enumerate(cases(args.quick)):
+        selected = [c for c in cases(args.quick and not args.groups) if not args.groups or c[0] in args.groups]
+        for i, (group, label, change) in enumerate(selected):
             scenario = scenario_of(base, change)
             t0 = time.perf_counter()
             path = Path(tmp) / f"case_{i}.h5"
@@ -145,8 +150,10 @@ def main(argv=None):
                   f"D_G_max {row['gap_max_max_m'] * 1e9:6.2f} nm  σ_VM {row['von_mises_max_Pa'] / 1e9:5.2f} GPa  "
                   f"CE {row['coulombic_efficiency']:.4f}  {row['wall_s']:.0f} s", flush=True)
     info = device_info()
-    payload = {"device": info, "quick": args.quick, "example": "examples/s2_debonding.toml", "cases": rows}
+    payload = {"device": info, "quick": args.quick, "groups": args.groups, "example": "examples/s2_debonding.toml", "cases": rows}
     name = "s2_study_quick" if args.quick else "s2_study"
+    if args.groups:
+        name = "s2_study_" + "_".join(args.groups)
     print(write_result(name, payload))
     png = RESULTS / f"{name}_{device_slug(info)}.png"
     figure(rows, png)
