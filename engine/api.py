@@ -116,5 +116,39 @@ def run(scenario: Scenario | str | Path, out: str | Path, *, progress: bool = Fa
     return result
 
 
+def resume(path: str | Path, *, progress: bool = False, summary_png: bool = True,
+           overwrite_png: bool = False, png: str | Path | None = None) -> Result:
+    """Continue the killed (or failed) run of the run file ``path`` from the State it
+    saved last (engine.io.restart), in the same file: a particle run or a cell run on
+    the device stepper. On the same device and dtype the file ends as an uninterrupted
+    run's would, bit for bit; the summary PNG goes to ``png`` (default: beside the run
+    file). Refused with a ConfigError naming why: no such file, a
+    file of another ssbx version, a run that already ended, a sweep lane, a host-loop
+    cell run, a geometry the scenario no longer reproduces."""
+    from ssbx.engine.io.restart import resume_scenario
+
+    path = Path(path)
+    scenario, _ = resume_scenario(path)
+    if scenario.run.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    png = Path(png) if png is not None else path.with_suffix(".png")
+    write_png = summary_png and scenario.output.summary_png
+    if write_png and png.exists() and not overwrite_png:
+        raise ConfigError(f"output {png} already exists; pass --overwrite to replace it, or --no-png")
+    if scenario.cell.enabled:
+        from ssbx.engine.runs.cell_run import resume_cell_device
+
+        result = _as_result(resume_cell_device(path, progress=progress))
+    else:
+        from ssbx.engine.runs.particle_run import resume_particle
+
+        result = _as_result(resume_particle(path, scenario, progress=progress))
+    if write_png:
+        from ssbx.engine.plots.summary import summary_figure
+
+        summary_figure(path, png)
+    return result
+
+
 def _as_result(r) -> Result:
     return Result(Path(r.path), r.status, r.message, float(r.t_end_s), int(r.n_steps))

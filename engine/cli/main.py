@@ -156,39 +156,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    """``ssbx run --resume FILE.h5``: continue a killed cell run in its own file."""
+    """``ssbx run --resume FILE.h5``: continue a killed particle or cell run in its own file."""
     from ssbx.engine.errors import ConfigError, SimulationDiverged
 
     try:
         if args.scenario or args.out or args.set or args.float64:
             raise ConfigError("--resume FILE.h5 continues the run stored in that file: give no scenario, --out, "
                               "--set or --float64 with it (the file holds the scenario and its dtype)")
-        from ssbx.engine.runs.cell_run import resume_cell_device, resume_scenario
+        from ssbx.engine import api
 
         path = Path(args.resume)
-        scenario, _ = resume_scenario(path)
-        if scenario.run.dtype == "float64":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
-        png = Path(args.png) if args.png else path.with_suffix(".png")
-        write_png = not args.no_png and scenario.output.summary_png
-        if write_png and png.exists() and not args.overwrite:
-            raise ConfigError(f"output {png} already exists; pass --overwrite to replace it, or --no-png")
         print(f"ssbx run: resuming {path}", file=sys.stderr)
         t0 = time.perf_counter()
         try:
-            result = resume_cell_device(path, progress=not args.quiet)
+            result = api.resume(path, progress=not args.quiet, summary_png=not args.no_png,
+                                overwrite_png=args.overwrite, png=args.png)
         except SimulationDiverged as err:
             print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
             return 3
         print(f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s), resumed in "
               f"{time.perf_counter() - t0:.1f} s wall time; wrote {path}", file=sys.stderr)
-        if write_png:
-            from ssbx.engine.plots.summary import summary_figure
-
-            summary_figure(path, png)
-            print(f"ssbx run: summary figure {png}", file=sys.stderr)
     except (Exception, KeyboardInterrupt) as err:
         return _exit_code(err, "can be resumed with --resume")
     return 0

@@ -177,7 +177,7 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
         "max_time_step_s": ("s", "Optional cap on the diffusion time step; `false`/absent = no cap."),
         "checkpoint_every": ("steps", "Steps per `jax.checkpoint` block of a particle rollout (memory/time "
                                       "trade-off of reverse mode)."),
-        "chunk_steps": ("steps", "Cell runs: accepted steps per device call; the host writes once per chunk."),
+        "chunk_steps": ("steps", "Steps per device call (cell runs: accepted steps; particle runs: the largest multiple of checkpoint_every ≤ this dividing a snapshot interval); the host writes once per chunk."),
         "cell_driver": ("—", "Cell runs: `device` (engine/solve) or `host` (legacy loop, no mechanics)."),
         "cutoff_tolerance_V": ("V", "A constant-current step ends within this of its voltage limit."),
         "cutoff_tolerance": ("—", "A constant-voltage step ends when |I| ≤ (1 + this) × its cut-off current."),

@@ -402,7 +402,8 @@ class NumericsConfig:
     time_step_safety: float = 0.9
     max_time_step_s: float | None = None
     checkpoint_every: int = 16
-    # cell runs: steps per device call (the host writes records once per chunk), and
+    # steps per device call (the host writes records once per chunk; particle runs use
+    # the largest multiple of checkpoint_every ≤ this that divides a snapshot interval), and
     # which driver runs them ("device": engine.solve; "host": the legacy loop of
     # engine/runs/host_cell.py, kept until the device stepper has replaced it everywhere)
     chunk_steps: int = 256

@@ -15,13 +15,17 @@ written again, identically, by the resumed run.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssbx.engine.config.scenario import Scenario, scenario_from_dict
 from ssbx.engine.errors import ConfigError
+from ssbx.engine.io.run_file import _ssbx_version
 from ssbx.engine.solve.cell_step import CellState
 
 GROUP = "restart"
@@ -32,8 +36,9 @@ def _state_fields(state: CellState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
 
 
-def save_checkpoint(file: h5py.File, state: CellState, bookkeeping: dict) -> None:
-    """Write ``state`` (one device→host transfer) and ``bookkeeping`` into the slot
+def save_checkpoint(file: h5py.File, state, bookkeeping: dict) -> None:
+    """Write ``state`` (a CellState or engine.solve.particle_step.ParticleState; one
+    device→host transfer) and ``bookkeeping`` into the slot
     not marked valid, flush, then mark it valid."""
     group = file.require_group(GROUP)
     slot = 1 - int(group.attrs.get("valid_slot", 1))
@@ -53,7 +58,7 @@ def save_checkpoint(file: h5py.File, state: CellState, bookkeeping: dict) -> Non
     file.flush()
 
 
-def load_checkpoint(file: h5py.File, template: CellState) -> tuple[CellState, dict]:
+def load_checkpoint(file: h5py.File, template):
     """The state of the valid slot, with the leaves, shapes and dtypes of ``template``
     (a fresh initial state of the same scenario), and the bookkeeping."""
     if GROUP not in file or "valid_slot" not in file[GROUP].attrs:
@@ -69,3 +74,46 @@ def load_checkpoint(file: h5py.File, template: CellState) -> tuple[CellState, di
         values[name] = jnp.asarray(slot[name][...])
     bookkeeping = {key: slot.attrs[key] for key in BOOKKEEPING}
     return dataclasses.replace(template, **values), bookkeeping
+
+
+RESUMABLE = ("running", "failed", "interrupted")
+
+
+def resume_scenario(path) -> tuple[Scenario, object]:
+    """The scenario and dtype of a run file that can be resumed: it exists, is an ssbx
+    run file written by this ssbx version, and did not end (status running, failed or
+    interrupted). Runs of the legacy host cell loop cannot be resumed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--resume {path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            status = str(f.attrs.get("status", ""))
+            written_by = str(f.attrs.get("ssbx_version", ""))
+            config = json.loads(f["config"].attrs["json"])
+    except (OSError, KeyError) as err:
+        raise ConfigError(f"--resume {path}: not an ssbx run file ({err})") from None
+    if written_by != _ssbx_version():
+        raise ConfigError(f"--resume {path}: written by ssbx {written_by}, this is ssbx {_ssbx_version()}; "
+                          "a run can only be resumed by the version that started it")
+    if status not in RESUMABLE:
+        raise ConfigError(f"--resume {path}: the run has status {status!r}, nothing to resume (only a run that "
+                          f"was killed or failed, status {' / '.join(RESUMABLE)}, can be continued)")
+    scenario = scenario_from_dict(config)
+    if scenario.sweep.parameter:
+        raise ConfigError(f"--resume {path}: the lanes of a [sweep] cannot be resumed; run the sweep again")
+    if scenario.cell.enabled and scenario.numerics.cell_driver != "device":
+        raise ConfigError(f"--resume {path}: runs of the legacy host cell loop (numerics.cell_driver = "
+                          "'host') cannot be resumed")
+    return scenario, jnp.float64 if scenario.run.dtype == "float64" else jnp.float32
+
+
+def check_same_geometry(path, micro) -> None:
+    """Refuse to resume a file whose stored labels and grain ids the scenario no longer
+    reproduces (another ssbx version or a changed generator)."""
+    with h5py.File(path, "r") as f:
+        same = (np.array_equal(f["geometry/labels"][...], micro.labels)
+                and np.array_equal(f["geometry/grain_id"][...], micro.grain_id))
+    if not same:
+        raise ConfigError(f"{path}: its scenario no longer gives the geometry stored in the file (another ssbx "
+                          "version or a changed generator); it cannot be resumed")

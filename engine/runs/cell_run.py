@@ -14,19 +14,17 @@ every lane has its own :class:`LaneFile`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import equinox as eqx
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ssbx.engine.runs.host_cell import CellResult, _write_cycle_summary
-from ssbx.engine.config.scenario import Scenario, scenario_from_dict
+from ssbx.engine.config.scenario import Scenario
 from ssbx.engine.errors import ConfigError, SimulationDiverged
-from ssbx.engine.io.run_file import RunWriter, _ssbx_version
+from ssbx.engine.io.run_file import RunWriter
 from ssbx.engine.physics.mechanics import StressSolver, stress_free_x, stress_outputs
 from ssbx.engine.geometry.microstructure import SOLID_ELECTROLYTE
 from ssbx.engine.safe_files import exception_status
@@ -36,7 +34,7 @@ from ssbx.engine.solve.cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, R
                                         electronic_conductivity, initial_state)
 from ssbx.engine.solve.loop import advance
 from ssbx.engine.model.resolve import ResolvedCell, resolve_cell
-from ssbx.engine.io.restart import load_checkpoint, save_checkpoint
+from ssbx.engine.io.restart import check_same_geometry, load_checkpoint, resume_scenario, save_checkpoint
 
 
 def _face_area_grid(geometry) -> np.ndarray:
@@ -342,14 +340,12 @@ def resume_cell_device(path, progress: bool = True, chunk: int | None = None, st
     that already ended (completed, stopped or diverged)."""
     path = Path(path)
     scenario, dtype = resume_scenario(path)
+    if not scenario.cell.enabled:
+        raise ConfigError(f"--resume {path}: a particle run; continue it with engine.runs.particle_run."
+                          "resume_particle (ssbx run --resume picks the driver)")
     resolved = resolve_cell(scenario, dtype)
     check_resolved(resolved)
-    with h5py.File(path, "r") as f:
-        same = (np.array_equal(f["geometry/labels"][...], resolved.micro.labels)
-                and np.array_equal(f["geometry/grain_id"][...], resolved.micro.grain_id))
-    if not same:
-        raise ConfigError(f"{path}: its scenario no longer gives the geometry stored in the file (another ssbx "
-                          "version or a changed generator); it cannot be resumed")
+    check_same_geometry(path, resolved.micro)
     writer = RunWriter.reopen(path)
     try:
         template = initial_state(resolved.geometry, resolved.params, resolved.x_initial, dtype)
@@ -362,35 +358,6 @@ def resume_cell_device(path, progress: bool = True, chunk: int | None = None, st
     lane = LaneFile(scenario, resolved, path, writer=writer)
     lane.restore(bookkeeping)
     return _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snapshot=False)
-
-
-RESUMABLE = ("running", "failed", "interrupted")
-
-
-def resume_scenario(path) -> tuple[Scenario, object]:
-    """The scenario and dtype of a run file that can be resumed (checks its status and
-    ssbx version; see :func:`resume_cell_device`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--resume {path}: no such file")
-    try:
-        with h5py.File(path, "r") as f:
-            status = str(f.attrs.get("status", ""))
-            written_by = str(f.attrs.get("ssbx_version", ""))
-            config = json.loads(f["config"].attrs["json"])
-    except (OSError, KeyError) as err:
-        raise ConfigError(f"--resume {path}: not an ssbx run file ({err})") from None
-    if written_by != _ssbx_version():
-        raise ConfigError(f"--resume {path}: written by ssbx {written_by}, this is ssbx {_ssbx_version()}; "
-                          "a run can only be resumed by the version that started it")
-    if status not in RESUMABLE:
-        raise ConfigError(f"--resume {path}: the run has status {status!r}, nothing to resume (only a run that "
-                          f"was killed or failed, status {' / '.join(RESUMABLE)}, can be continued)")
-    scenario = scenario_from_dict(config)
-    if not scenario.cell.enabled or scenario.numerics.cell_driver != "device":
-        raise ConfigError(f"--resume {path}: only cell runs on the device stepper can be resumed so far "
-                          "(particle runs still use the host loop)")
-    return scenario, jnp.float64 if scenario.run.dtype == "float64" else jnp.float32
 
 
 def _run_lane(scenario, resolved, lane, state, chunk, step, progress, first_snapshot) -> CellResult:

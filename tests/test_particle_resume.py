@@ -1,0 +1,128 @@
+"""Particle runs on the device State (engine.solve.particle_step): a run killed with
+SIGKILL and continued with ``ssbx run --resume`` ends with the same file as an
+uninterrupted run, bit for bit; the run's chunks are the differentiable rollout that
+particle fits use, step for step."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from test_resume import _contents
+
+from ssbx.engine import api
+from ssbx.engine.config.scenario import scenario_from_dict
+from ssbx.engine.errors import ConfigError
+from ssbx.engine.io.run_file import load_run
+from ssbx.engine.runs import particle_run
+
+TESTS = Path(__file__).resolve().parent
+# a small 2D particle, 240 steps of 0.25 s in chunks of 12, snapshots every 60 steps
+SMALL_PARTICLE = {
+    "run": {"name": "resume_particle"},
+    "particle": {"radius_m": 1e-6, "n_grains": 5, "ndim": 2},
+    "protocol": {"duration_s": 60.0, "c_rate": 2.0},
+    "numerics": {"max_time_step_s": 0.25, "checkpoint_every": 4, "chunk_steps": 16},
+    "output": {"n_snapshots": 5, "timeseries_every": 5},
+}
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_particle_resume import SMALL_PARTICLE
+from ssbx.engine.config.scenario import scenario_from_dict
+from ssbx.engine.runs import particle_run
+
+save = particle_run._ParticleRun.checkpoint
+def checkpoint(self, state):
+    save(self, state)
+    print("checkpoint", self.n_steps, flush=True)
+particle_run._ParticleRun.checkpoint = checkpoint
+particle_run.run_scenario(scenario_from_dict(SMALL_PARTICLE), {out!r}, progress=False, checkpoint_wall_s=0.0)
+print("finished", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("particle_resume") / "whole.h5"
+    result = particle_run.run_scenario(scenario_from_dict(SMALL_PARTICLE), path, progress=False,
+                                       checkpoint_wall_s=0.0)
+    assert result.status == "completed", result.message
+    return path
+
+
+def test_killed_particle_run_resumes_to_the_same_file(uninterrupted, tmp_path):
+    """Killed after its fourth saved State (the initial one and three chunks); rows of
+    the next chunk may already be in the file. Resuming cuts them and finishes: every
+    timeseries row, field, per-grain value and statistic equals the uninterrupted run's."""
+    out = tmp_path / "killed.h5"
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(TESTS), out=str(out))],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = 0
+    for line in child.stdout:
+        if line.startswith("checkpoint"):
+            seen += 1
+            if seen == 4:
+                child.send_signal(signal.SIGKILL)
+                break
+    child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "running"
+        killed_rows = f["timeseries/t_s"].shape[0]
+    whole = _contents(uninterrupted)
+    assert 0 < killed_rows < len(whole["timeseries/t_s"])
+
+    result = api.resume(out, summary_png=False)
+    assert result.status == "completed", result.message
+    resumed = _contents(out)
+    assert resumed.keys() == whole.keys()
+    for name, value in whole.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == resumed[name].dtype and value.shape == resumed[name].shape, name
+            assert np.array_equal(value, resumed[name], equal_nan=value.dtype.kind == "f"), name
+        else:
+            assert value == resumed[name], name
+    with pytest.raises(ConfigError, match="status 'completed', nothing to resume"):
+        api.resume(out, summary_png=False)
+
+
+def test_run_chunks_are_the_fitting_rollout(uninterrupted):
+    """The run file's last field is the state of one uninterrupted
+    engine.model.particle.rollout (the differentiable path of particle fits) over all
+    steps, and M_Li falls by exactly the prescribed flux × area × t (Li conservation)."""
+    from ssbx.engine.model.particle import rollout
+
+    scenario = scenario_from_dict(SMALL_PARTICLE)
+    run = particle_run._ParticleRun(scenario)
+    x, per_step = rollout(run.geometry, run.params, run.initial.x, run.total_steps, run.dt,
+                          checkpoint_every=run.block, adjoint="autodiff")
+    data = load_run(uninterrupted)
+    final = data.fields["soc"][-1]
+    active = np.isfinite(final)
+    np.testing.assert_allclose(final[active], np.asarray(x)[active], rtol=0, atol=2e-7)
+    t_end = run.total_steps * run.dt
+    assert data.timeseries["t_s"][-1] == pytest.approx(t_end, rel=1e-12)
+    removed = run.li0 - data.timeseries["li_mol"][-1]
+    expected = run.current_A * t_end / 96485.33212
+    assert removed == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(data.timeseries["mean_soc"][-1], float(jnp.mean(per_step["mean_x"][-1])), rtol=1e-6)
+
+
+def test_cli_resumes_a_particle_run_and_refuses_what_it_cannot(uninterrupted, tmp_path, capsys):
+    from ssbx.engine.cli.main import main
+
+    other = tmp_path / "tampered.h5"
+    other.write_bytes(uninterrupted.read_bytes())
+    with h5py.File(other, "r+") as f:
+        f.attrs["status"] = "interrupted"
+        f["geometry/grain_id"][0, 0] = 3  # the scenario no longer gives this geometry
+    assert main(["run", "--resume", str(other), "--no-png", "-q"]) == 2
+    assert "no longer gives the geometry" in capsys.readouterr().err
