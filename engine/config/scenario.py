@@ -602,6 +602,8 @@ _CC_RATE = re.compile(r"^(charge|discharge)(\s+at\s+)(\S+)(\s+until.*)$", re.I)
 
 def lane_scenario(base: Scenario, parameter: str, value) -> Scenario:
     """The scenario of one lane: ``base`` with ``parameter`` set to ``value``."""
+    if parameter == "protocol.c_rate" and base.protocol.kind != "cycling":
+        return base.replace(protocol={"c_rate": value}, sweep={"parameter": "", "values": ()})
     if parameter == "protocol.c_rate":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"protocol.c_rate = {value!r}: must be a number > 0")

@@ -119,6 +119,7 @@ class _ParticleRun:
             self.stress_solver = StressSolver.build(micro, scenario.mechanics, stress_free_x(scenario), dtype)
         self.writer = None
         self.n_steps = self.n_rows = self.n_snapshots = 0
+        self.status, self.message, self.at_snapshot = "running", "", False
 
     @property
     def total_steps(self) -> int:
@@ -151,58 +152,76 @@ class _ParticleRun:
             "pointer": self.n_steps // self.steps_per_interval, "n_steps": self.n_steps,
             "n_rows": self.n_rows, "n_snapshots": self.n_snapshots})
 
+    def after_chunk(self, x, n_taken: int, status_steps: np.ndarray, mean_x: np.ndarray) -> bool:
+        """Host side of one chunk: its rows (every ``timeseries_every``-th step and the
+        last one), a snapshot at an interval's end or at a stop. Returns True when the
+        run has ended (protocol time reached or a step refused); sets status/message."""
+        dt, every = self.dt, self.scenario.output.timeseries_every
+        taken = int(n_taken)
+        index = self.n_steps + 1 + np.arange(taken)
+        keep = (index % every == 0) | (np.arange(taken) == taken - 1)
+        if keep.any():
+            self.rows(index[keep] * dt, mean_x[:taken][keep])
+        self.n_steps += taken
+        if taken < self.chunk:
+            code = int(status_steps[taken])
+            t_stop = self.n_steps * dt
+            self.snapshot(t_stop, x)
+            self.status = "diverged" if code == STATUS_NOT_FINITE else "stopped"
+            interval = self.n_steps // self.steps_per_interval
+            self.message = (
+                f"stopped at t = {t_stop:.6g} s (step {self.n_steps}, snapshot interval "
+                f"{interval + 1}/{self.n_intervals}): {STATUS_TEXT[code]}; the file keeps "
+                "every step up to this point"
+            )
+            return True
+        self.at_snapshot = self.n_steps % self.steps_per_interval == 0
+        if self.at_snapshot:
+            self.snapshot(self.n_steps * dt, x)
+        if self.n_steps >= self.total_steps:
+            self.status, self.message = "completed", f"reached t = {self.scenario.protocol.duration_s:g} s"
+            return True
+        return False
+
+    def close(self, status: str | None = None, message: str | None = None) -> RunResult:
+        """Write the final status (``status``/``message`` override, e.g. after an
+        exception) and close the file; the run's result."""
+        if status is not None:
+            self.status, self.message = status, message
+        self.writer.set_status(self.status, self.message)
+        self.writer.close()
+        return RunResult(Path(self.writer.path), self.status, self.message, self.n_steps * self.dt, self.n_steps,
+                         self.dt)
+
     def drive(self, state: ParticleState, progress: bool, checkpoint_wall_s: float) -> RunResult:
         """Advance chunk by chunk to the end of the protocol or a stop; the host reads
         the State's records once per chunk, writes rows, snapshots at interval ends and
         the State at most every ``checkpoint_wall_s`` seconds of wall time (and at
         every snapshot)."""
-        scenario, dt, writer = self.scenario, self.dt, self.writer
-        every = scenario.output.timeseries_every
-        status, message = "completed", f"reached t = {scenario.protocol.duration_s:g} s"
-        bar = _progress(self.total_steps, progress, scenario.run.name)
+        bar = _progress(self.total_steps, progress, self.scenario.run.name)
         bar.update(self.n_steps)
         last_checkpoint = time.monotonic()
+        done = self.n_steps >= self.total_steps
+        failure = None
         try:
-            while self.n_steps < self.total_steps:
-                state, n_taken, per_step = advance_particle(self.geometry, self.params, state, self.chunk, dt,
+            while not done:
+                state, n_taken, per_step = advance_particle(self.geometry, self.params, state, self.chunk, self.dt,
                                                             self.block, self.coupling)
-                status_steps = np.asarray(per_step["status"])
-                mean_x = np.asarray(per_step["mean_x"], dtype=np.float64)
-                taken = int(n_taken)
-                index = self.n_steps + 1 + np.arange(taken)
-                keep = (index % every == 0) | (np.arange(taken) == taken - 1)
-                if keep.any():
-                    self.rows(index[keep] * dt, mean_x[:taken][keep])
-                self.n_steps += taken
-                bar.update(taken)
-                interval = self.n_steps // self.steps_per_interval
-                if taken < self.chunk:
-                    code = int(status_steps[taken])
-                    t_stop = self.n_steps * dt
-                    self.snapshot(t_stop, state.x)
-                    status = "diverged" if code == STATUS_NOT_FINITE else "stopped"
-                    message = (
-                        f"stopped at t = {t_stop:.6g} s (step {self.n_steps}, snapshot interval "
-                        f"{interval + 1}/{self.n_intervals}): {STATUS_TEXT[code]}; the file keeps "
-                        "every step up to this point"
-                    )
-                    break
-                at_snapshot = self.n_steps % self.steps_per_interval == 0
-                if at_snapshot:
-                    self.snapshot(self.n_steps * dt, state.x)
-                if at_snapshot or time.monotonic() - last_checkpoint >= checkpoint_wall_s:
+                before = self.n_steps
+                done = self.after_chunk(state.x, n_taken, np.asarray(per_step["status"]),
+                                        np.asarray(per_step["mean_x"], dtype=np.float64))
+                bar.update(self.n_steps - before)
+                if not done and (self.at_snapshot or time.monotonic() - last_checkpoint >= checkpoint_wall_s):
                     self.checkpoint(state)
                     last_checkpoint = time.monotonic()
         except BaseException as err:  # the file must not say "completed" after a crash or Ctrl-C
-            status, message = exception_status(err, self.n_steps * dt)
+            failure = exception_status(err, self.n_steps * self.dt)
             raise
         finally:
             bar.close()
-            writer.set_status(status, message)
-            writer.close()
-        result = RunResult(Path(writer.path), status, message, self.n_steps * dt, self.n_steps, dt)
-        if status == "diverged":
-            raise SimulationDiverged(message)
+            result = self.close(*(failure or (None, None)))
+        if result.status == "diverged":
+            raise SimulationDiverged(result.message)
         return result
 
 
