@@ -109,7 +109,7 @@ def cathode_composite(scenario: Scenario) -> Composite:
         raise ConfigError(f"cell.cathode_label_map = {c.cathode_label_map!r}: the values {missing[:8]} of "
                           f"cell.cathode_volume = {c.cathode_volume!r} have no entry; valid: map every value "
                           "present (names: pore, active/NCM, SE/solid_electrolyte, carbon, ecbd)")
-    return load_volume(raw, mapping, comp.voxel_size_m, seed=comp.seed)
+    return load_volume(raw, c.cathode_label_map, comp.voxel_size_m, seed=comp.seed)
 
 
 def composite_cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
