@@ -237,3 +237,28 @@ def test_bad_composite_cell_inputs(tmp_path):
         scenario_from_dict({"composite": {"ratios": "7:3"}})
     with pytest.raises(ConfigError, match=r"composite.size"):
         scenario_from_dict({"composite": {"size": [16, 16]}})
+
+
+def test_resumed_run_rewrites_the_particle_rows_exactly(column_run, tmp_path):
+    """A run resumed from its last checkpoint (status set back to 'failed') ends with the
+    same per-particle rows and TXM images as the uninterrupted run."""
+    import shutil
+
+    import jax
+
+    from ssbx.engine.runs.cell_run import resume_cell_device
+
+    _, _, _, path = column_run
+    cut = tmp_path / "cut.h5"
+    shutil.copy(path, cut)
+    with h5py.File(cut, "a") as f:
+        f.attrs["status"] = "failed"
+        slot = f["restart"][f"slot_{f['restart'].attrs['valid_slot']}"]
+        assert slot.attrs["n_steps"] < f["timeseries/t_s"].shape[0]  # the checkpoint is before the end
+    with jax.enable_x64(True):
+        assert resume_cell_device(cut, progress=False).status == "completed"
+    with h5py.File(path) as a, h5py.File(cut) as b:
+        for name in ("t_s", "snapshot_index", "soc", "li_mol", "current_A", "polarisation_m"):
+            np.testing.assert_array_equal(a["particles"][name][...], b["particles"][name][...])
+        np.testing.assert_array_equal(a["txm/top"][...], b["txm/top"][...])
+        assert a["particles"].attrs["correlations_json"] == b["particles"].attrs["correlations_json"]

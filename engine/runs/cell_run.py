@@ -164,10 +164,12 @@ class LaneFile:
         self.pointer, self.n_steps = int(bookkeeping["pointer"]), int(bookkeeping["n_steps"])
         self.n_snapshots = int(bookkeeping["n_snapshots"])
         if self.particles is not None:
-            self.particles.truncate(self.t, self.n_snapshots)
+            self.particles.truncate(self.n_steps, self.n_snapshots)
 
     def checkpoint(self, state):
         """Write the lane's State and bookkeeping to the run file (once per chunk)."""
+        if self.particles is not None:
+            self.particles.mark(self.n_steps)
         save_checkpoint(self.writer._file, state, self.bookkeeping())
 
     def records(self, n: int, rec: dict):

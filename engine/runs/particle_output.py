@@ -97,11 +97,20 @@ class ParticleOutput:
                 self._append("txm", name.removeprefix("txm_"), image.astype(np.float32)[None])
         self.last = values
 
-    def truncate(self, t_s: float, n_snapshots: int):
-        """Resume: drop rows written after the checkpoint (time ``t_s``, ``n_snapshots``)."""
+    def mark(self, n_steps: int):
+        """Before a checkpoint of ``n_steps`` steps: remember how many rows belong to it
+        (``/particles`` attribute ``rows_at_checkpoint``, the last few checkpoints)."""
+        g = self.f["particles"]
+        rows = int(g["t_s"].shape[0]) if "t_s" in g else 0
+        marks = json.loads(g.attrs.get("rows_at_checkpoint", "{}"))
+        marks[str(int(n_steps))] = rows
+        g.attrs["rows_at_checkpoint"] = json.dumps(dict(list(marks.items())[-4:]))
+
+    def truncate(self, n_steps: int, n_snapshots: int):
+        """Resume from the checkpoint of ``n_steps`` steps: drop the rows written after it."""
         g = self.f["particles"]
         if "t_s" in g:
-            keep = int(np.count_nonzero(g["t_s"][...] <= t_s * (1 + 1e-12) + 1e-12))
+            keep = int(json.loads(g.attrs.get("rows_at_checkpoint", "{}")).get(str(int(n_steps)), 0))
             for name in ("t_s", "snapshot_index", *SERIES):
                 if name in g:
                     g[name].resize(keep, axis=0)
