@@ -262,3 +262,15 @@ def test_resumed_run_rewrites_the_particle_rows_exactly(column_run, tmp_path):
             np.testing.assert_array_equal(a["particles"][name][...], b["particles"][name][...])
         np.testing.assert_array_equal(a["txm/top"][...], b["txm/top"][...])
         assert a["particles"].attrs["correlations_json"] == b["particles"].attrs["correlations_json"]
+
+
+def test_pearson_rows_match_the_stored_particle_values(column_run):
+    """/particles/pearson_* of each row is Pearson's r of that row's stored values."""
+    _, _, _, path = column_run
+    with h5py.File(path) as f:
+        soc = f["particles/soc"][...]
+        depth = f["particles/table/depth_m"][...]
+        r_rows = f["particles/pearson_soc_change_vs_depth"][...]
+    for k in range(1, soc.shape[0]):
+        assert r_rows[k] == pytest.approx(np.corrcoef(soc[0] - soc[k], depth)[0, 1], abs=1e-12)
+    assert np.isnan(r_rows[0])  # no SOC change yet: r undefined

@@ -27,7 +27,7 @@ Per particle p with voxels V_p (h the voxel edge, x = c/c_max):
   distance of r_g from the cathode | separator plane (0 at the separator, the cathode
   thickness at the collector).
 
-Pearson's r (:func:`pearson`) of the particles' SOC against size and depth summarises
+Pearson's r (:func:`pearson`) of the particles' SOC change against size and depth summarises
 whether small / near-separator particles charge first (the inter-particle SOC
 distribution measured particle by particle by Kröger et al., J. Power Sources,
 231204 (2022), doi:10.1016/j.jpowsour.2022.231204). Projections of x as a
@@ -94,13 +94,12 @@ class ParticleSet:
         order = np.argsort(flat, kind="stable")
         counts = np.bincount(flat[flat >= 0], minlength=n)
         start = int(np.count_nonzero(flat < 0))
-        coords = np.stack(np.unravel_index(np.arange(flat.size), pid.shape), axis=1)
         index, rel = [], []
         centroid = np.full((n, 3), np.nan)
         for p in range(n):
             idx = order[start:start + counts[p]]
             start += counts[p]
-            r = (coords[idx] + 0.5) * h - reference_m[p]
+            r = (np.stack(np.unravel_index(idx, pid.shape), axis=1) + 0.5) * h - reference_m[p]
             r[:, :2] -= box[:2] * np.round(r[:, :2] / box[:2])  # minimum image along x, y
             index.append(idx)
             rel.append(r)
@@ -160,11 +159,18 @@ def pearson(a, b) -> float:
     return float(np.sum(da * db) / den)
 
 
-def correlations(pset: ParticleSet, values: dict, soc_initial: float) -> dict:
-    """Pearson r of the particles' SOC change (x_initial − x̄_p, > 0 = charged) and of
-    their relative polarisation against equivalent radius and depth, with the arrays
-    they come from (JSON-serialisable lists; NaN where undefined)."""
-    delta = soc_initial - np.asarray(values["soc"], np.float64)
+#: the Pearson coefficients of :func:`correlations` (also stored per row)
+PEARSON = ("pearson_soc_change_vs_radius", "pearson_soc_change_vs_depth", "pearson_polarisation_vs_radius",
+           "pearson_polarisation_vs_depth")
+
+
+def correlations(pset: ParticleSet, values: dict, soc_initial) -> dict:
+    """Pearson r of the particles' SOC change (``soc_initial`` − x̄_p, > 0 = charged;
+    ``soc_initial`` per particle, the first row's x̄_p, so that round-off of the means
+    does not pass for a spread) and of their relative polarisation against equivalent
+    radius and depth, with the arrays they come from (JSON-serialisable lists; NaN
+    where undefined)."""
+    delta = np.asarray(soc_initial, np.float64) - np.asarray(values["soc"], np.float64)
     pol = np.asarray(values["polarisation_norm"], np.float64)
     radius, depth = pset.equivalent_radius_m, pset.depth_m
     return {

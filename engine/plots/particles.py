@@ -48,7 +48,6 @@ def particles_png(run_path, png_path) -> Path:
         h = float(f["geometry"].attrs["voxel_size_m"])
         top = f["txm/top"][-1] if "txm/top" in f else None
         side = f["txm/side"][-1] if "txm/side" in f else None
-        x0 = float(json.loads(f["config"].attrs["json"])["material"]["x_initial"])
     fig, axes = plt.subplots(2, 3, figsize=(14, 8), constrained_layout=True)
     cmap = plt.get_cmap("viridis")
     span = max(float(np.nanmax(depth)), 1e-30) if np.isfinite(depth).any() else 1.0
@@ -62,17 +61,17 @@ def particles_png(run_path, png_path) -> Path:
                    title="per-particle current (colour: depth)")
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, span * 1e6))
     fig.colorbar(sm, ax=axes[0, 1], label="depth below separator (µm)")
-    delta = x0 - soc[order[-1]]
+    delta = soc[order[0]] - soc[order[-1]]  # Li removed since the first row
     last_pol = pol[order[-1]]
     for ax, xs, name, key in ((axes[0, 2], radius * 1e6, "equivalent radius (µm)", "radius"),
                               (axes[1, 0], depth * 1e6, "depth below separator (µm)", "depth")):
-        ax.scatter(xs, delta, s=18, color="tab:red", label="Li removed x₀ − x̄")
+        ax.scatter(xs, delta, s=18, color="tab:red", label="Li removed x̄(0) − x̄")
         ax2 = ax.twinx()
         ax2.scatter(xs, last_pol, s=14, marker="^", color="tab:blue", label="polarisation |Δr|/r")
         ax2.set_ylabel("charge polarisation |r_c − r_g| / r_eq", color="tab:blue")
         r1 = corr.get(f"pearson_soc_change_vs_{key}", float("nan"))
         r2 = corr.get(f"pearson_polarisation_vs_{key}", float("nan"))
-        ax.set(xlabel=name, ylabel="x₀ − particle mean x (end)",
+        ax.set(xlabel=name, ylabel="Li removed: particle mean x, start − end",
                title=f"Pearson r: Li removed {r1:.2f}, polarisation {r2:.2f}")
     for ax, image, title, labels in ((axes[1, 1], top, "TXM projection, beam ∥ z (end)", ("x (µm)", "y (µm)")),
                                      (axes[1, 2], side, "TXM projection, beam ∥ x (end)", ("y (µm)", "z (µm)"))):

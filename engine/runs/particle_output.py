@@ -13,8 +13,10 @@ engine/observables/particles.py:
   ``polarisation_m``: one row at every snapshot (``snapshot_index`` ≥ 0) and at every
   chunk end of the device loop (``snapshot_index`` = −1; ``numerics.chunk_steps``
   sets how often);
-* ``/particles`` attribute ``correlations_json``: Pearson r of the last row's SOC
-  change and polarisation against size and depth (written when the run ends);
+* ``/particles/pearson_*`` (rows,): Pearson r of each row's SOC change and
+  polarisation against size and depth, and the ``/particles`` attribute
+  ``correlations_json`` with those of the last row and their arrays (written when the
+  run ends);
 * ``/txm/t_s``, ``/txm/top`` (snapshots, nx, ny) and ``/txm/side`` (snapshots, ny, nz):
   thickness-weighted projections of x at every snapshot.
 """
@@ -26,7 +28,7 @@ import json
 import h5py
 import numpy as np
 
-from ssbx.engine.observables.particles import SERIES, ParticleSet, correlations, txm_projections
+from ssbx.engine.observables.particles import PEARSON, SERIES, ParticleSet, correlations, txm_projections
 
 DEFINITION = ("particle = generator particle id (cell.cathode = 'composite') or face-connected active "
               "cluster, x/y periodic (cell.cathode = 'volume'); soc = mean Li fraction x; current_A = "
@@ -43,6 +45,7 @@ class ParticleOutput:
         self.x_initial = x_initial
         self.cathode_voxels = cathode_voxels
         self.last = None
+        self.soc0 = None  # the first row's particle SOC, the reference of the SOC change
 
     @classmethod
     def attach(cls, f: h5py.File, resolved, fresh: bool) -> "ParticleOutput | None":
@@ -90,6 +93,11 @@ class ParticleOutput:
         self._append("particles", "snapshot_index", np.asarray([snapshot_index], np.int32))
         for name in SERIES:
             self._append("particles", name, np.asarray(values[name], np.float64)[None])
+        if self.soc0 is None:
+            self.soc0 = values["soc"]
+        corr = correlations(self.pset, values, self.soc0)
+        for name in PEARSON:
+            self._append("particles", name, np.asarray([corr[name]], np.float64))
         if snapshot_index >= 0:
             images = txm_projections(x, self.active)
             self._append("txm", "t_s", np.asarray([t_s], np.float64))
@@ -111,11 +119,12 @@ class ParticleOutput:
         g = self.f["particles"]
         if "t_s" in g:
             keep = int(json.loads(g.attrs.get("rows_at_checkpoint", "{}")).get(str(int(n_steps)), 0))
-            for name in ("t_s", "snapshot_index", *SERIES):
+            for name in ("t_s", "snapshot_index", *SERIES, *PEARSON):
                 if name in g:
                     g[name].resize(keep, axis=0)
             if keep:
                 self.last = {name: g[name][keep - 1] for name in SERIES}
+                self.soc0 = g["soc"][0]
         t = self.f["txm"]
         for name in ("t_s", "top", "side"):
             if name in t:
@@ -125,5 +134,5 @@ class ParticleOutput:
         """Write the correlations of the last row (``/particles`` attribute ``correlations_json``)."""
         if self.last is None:
             return
-        corr = correlations(self.pset, self.last, self.x_initial)
+        corr = correlations(self.pset, self.last, self.soc0)
         self.f["particles"].attrs["correlations_json"] = json.dumps(corr, allow_nan=True)
