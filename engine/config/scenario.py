@@ -347,7 +347,7 @@ class CompositeConfig:
     mean_grain_size_m: float = 1.0e-6
     carbon: str = "fibre"
     fibre_length_m: float = 8e-6
-    fibre_diameter_m: float = 0.5e-6
+    fibre_diameter_m: float = 1.0e-6  # two voxels at the default voxel (one-voxel fibres fall apart)
     carbon_particle_radius_m: float = 0.5e-6
     pore_radius_m: float = 0.5e-6
     seed: int = 0
