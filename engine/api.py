@@ -52,6 +52,8 @@ def output_paths(scenario: Scenario, out: str | Path, summary_png: bool = True) 
     else:
         runs = [out]
     pngs = [p.with_suffix(".png") for p in runs] if summary_png and scenario.output.summary_png else []
+    if scenario.cell.enabled and scenario.cell.cathode != "particle":  # composite cells: <run>_particles.png
+        pngs += [p.with_name(p.stem + "_particles.png") for p in pngs]
     return runs + pngs + [sidecar_path(p) for p in runs]
 
 

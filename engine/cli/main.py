@@ -193,6 +193,8 @@ def _output_paths(scenario, out: Path, args) -> list[Path]:
         pngs = [Path(args.png) if args.png else out.with_suffix(".png")]
     if args.no_png or not scenario.output.summary_png:
         pngs = []
+    if scenario.cell.enabled and scenario.cell.cathode != "particle":  # composite cells: <run>_particles.png
+        pngs += [p.with_name(p.stem + "_particles.png") for p in pngs]
     from ssbx.engine.io.xdmf import sidecar_path
 
     return runs + pngs + [sidecar_path(p) for p in runs]

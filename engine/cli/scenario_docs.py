@@ -39,6 +39,8 @@ SECTION_DOCS = {
                  "(docs/physics.md §2, §5).",
     "cell": "A cell around the particle: collector | composite | separator | Li anode along the stack "
             "axis (docs/physics.md §3, §7).",
+    "composite": "A generated NCM / solid electrolyte / carbon composite cathode for `cell.cathode = "
+                 "\"composite\"` (engine/geometry/composite.py, `ssbx composite`; docs/composite_cells.md).",
     "interface": "Cohesive particle | ion-conductor interfaces that open and raise the interfacial "
                  "resistance, R_int = R0 exp(g/g0) (cell runs; docs/interfaces.md).",
     "electrochemistry": "Butler–Volmer kinetics, OCV, conductivities and the electrochemical time step "
@@ -145,6 +147,30 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
         "separator": ("—", "Phase of the separator."),
         "composite_margin_voxels": ("voxels", "ECBD voxels between particle and collector/separator."),
         "capacity_Ah": ("Ah", "Capacity that defines 1C; `false`/absent = theoretical F·c_max·V_active."),
+        "cathode": ("—", "What lies between collector and separator: `particle` (the [particle] in ECBD), "
+                         "`composite` (generated from [composite]) or `volume` (a segmented label volume, "
+                         "`cathode_volume`); docs/composite_cells.md."),
+        "cathode_volume": ("—", "Path of the .npy / .tif label volume (x, y, z; z = stack axis, z = 0 at the "
+                                "collector) for `cathode = \"volume\"`; voxel edge `composite.voxel_size_m`."),
+        "cathode_label_map": ("—", "File value → phase of `cathode_volume`, e.g. `0=pore,1=active,2=SE,3=carbon` "
+                                   "(names: pore, active/NCM, SE/solid_electrolyte, carbon, ecbd)."),
+    },
+    "composite": {
+        "size": ("voxels", "Voxels along x, y, z of the generated composite (z = stack axis)."),
+        "voxel_size_m": ("m", "Voxel edge of the generated composite, and of a loaded `cell.cathode_volume`."),
+        "ratios": ("—", "Mass ratios NCM : SE : carbon, e.g. `\"7:3:1\"` (densities in "
+                        "engine/geometry/composite.py)."),
+        "porosity": ("—", "Pore volume fraction."),
+        "radius_mean_m": ("m", "Mean of the log-normal secondary-particle radius."),
+        "radius_std_m": ("m", "Standard deviation of the particle radius."),
+        "max_overlap": ("—", "Allowed centre-distance deficit of touching particles, fraction of r_i + r_j."),
+        "mean_grain_size_m": ("m", "Mean grain diameter of each particle's Voronoi polycrystal."),
+        "carbon": ("—", "Carbon as `fibre` (cylinders) or `particle` (spheres)."),
+        "fibre_length_m": ("m", "Carbon fibre length."),
+        "fibre_diameter_m": ("m", "Carbon fibre diameter."),
+        "carbon_particle_radius_m": ("m", "Radius of carbon spheres (`carbon = \"particle\"`)."),
+        "pore_radius_m": ("m", "Radius of the pore spheres."),
+        "seed": ("—", "Random seed of the generator (same seed, same volume)."),
     },
     "electrochemistry": {
         "ocv": ("—", "Open-circuit potential fit U(x) of the active material (kernels/ocv.py)."),

@@ -296,10 +296,27 @@ class CellConfig:
     separator: str = "solid_electrolyte"  # label of the separator phase
     composite_margin_voxels: int = 2  # ECBD voxels between particle and collector/separator
     capacity_Ah: float | None = None  # capacity that defines 1C; None: theoretical F c_max V_active
+    # the cathode between collector and separator (docs/composite_cells.md): the [particle] in
+    # ECBD, a generated [composite], or a segmented label volume (.npy / .tif) with its label map
+    cathode: str = "particle"
+    cathode_volume: str = ""
+    cathode_label_map: str = "0=pore,1=active,2=SE,3=carbon"
 
     def validate(self):
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"cell.enabled = {self.enabled!r}: valid values are true or false")
+        _choice("cell.cathode", self.cathode, CATHODES)
+        if not isinstance(self.cathode_volume, str):
+            raise ConfigError(f"cell.cathode_volume = {self.cathode_volume!r}: must be a file path (string) "
+                              "of a .npy or .tif label volume")
+        if not isinstance(self.cathode_label_map, str) or "=" not in self.cathode_label_map:
+            raise ConfigError(f"cell.cathode_label_map = {self.cathode_label_map!r}: must be a string "
+                              "VALUE=PHASE,... e.g. '0=pore,1=active,2=SE,3=carbon'")
+        if self.cathode == "volume" and not self.cathode_volume:
+            raise ConfigError("cell.cathode = 'volume' needs cell.cathode_volume = a .npy or .tif label volume")
+        if self.cathode != "volume" and self.cathode_volume:
+            raise ConfigError(f"cell.cathode_volume = {self.cathode_volume!r} with cell.cathode = "
+                              f"{self.cathode!r}: a volume is only read with cell.cathode = 'volume'")
         _positive("cell.areal_capacity_mAh_cm2", self.areal_capacity_mAh_cm2)
         _positive("cell.separator_thickness_m", self.separator_thickness_m)
         _choice("cell.separator", self.separator, ("solid_electrolyte",))
@@ -309,6 +326,58 @@ class CellConfig:
             raise ConfigError(
                 f"cell.composite_margin_voxels = {self.composite_margin_voxels!r}: must be an integer ≥ 1"
             )
+
+
+CATHODES = ("particle", "composite", "volume")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompositeConfig:
+    """A generated composite cathode for ``cell.cathode = "composite"`` (the settings of
+    engine.geometry.composite.generate_composite, ``ssbx composite``); ``voxel_size_m`` is
+    also the voxel of a loaded ``cell.cathode_volume``."""
+
+    size: tuple = (24, 24, 24)  # voxels along x, y, z (z = stack axis, collector at z = 0)
+    voxel_size_m: float = 0.5e-6
+    ratios: str = "7:3:1"  # mass ratios NCM : SE : carbon
+    porosity: float = 0.0
+    radius_mean_m: float = 2.5e-6
+    radius_std_m: float = 0.8e-6
+    max_overlap: float = 0.1
+    mean_grain_size_m: float = 1.0e-6
+    carbon: str = "fibre"
+    fibre_length_m: float = 8e-6
+    fibre_diameter_m: float = 1.0e-6  # two voxels at the default voxel (one-voxel fibres fall apart)
+    carbon_particle_radius_m: float = 0.5e-6
+    pore_radius_m: float = 0.5e-6
+    seed: int = 0
+
+    def validate(self):
+        size = self.size
+        if (not isinstance(size, (list, tuple)) or len(size) != 3 or not all(_is_int(n) for n in size)
+                or min(size) < 8 or max(size) > 512):
+            raise ConfigError(f"composite.size = {size!r}: must be three integers in [8, 512] (voxels along "
+                              "x, y, z; z is the stack axis)")
+        for name in ("voxel_size_m", "radius_mean_m", "mean_grain_size_m", "fibre_length_m", "fibre_diameter_m",
+                     "carbon_particle_radius_m", "pore_radius_m"):
+            _positive(f"composite.{name}", getattr(self, name))
+        if not _is_number(self.radius_std_m) or self.radius_std_m < 0:
+            raise ConfigError(f"composite.radius_std_m = {self.radius_std_m!r}: must be a finite number ≥ 0")
+        _in_range("composite.porosity", self.porosity, 0.0, 0.9)
+        _in_range("composite.max_overlap", self.max_overlap, 0.0, 0.5)
+        _choice("composite.carbon", self.carbon, ("fibre", "particle"))
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"composite.seed = {self.seed!r}: must be an integer ≥ 0")
+        if not isinstance(self.ratios, str):
+            raise ConfigError(f"composite.ratios = {self.ratios!r}: must be a string NCM:SE:carbon, e.g. '7:3:1'")
+        parts = self.ratios.split(":")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or not values[0] > 0:
+            raise ConfigError(f"composite.ratios = {self.ratios!r}: must be three non-negative numbers "
+                              "NCM:SE:carbon with NCM > 0, e.g. '7:3:1'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +558,7 @@ SECTIONS = {
     "protocol": ProtocolConfig,
     "mechanics": MechanicsConfig,
     "cell": CellConfig,
+    "composite": CompositeConfig,
     "interface": InterfaceConfig,
     "electrochemistry": ElectrochemistryConfig,
     "numerics": NumericsConfig,
@@ -507,6 +577,7 @@ class Scenario:
     protocol: ProtocolConfig = ProtocolConfig()
     mechanics: MechanicsConfig = MechanicsConfig()
     cell: CellConfig = CellConfig()
+    composite: CompositeConfig = CompositeConfig()
     interface: InterfaceConfig = InterfaceConfig()
     electrochemistry: ElectrochemistryConfig = ElectrochemistryConfig()
     numerics: NumericsConfig = NumericsConfig()
@@ -542,10 +613,24 @@ class Scenario:
                 "it names the separator of a cell; a particle's surround is mechanics.surrounding_material")
         if self.interface.enabled:
             self._check_interface()
+        if self.cell.cathode != "particle":
+            self._check_composite_cell()
         if self.cell.enabled and self.protocol.kind != "cycling":
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
             )
+
+    def _check_composite_cell(self):
+        """A composite cathode (cell.cathode = composite / volume) needs a device-driver cell."""
+        c = self.cell
+        if not c.enabled:
+            raise ConfigError(f"cell.cathode = {c.cathode!r} needs [cell] enabled = true")
+        if self.numerics.cell_driver != "device":
+            raise ConfigError(f"cell.cathode = {c.cathode!r} with numerics.cell_driver = 'host': composite "
+                              "cathodes run on the device stepper only; use cell_driver = 'device'")
+        if self.interface.enabled:
+            raise ConfigError(f"interface.enabled = true with cell.cathode = {c.cathode!r}: debonding is "
+                              "implemented and tested for the single-particle cell only")
 
     def _check_cell_mechanics(self):
         """Refuse the mechanics options a cell run does not honour (never ignore one)."""
@@ -633,7 +718,7 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
             if key not in fields:
                 raise ConfigError(_unknown(f"key in [{section}]", key, sorted(fields)))
         cleaned = {k: (None if v is False and k in _OPTIONAL_KEYS else v) for k, v in values.items()}
-        for key in ("diffusivity_m2_s", "expansion", "steps", "values", "conductors"):
+        for key in ("diffusivity_m2_s", "expansion", "steps", "values", "conductors", "size"):
             if isinstance(cleaned.get(key), list):
                 cleaned[key] = tuple(cleaned[key])
         if isinstance(cleaned.get("active_electronic_S_m"), list):  # table rows as pairs

@@ -68,6 +68,7 @@ from ssbx.engine.geometry.volume import load_labels
 from ssbx.engine.geometry.microstructure import (
     ACTIVE,
     CARBON,
+    ECBD,
     PORE,
     SOLID_ELECTROLYTE,
     Microstructure,
@@ -671,6 +672,7 @@ _NAME_TO_LABEL = {
     "pore": PORE, "void": PORE, "active": ACTIVE, "ncm": ACTIVE, "am": ACTIVE,
     "se": SOLID_ELECTROLYTE, "solid_electrolyte": SOLID_ELECTROLYTE,
     "electrolyte": SOLID_ELECTROLYTE, "carbon": CARBON, "cb": CARBON,
+    "ecbd": ECBD, "binder": ECBD,
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from ssbx.engine.io.run_file import RunData, load_run  # noqa: E402
 from ssbx.engine.config.protocol import Step, parse_cycle  # noqa: E402
+from ssbx.engine.plots.particles import has_particles, particle_figure_path, particles_png  # noqa: E402
 
 X_LABEL = "Li fraction x (1 = lithiated)"
 _KIND_COLOR = {"CC charge": "tab:red", "CV": "tab:orange", "rest": "0.6", "CC discharge": "tab:blue"}
@@ -122,7 +123,10 @@ def summary_figure(run: RunData | str | Path, png_path: str | Path, max_slices: 
     if not isinstance(run, RunData):
         run = load_run(run)
     fig = cell_figure(run) if "voltage_V" in run.timeseries else particle_figure(run, max_slices)
-    return _finish(fig, png_path)
+    out = _finish(fig, png_path)
+    if has_particles(run.path):  # composite-cathode cell: also <run>_particles.png
+        particles_png(run.path, particle_figure_path(png_path))
+    return out
 
 
 def cell_summary_figure(run: RunData | str | Path, png_path: str | Path) -> Path:

@@ -35,6 +35,7 @@ from ssbx.engine.solve.cell_step import (DIVERGED_SOLVE, DIVERGED_X, FINISHED, R
 from ssbx.engine.solve.loop import advance
 from ssbx.engine.model.resolve import ResolvedCell, resolve_cell
 from ssbx.engine.io.restart import check_same_geometry, load_checkpoint, resume_scenario, save_checkpoint
+from ssbx.engine.runs.particle_output import ParticleOutput
 
 
 def _face_area_grid(geometry) -> np.ndarray:
@@ -76,6 +77,8 @@ class LaneFile:
                 self.writer._file.attrs[key] = value
         else:
             self.writer = writer
+        # composite cathodes: per-particle rows, correlations and TXM projections (particle_output.py)
+        self.particles = ParticleOutput.attach(self.writer._file, resolved, fresh=writer is None)
         self.n_snapshots = 0
         self.t = 0.0
         self.charge_C = 0.0
@@ -143,6 +146,8 @@ class LaneFile:
             out.update(stress_fields)
             stats.update(stress_stats)
         self.writer.append_snapshot(self.t, out, {}, stats)
+        if self.particles is not None:
+            self.particles.row(self.t, xa, fields["voxel_current"], self.n_snapshots)
         self.n_snapshots += 1
 
     def bookkeeping(self) -> dict:
@@ -156,9 +161,13 @@ class LaneFile:
         self.last_current = float(bookkeeping["last_current_A"])
         self.pointer, self.n_steps = int(bookkeeping["pointer"]), int(bookkeeping["n_steps"])
         self.n_snapshots = int(bookkeeping["n_snapshots"])
+        if self.particles is not None:
+            self.particles.truncate(self.n_steps, self.n_snapshots)
 
     def checkpoint(self, state):
         """Write the lane's State and bookkeeping to the run file (once per chunk)."""
+        if self.particles is not None:
+            self.particles.mark(self.n_steps)
         save_checkpoint(self.writer._file, state, self.bookkeeping())
 
     def records(self, n: int, rec: dict):
@@ -202,6 +211,9 @@ class LaneFile:
         if pointer != self.pointer or code != RUNNING:
             fields = read_fields()
             self.snapshot(fields)
+        elif self.particles is not None and code == RUNNING:  # per-particle rows at every chunk end too
+            got = read_fields()
+            self.particles.row(self.t + scalars["dt"], got["x"], got["voxel_current"], -1)
         self.pointer = pointer
         if code == RUNNING:
             return False
@@ -236,6 +248,8 @@ class LaneFile:
             self.status, self.message = status, message or ""
         self.writer.set_status(self.status, self.message)
         _write_cycle_summary(self.writer, current_holds_until_next=True)
+        if self.particles is not None:
+            self.particles.finish()
         self.writer.close()
         self.done = True
 
