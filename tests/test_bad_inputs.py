@@ -211,6 +211,29 @@ def test_value_refused(tmp_path, capsys, override, expected):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("change, expected", [
+    ({"material": {"x_initial": 0.0}}, "the particle starts empty (x_initial = 0)"),
+    ({"material": {"x_initial": 1.0}, "protocol": {"direction": "lithiation"}}, "starts full (x_initial = 1)"),
+    ({"cell": {"enabled": True}, "material": {"x_initial": 1.0},
+      "protocol": {"kind": "cycling", "steps": ["discharge at 1C until 3.0 V"]}},
+     "protocol.steps[0] = 'discharge at 1C until 3.0 V' with material.x_initial = 1.0: the particle starts full"),
+    ({"cell": {"enabled": True}, "protocol": {"kind": "cycling", "steps": ["charge at 1C until 3.5 V"]}},
+     "already 3.626 V, above the step's 3.5 V cut-off"),
+    ({"cell": {"enabled": True}, "material": {"x_initial": 0.5},
+      "protocol": {"kind": "cycling", "steps": ["discharge at 1C until 4.1 V", "charge at 1C until 4.3 V"]}},
+     "already 4.039 V, below the step's 4.1 V cut-off"),
+], ids=["charge_empty", "lithiate_full", "discharge_full", "charge_past_cutoff", "discharge_past_cutoff"])
+def test_first_protocol_step_that_cannot_start_is_refused(change, expected):
+    """A first step that cannot start from material.x_initial (x at its bound, or the OCV
+    at x_initial already past the step's cut-off; NCM111 OCV: 3.626 V at x = 0.95, about
+    4.04 V at 0.5) is refused before any computation."""
+    from ssbx.engine.config.scenario import Scenario
+
+    with pytest.raises(ConfigError) as err:
+        Scenario().replace(**change)
+    assert expected in str(err.value)
+
+
 def test_c_over_zero_step_refused():
     from ssbx.engine.config.protocol import parse_step
 

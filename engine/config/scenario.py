@@ -619,6 +619,43 @@ class Scenario:
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
             )
+        self._check_first_step()
+
+    def _check_first_step(self):
+        """Refuse a protocol whose first step cannot start from material.x_initial: a
+        delithiation (charge) of an empty particle, a lithiation (discharge) of a full one,
+        or a CC step whose cut-off the open-circuit voltage at x_initial has already
+        passed (the step would end at its first solve, doing nothing)."""
+        x0 = self.material.x_initial
+        if self.protocol.kind != "cycling":
+            p = self.protocol
+            if (p.sign < 0 and x0 <= 0.0) or (p.sign > 0 and x0 >= 1.0):
+                state = "empty (x_initial = 0)" if x0 <= 0.0 else "full (x_initial = 1)"
+                raise ConfigError(
+                    f"protocol.direction = {p.direction!r} with material.x_initial = {x0!r}: the particle starts "
+                    f"{state}, so the first step cannot remove/insert any Li; change the direction or x_initial")
+            return
+        from ssbx.engine.config.protocol import parse_cycle
+        from ssbx.kernels.ocv import get_ocv
+
+        first = parse_cycle(self.protocol.steps)[0]
+        if first.mode != "cc":
+            return
+        charge = first.sign > 0
+        if (charge and x0 <= 0.0) or (not charge and x0 >= 1.0):
+            raise ConfigError(
+                f"protocol.steps[0] = {first.text!r} with material.x_initial = {x0!r}: the particle starts "
+                f"{'empty' if charge else 'full'}, so this step cannot start; begin with a "
+                f"{'discharge' if charge else 'charge'} or change material.x_initial")
+        try:
+            ocv = float(get_ocv(self.material.ocv_key(self.electrochemistry.ocv))(x0))
+        except (ValueError, TypeError):  # an unknown OCV name is reported by its own check
+            return
+        if (charge and ocv >= first.voltage_V) or (not charge and ocv <= first.voltage_V):
+            raise ConfigError(
+                f"protocol.steps[0] = {first.text!r}: the open-circuit voltage at material.x_initial = {x0!r} is "
+                f"already {ocv:.4g} V, {'above' if charge else 'below'} the step's {first.voltage_V:g} V cut-off, "
+                f"so the step would end before it starts; change x_initial, the cut-off or the first step")
 
     def _check_composite_cell(self):
         """A composite cathode (cell.cathode = composite / volume) needs a device-driver cell."""
