@@ -15,7 +15,10 @@ figure of the trends.
     python benchmarks/s2_study.py             # every case of docs/physics.md S2 (hours on a CPU)
     python benchmarks/s2_study.py --groups baseline mesh   # some groups of the full study
 
-Not covered: two particles 12 µm apart (cells hold one particle so far, issue #13 item 4).
+The two-particle case (``--groups two_particles``) stacks a second particle (its own
+grains, seed + 1) 12 µm centre to centre along the stack axis in the same cross-section
+(``cell.particles_along_stack``); its JSON row adds each particle's SOC at the end of the
+charge (per-particle rows of the run file).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ def cases(quick: bool) -> list[tuple[str, str, dict]]:
         out += [("stiffness", "NCM_hexagonal_placeholder", {"mechanics": {"active_material":
                                                                          "NCM_hexagonal_placeholder"}})]
         out += [("mesh", "h = 0.7 µm", {"particle": {"voxel_size_m": 7e-7}})]
+        out += [("two_particles", "two particles, centres 12 µm apart along z",
+                 {"cell": {"particles_along_stack": 2, "particle_spacing_m": 12e-6}})]
     return out
 
 
@@ -81,7 +86,14 @@ def metrics(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         status = str(f.attrs.get("status", ""))
         ce = float(f["cycles/coulombic_efficiency"][0]) if "cycles/coulombic_efficiency" in f else float("nan")
+        per_particle = {}
+        if "particles" in f:  # stacked particles: each one's SOC at the end of the charge
+            t_p = f["particles/t_s"][...]
+            row = int(np.searchsorted(t_p, t[charge[-1]], side="right")) - 1
+            per_particle = {"particle_soc_charge_end": f["particles/soc"][row].tolist(),
+                            "particle_depth_m": f["particles/table/depth_m"][...].tolist()}
     return {
+        **per_particle,
         "status": status,
         "li_mol_start": float(ts["li_mol"][0]),
         "li_mol_charge_end": float(ts["li_mol"][charge[-1]]),

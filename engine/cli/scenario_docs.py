@@ -147,6 +147,10 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
         "separator": ("—", "Phase of the separator."),
         "composite_margin_voxels": ("voxels", "ECBD voxels between particle and collector/separator."),
         "capacity_Ah": ("Ah", "Capacity that defines 1C; `false`/absent = theoretical F·c_max·V_active."),
+        "particles_along_stack": ("—", "Copies of the particle on one column along the stack axis (cathode = "
+                                       "`particle`; copy i uses seed particle.seed + i): the S2 two-particle "
+                                       "variant; per-particle outputs as for composites."),
+        "particle_spacing_m": ("m", "Centre-to-centre distance of stacked particles (≥ 2 · radius)."),
         "cathode": ("—", "What lies between collector and separator: `particle` (the [particle] in ECBD), "
                          "`composite` (generated from [composite]) or `volume` (a segmented label volume, "
                          "`cathode_volume`); docs/composite_cells.md."),

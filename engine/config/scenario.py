@@ -296,6 +296,10 @@ class CellConfig:
     separator: str = "solid_electrolyte"  # label of the separator phase
     composite_margin_voxels: int = 2  # ECBD voxels between particle and collector/separator
     capacity_Ah: float | None = None  # capacity that defines 1C; None: theoretical F c_max V_active
+    # the single-particle cathode (cathode = "particle"): n copies on one column along the
+    # stack axis (particle i generated with seed particle.seed + i), centres this far apart
+    particles_along_stack: int = 1
+    particle_spacing_m: float = 12e-6
     # the cathode between collector and separator (docs/composite_cells.md): the [particle] in
     # ECBD, a generated [composite], or a segmented label volume (.npy / .tif) with its label map
     cathode: str = "particle"
@@ -322,6 +326,13 @@ class CellConfig:
         _choice("cell.separator", self.separator, ("solid_electrolyte",))
         if self.capacity_Ah is not None:
             _positive("cell.capacity_Ah", self.capacity_Ah)
+        if not _is_int(self.particles_along_stack) or not 1 <= self.particles_along_stack <= 8:
+            raise ConfigError(f"cell.particles_along_stack = {self.particles_along_stack!r}: must be an integer "
+                              "in [1, 8]")
+        _positive("cell.particle_spacing_m", self.particle_spacing_m)
+        if self.particles_along_stack > 1 and self.cathode != "particle":
+            raise ConfigError(f"cell.particles_along_stack = {self.particles_along_stack} with cell.cathode = "
+                              f"{self.cathode!r}: stacked copies are of the single particle (cathode = 'particle')")
         if not _is_int(self.composite_margin_voxels) or self.composite_margin_voxels < 1:
             raise ConfigError(
                 f"cell.composite_margin_voxels = {self.composite_margin_voxels!r}: must be an integer ≥ 1"
@@ -619,6 +630,15 @@ class Scenario:
             raise ConfigError(
                 f"cell.enabled = true needs protocol.kind = 'cycling' (got {self.protocol.kind!r})"
             )
+        if self.cell.enabled and self.cell.particles_along_stack > 1:
+            if self.cell.particle_spacing_m < 2 * self.particle.radius_m:
+                raise ConfigError(
+                    f"cell.particle_spacing_m = {self.cell.particle_spacing_m!r}: the centres of the stacked "
+                    f"particles must be at least 2 · particle.radius_m = {2 * self.particle.radius_m:g} m apart "
+                    "(they would overlap)")
+            if self.numerics.cell_driver != "device":
+                raise ConfigError("cell.particles_along_stack > 1 with numerics.cell_driver = 'host': stacked "
+                                  "particles run on the device stepper only")
         self._check_first_step()
 
     def _check_first_step(self):

@@ -36,18 +36,29 @@ def cell_capacity_Ah(scenario: Scenario, active_volume_m3: float) -> float:
 
 
 def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
-    """Embed the scenario's particle in a collector | composite | separator stack
-    (``cell.cathode = "particle"``), or a whole composite cathode (``"composite"``,
-    ``"volume"``: :func:`composite_cell_microstructure`)."""
-    if scenario.cell.cathode != "particle":
-        return composite_cell_microstructure(scenario)
+    """Embed the scenario's particle in a collector | composite | separator stack.
+
+    With ``cell.particles_along_stack`` = n > 1 the composite holds n particles on one
+    column along the stack axis, their centres ``cell.particle_spacing_m`` apart (the S2
+    two-particle variant); particle i is the scenario's particle generated with seed
+    ``particle.seed + i`` (its own grains and orientations), the cross-section stays that
+    of one particle (the electrode, and its areal capacity, grow n-fold), and
+    ``info["particles"]`` carries their ids for the per-particle outputs."""
     p, c = scenario.particle, scenario.cell
-    particle = build_microstructure(scenario, surrounding="ecbd", margin_voxels=c.composite_margin_voxels)
+    n = int(c.particles_along_stack)
+    particles = [build_microstructure(scenario if i == 0 else scenario.replace(particle={"seed": p.seed + i}),
+                                      surrounding="ecbd", margin_voxels=c.composite_margin_voxels)
+                 for i in range(n)]
+    particle = particles[0]
     h = p.voxel_size_m
     ndim = particle.ndim
     block = particle.labels.shape[0]
-    capacity_Ah = cell_capacity_Ah(scenario, particle.active_volume_m3())  # (per m depth in 2D)
-    area = capacity_Ah * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)  # m² (m in 2D)
+    spacing = round(c.particle_spacing_m / h) if n > 1 else 0  # centre-to-centre, voxels
+    thickness = block + (n - 1) * spacing
+    capacity_Ah = cell_capacity_Ah(scenario, sum(m.active_volume_m3() for m in particles))  # (per m depth in 2D)
+    # the cross-section holds one particle's capacity at the areal capacity; stacked copies
+    # thicken the electrode (n times the areal capacity), as layers of particles do
+    area = capacity_Ah / n * 1e3 / (c.areal_capacity_mAh_cm2 * 1e4)  # m² (m in 2D)
     lateral = round(area ** (1.0 / (ndim - 1)) / h)
     if lateral < block:
         raise ConfigError(
@@ -57,21 +68,38 @@ def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
             f"{c.areal_capacity_mAh_cm2 * (lateral / block) ** (ndim - 1):.3g})"
         )
     separator = math.ceil(c.separator_thickness_m / h)
-    shape = (lateral,) * (ndim - 1) + (block + separator,)
+    shape = (lateral,) * (ndim - 1) + (thickness + separator,)
     labels = np.full(shape, ECBD, np.uint8)
-    labels[..., block:] = SOLID_ELECTROLYTE
+    labels[..., thickness:] = SOLID_ELECTROLYTE
     grain_id = np.full(shape, -1, np.int32)
+    particle_id = np.full(shape, -1, np.int32)
     start = (lateral - block) // 2
-    window = tuple(slice(start, start + block) for _ in range(ndim - 1)) + (slice(0, block),)
-    labels[window] = particle.labels
-    grain_id[window] = particle.grain_id
-    micro = Microstructure(labels, grain_id, particle.orientations, particle.reactive_grains, h)
+    offset = 0
+    for i, m in enumerate(particles):
+        window = tuple(slice(start, start + block) for _ in range(ndim - 1)) + (slice(i * spacing,
+                                                                                     i * spacing + block),)
+        inside = m.grain_id >= 0  # blocks may overlap in their ECBD margins: copy the particle only
+        labels[window] = np.where(inside, m.labels, labels[window])
+        grain_id[window] = np.where(inside, m.grain_id + offset, grain_id[window])
+        particle_id[window] = np.where(inside, i, particle_id[window])
+        offset += m.n_grains
+    micro = Microstructure(labels, grain_id, np.concatenate([m.orientations for m in particles]),
+                           np.concatenate([m.reactive_grains for m in particles]), h)
     info = {
         "cell_area_m2": (lateral * h) ** (ndim - 1),
         "capacity_Ah": capacity_Ah,
         "separator_voxels": separator,
-        "composite_voxels": block,
+        "composite_voxels": thickness,
     }
+    if n > 1:
+        centre = np.array([[(start + block / 2) * h] * (ndim - 1) + [(i * spacing + block / 2) * h]
+                           for i in range(n)])
+        info["particles"] = {
+            "particle_id": particle_id,
+            "table": {"centre_m": centre, "radius_m": np.full(n, p.radius_m)},
+            "composite": {"particles_along_stack": n, "particle_spacing_m": spacing * h,
+                          "seeds": [p.seed + i for i in range(n)]},
+        }
     return micro, info
 
 
