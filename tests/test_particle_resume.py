@@ -3,10 +3,6 @@ SIGKILL and continued with ``ssbx run --resume`` ends with the same file as an
 uninterrupted run, bit for bit; the run's chunks are the differentiable rollout that
 particle fits use, step for step."""
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -14,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_resume import _contents
+from test_resume import assert_same_contents, kill_after_checkpoints
 
 from ssbx.engine import api
 from ssbx.engine.config.scenario import scenario_from_dict
@@ -63,33 +59,10 @@ def test_killed_particle_run_resumes_to_the_same_file(uninterrupted, tmp_path):
     the next chunk may already be in the file. Resuming cuts them and finishes: every
     timeseries row, field, per-grain value and statistic equals the uninterrupted run's."""
     out = tmp_path / "killed.h5"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(TESTS), out=str(out))],
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    seen = 0
-    for line in child.stdout:
-        if line.startswith("checkpoint"):
-            seen += 1
-            if seen == 4:
-                child.send_signal(signal.SIGKILL)
-                break
-    child.wait(timeout=120)
-    assert child.returncode == -signal.SIGKILL
-    with h5py.File(out, "r") as f:
-        assert f.attrs["status"] == "running"
-        killed_rows = f["timeseries/t_s"].shape[0]
-    whole = _contents(uninterrupted)
-    assert 0 < killed_rows < len(whole["timeseries/t_s"])
-
+    kill_after_checkpoints(CHILD.format(tests=str(TESTS), out=str(out)), out, uninterrupted)
     result = api.resume(out, summary_png=False)
     assert result.status == "completed", result.message
-    resumed = _contents(out)
-    assert resumed.keys() == whole.keys()
-    for name, value in whole.items():
-        if isinstance(value, np.ndarray):
-            assert value.dtype == resumed[name].dtype and value.shape == resumed[name].shape, name
-            assert np.array_equal(value, resumed[name], equal_nan=value.dtype.kind == "f"), name
-        else:
-            assert value == resumed[name], name
+    assert_same_contents(out, uninterrupted)
     with pytest.raises(ConfigError, match="status 'completed', nothing to resume"):
         api.resume(out, summary_png=False)
 

@@ -58,6 +58,38 @@ def _contents(path):
     return out
 
 
+def kill_after_checkpoints(child_code: str, out, uninterrupted, n: int = 4):
+    """Run ``child_code`` (which prints "checkpoint" after each saved State) and SIGKILL it
+    after the ``n``-th; the file must say "running" and hold part of the rows."""
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = 0
+    for line in child.stdout:
+        if line.startswith("checkpoint"):
+            seen += 1
+            if seen == n:  # the initial State and n − 1 chunks
+                child.send_signal(signal.SIGKILL)
+                break
+    child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    with h5py.File(out, "r") as f:
+        assert f.attrs["status"] == "running"  # what a killed run leaves
+        killed_rows = f["timeseries/t_s"].shape[0]
+    assert 0 < killed_rows < len(_contents(uninterrupted)["timeseries/t_s"])
+
+
+def assert_same_contents(path, reference):
+    """Every dataset (same dtype, shape, values, NaN where NaN) and attribute equal."""
+    whole, resumed = _contents(reference), _contents(path)
+    assert resumed.keys() == whole.keys()
+    for name, value in whole.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == resumed[name].dtype and value.shape == resumed[name].shape, name
+            assert np.array_equal(value, resumed[name], equal_nan=value.dtype.kind == "f"), name
+        else:
+            assert value == resumed[name], name
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     path = tmp_path_factory.mktemp("resume") / "whole.h5"
@@ -72,33 +104,10 @@ def test_killed_run_resumes_to_the_same_file(uninterrupted, tmp_path):
     and finishes: every timeseries, field, snapshot statistic and cycle summary equals the
     uninterrupted run's exactly."""
     out = tmp_path / "killed.h5"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=str(TESTS), out=str(out))],
-                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    seen = 0
-    for line in child.stdout:
-        if line.startswith("checkpoint"):
-            seen += 1
-            if seen == 4:  # the initial State and three chunks
-                child.send_signal(signal.SIGKILL)
-                break
-    child.wait(timeout=120)
-    assert child.returncode == -signal.SIGKILL
-    with h5py.File(out, "r") as f:
-        assert f.attrs["status"] == "running"  # what a killed run leaves
-        killed_rows = f["timeseries/t_s"].shape[0]
-    whole = _contents(uninterrupted)
-    assert 0 < killed_rows < len(whole["timeseries/t_s"])
-
+    kill_after_checkpoints(CHILD.format(tests=str(TESTS), out=str(out)), out, uninterrupted)
     result = resume_cell_device(out, progress=False)
     assert result.status == "completed", result.message
-    resumed = _contents(out)
-    assert resumed.keys() == whole.keys()
-    for name, value in whole.items():
-        if isinstance(value, np.ndarray):
-            assert value.dtype == resumed[name].dtype and value.shape == resumed[name].shape, name
-            assert np.array_equal(value, resumed[name], equal_nan=value.dtype.kind == "f"), name
-        else:
-            assert value == resumed[name], name
+    assert_same_contents(out, uninterrupted)
 
 
 def test_files_that_cannot_be_resumed_are_refused(uninterrupted, tmp_path):
