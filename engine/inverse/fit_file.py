@@ -5,7 +5,10 @@ inline sections ``[scenario.particle]`` etc. that override it), ``[measurement]`
 ``[parameters.<name>]`` (one table per free parameter), ``[optimizer]``,
 ``[output]`` and the optional ``[synthetic]`` (the truth used by
 ``ssbx fit --make-synthetic``). Unknown sections, keys and parameter names raise
-:class:`ConfigError` with the valid choices.
+:class:`ConfigError` with the valid choices. Two free *fields* are tables of their own:
+``[parameters.reactive]`` (inverse/reactive_contact.py) and ``[parameters.orientations]``
+(inverse/orientations.py; then ``[measurement] file`` may list one file per beam axis and
+only ``[parameters.D1]`` may be fitted with it).
 """
 
 from __future__ import annotations
