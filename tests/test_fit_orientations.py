@@ -58,6 +58,11 @@ seed = 1
 """
 
 
+def _save(path, array):
+    np.save(path, array)
+    return path
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="ssbx")
     fit_cli.add_parser(parser.add_subparsers(dest="command"))
@@ -136,6 +141,17 @@ def test_orientation_fit_file_bad_inputs(orientation_cli_fit, examples_dir, tmp_
     with pytest.raises(ConfigError, match="one beam axis per file"):
         fit_config_from_dict({"measurement": {"file": ["a.h5", "b.h5"], "beam_axis": ["x"]},
                               "parameters": {"orientations": "per_grain_c_axis"}})
+    # an orientation table: quaternions are read as their c axes R e_z (90° about x: e_z -> -e_y),
+    # axes are normalised
+    from ssbx.engine.inverse.orientations import load_orientation_table
+
+    s = np.sqrt(0.5)
+    (tmp_path / "q.json").write_text(json.dumps([[s, s, 0, 0], [1, 0, 0, 0]]))
+    np.testing.assert_allclose(load_orientation_table(tmp_path / "q.json", 2), [[0, -1, 0], [0, 0, 1]], atol=1e-6)
+    np.save(tmp_path / "axes.npy", np.array([[0.0, 3.0, 4.0]]))
+    np.testing.assert_allclose(load_orientation_table(tmp_path / "axes.npy", 1), [[0, 0.6, 0.8]], atol=1e-12)
+    with pytest.raises(ConfigError, match="table shape"):
+        load_orientation_table(_save(tmp_path / "bad.npy", np.ones((2, 5))), 2)
     example = load_fit_config(examples_dir / "fit_orientations.toml")
     assert example.orientations.kind == "per_grain_c_axis" and [p.name for p in example.parameters] == ["D1"]
 
