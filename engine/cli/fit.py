@@ -82,6 +82,10 @@ def _run(cfg, args) -> int:
         from ssbx.engine.cli.fit_contact import run_contact
 
         return run_contact(cfg, args, out, log)
+    if cfg.orientations is not None:  # [parameters.orientations]: per-grain c axes (+ D1)
+        from ssbx.engine.cli.fit_orientations import run_orientations
+
+        return run_orientations(cfg, args, out, log)
 
     if args.make_synthetic:
         if cfg.synthetic is None:

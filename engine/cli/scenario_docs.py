@@ -252,14 +252,17 @@ _LOAD = "checked when the maps are loaded: "
 FIT_KEY_DOCS: dict[str, dict[str, tuple]] = {
     "measurement": {
         "file": ("—", "Measured maps: HDF5 (/maps, /t_s and attributes), .npy, .npz or .tif; relative to "
-                      "the fit file. `ssbx fit --make-synthetic` writes it.", "a non-empty path"),
+                      "the fit file. `ssbx fit --make-synthetic` writes it. With `[parameters.orientations]` a list, one "
+                      "file per beam axis, fitted jointly.", "a non-empty path (a list only with "
+                                                             "[parameters.orientations])"),
         "format": ("—", "File format; *unset* = from the extension."),
         "kind": ("—", "`projection` (TXM-XANES: thickness-weighted mean of x along the beam) or `volume`."),
         "pixel_size_m": ("m", "Map pixel size, an integer multiple of `particle.voxel_size_m` (maps are "
                               "block-averaged).", _LOAD + "a finite number > 0, an integer multiple of the "
                                                           "voxel size; required unless the file stores it"),
         "beam_axis": ("—", "Projection axis: \"x\", \"y\", \"z\" or 0, 1, 2; a z projection is indexed "
-                           "[x, y].", _LOAD + "\"x\", \"y\", \"z\" or 0..2; required for projections"),
+                           "[x, y]; a list, one per file, when `file` is a list.",
+                      _LOAD + "\"x\", \"y\", \"z\" or 0..2; required for projections"),
         "t_s": ("s", "Time of each map since the protocol started.",
                 _LOAD + "finite, ≥ 0, strictly increasing, one per map; required unless the file stores it"),
         "noise_std": ("x", "Map noise (SOC units); *unset* = estimated from the residuals.",

@@ -5,7 +5,10 @@ inline sections ``[scenario.particle]`` etc. that override it), ``[measurement]`
 ``[parameters.<name>]`` (one table per free parameter), ``[optimizer]``,
 ``[output]`` and the optional ``[synthetic]`` (the truth used by
 ``ssbx fit --make-synthetic``). Unknown sections, keys and parameter names raise
-:class:`ConfigError` with the valid choices.
+:class:`ConfigError` with the valid choices. Two free *fields* are tables of their own:
+``[parameters.reactive]`` (inverse/reactive_contact.py) and ``[parameters.orientations]``
+(inverse/orientations.py; then ``[measurement] file`` may list one file per beam axis and
+only ``[parameters.D1]`` may be fitted with it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ssbx.engine.io.measurements import FORMATS, MeasuredMaps, load_measurement
 from ssbx.engine.observables.observation import KINDS, SHIFT_METHODS
 from ssbx.engine.inverse.parameters import FreeParameter
 from ssbx.engine.inverse.reactive_contact import reactive_config_from
+from ssbx.engine.inverse.orientations import orientations_config_from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +43,13 @@ class MeasurementConfig:
     min_active_fraction: float = 0.5
 
     def validate(self):
-        if not isinstance(self.file, str) or not self.file:
-            raise ConfigError(f"measurement.file = {self.file!r}: give the path of the measured maps")
+        files = self.file if isinstance(self.file, tuple) else (self.file,)
+        if not files or any(not isinstance(f, str) or not f for f in files):
+            raise ConfigError(f"measurement.file = {self.file!r}: give the path of the measured maps "
+                              "(a list of paths, one per beam axis, with [parameters.orientations])")
+        if isinstance(self.beam_axis, tuple) and len(self.beam_axis) != len(files):
+            raise ConfigError(f"measurement.beam_axis = {list(self.beam_axis)!r}: give one beam axis per file "
+                              f"of measurement.file ({len(files)})")
         if self.format is not None and self.format not in FORMATS:
             raise ConfigError(f"measurement.format = {self.format!r}: valid values are {list(FORMATS)}")
         if self.kind is not None and self.kind not in KINDS:
@@ -123,6 +132,7 @@ class FitConfig:
     synthetic: SyntheticConfig | None = None
     base_dir: Path = Path(".")
     reactive: object = None  # reactive_contact.ReactiveConfig when [parameters.reactive] is given
+    orientations: object = None  # orientations.OrientationsConfig when [parameters.orientations] is given
 
     @property
     def measurement_path(self) -> Path:
@@ -133,6 +143,19 @@ class FitConfig:
     def output_folder(self) -> Path:
         p = Path(self.output.folder)
         return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def measurement_paths(self) -> list[Path]:
+        """Every measurement file (several only with [parameters.orientations])."""
+        files = self.measurement.file if isinstance(self.measurement.file, tuple) else (self.measurement.file,)
+        return [Path(f) if Path(f).is_absolute() else self.base_dir / f for f in files]
+
+    def load_measured_all(self) -> list[MeasuredMaps]:
+        """One MeasuredMaps per file of ``measurement.file``; a list ``beam_axis`` goes file by file."""
+        m = self.measurement
+        axes = m.beam_axis if isinstance(m.beam_axis, tuple) else (m.beam_axis,) * len(self.measurement_paths)
+        return [load_measurement(p, m.format, t_s=m.t_s, pixel_size_m=m.pixel_size_m, kind=m.kind,
+                                 beam_axis=a, noise_std=m.noise_std) for p, a in zip(self.measurement_paths, axes)]
 
     def load_measured(self) -> MeasuredMaps:
         m = self.measurement
@@ -184,9 +207,13 @@ def fit_config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Fi
         raise ConfigError("the fit file needs at least one [parameters.<name>] table, e.g. [parameters.D1] start = 5e-15")
     free = []
     reactive = None
+    orientations = None
     for name, spec in params_table.items():
         if name == "reactive":  # the reactive mask (docs/inverse_contact.md), a field, not a scalar
             reactive = reactive_config_from(spec)
+            continue
+        if name == "orientations":  # per-grain c axes (docs/inverse_orientations.md), a field
+            orientations = orientations_config_from(spec)
             continue
         if not isinstance(spec, dict):
             raise ConfigError(f"[parameters.{name}] must be a table with start (and optional lower, upper)")
@@ -201,13 +228,25 @@ def fit_config_from_dict(data: dict[str, Any], base_dir: Path = Path(".")) -> Fi
             f"parameters: the reactive mask is fitted alone for now (D, flux scale and orientations known); "
             f"remove {[p.name for p in free]} or fit them in a separate run"
         )
+    if orientations is not None:
+        if reactive is not None:
+            raise ConfigError("parameters: orientations and the reactive mask are fitted in separate runs for now; "
+                              "remove [parameters.reactive] or [parameters.orientations]")
+        others = [p.name for p in free if p.name != "D1"]
+        if others:
+            raise ConfigError(f"parameters: with [parameters.orientations] only D1 can be fitted jointly; "
+                              f"remove {others} (they are known in this fit)")
+    elif isinstance(measurement.file, tuple) or isinstance(measurement.beam_axis, tuple):
+        raise ConfigError(f"measurement.file = {measurement.file!r}: several measurement files (one per beam axis) "
+                          "are read only by the orientation fit ([parameters.orientations]); give one file")
     optimizer = _build(OptimizerConfig, "optimizer", data.get("optimizer", {}))
     output = _build(OutputConfig, "output", data.get("output", {}))
     synthetic = None
     if "synthetic" in data:
         syn = dict(data["synthetic"])
         synthetic = _build(SyntheticConfig, "synthetic", syn)
-    return FitConfig(scenario, measurement, tuple(free), optimizer, output, synthetic, Path(base_dir), reactive)
+    return FitConfig(scenario, measurement, tuple(free), optimizer, output, synthetic, Path(base_dir), reactive,
+                     orientations)
 
 
 def load_fit_config(path: str | Path) -> FitConfig:

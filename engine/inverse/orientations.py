@@ -106,9 +106,119 @@ from ssbx.kernels.c_axis import unit_axis, upper_hemisphere
 
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.io.measurements import MeasuredMaps
-from ssbx.engine.observables.observation import ObservationOperator
+from ssbx.engine.observables.observation import ObservationOperator, parse_axis
 from ssbx.engine.inverse.fitting import ForwardSetup, _fields, finite_json, simulate_fields
 from ssbx.engine.inverse.parameters import FreeParameter, ModelInputs
+
+
+# --------------------------------------------------------------------------- fit-file options
+
+ORIENTATION_KINDS = ("per_grain_c_axis",)
+ORIENTATION_STARTS = ("random", "scenario")
+
+
+@dataclasses.dataclass(frozen=True)
+class OrientationsConfig:
+    """``[parameters.orientations]`` of a fit file: every grain's c axis as the free field.
+
+    Attributes:
+        kind: "per_grain_c_axis" (one axis ±c per grain of the grain map).
+        start: "random" (the prior: every start uniform on the sphere) or "scenario"
+            (the first start is the scenario's orientation table, the others random).
+        n_starts, adam_iterations, learning_rate, lbfgs_iterations, max_rounds, seed,
+            continuation: the stages of :func:`fit_grain_orientations`.
+        max_std_deg: a grain is determined when its marginal angular std ≤ this, degrees.
+        truth_file: optional orientation table (.npy or .json; (n_grains, 3) axes or
+            (n_grains, 4) quaternions) for the misorientation column; "" = none
+            (``--make-synthetic`` uses the scenario's own table as truth).
+        beam_axes: beam axes of the synthetic projections ``--make-synthetic`` writes,
+            one measurement file each.
+    """
+
+    kind: str = "per_grain_c_axis"
+    start: str = "random"
+    n_starts: int = 4
+    adam_iterations: int = 60
+    learning_rate: float = 0.05
+    lbfgs_iterations: int = 40
+    max_rounds: int = 3
+    seed: int = 0
+    continuation: bool = False
+    max_std_deg: float = 5.0
+    truth_file: str = ""
+    beam_axes: tuple = ("x", "z")
+
+    def validate(self):
+        f = "parameters.orientations"
+        if self.kind not in ORIENTATION_KINDS:
+            raise ConfigError(f"{f}.kind = {self.kind!r}: valid values are {list(ORIENTATION_KINDS)}")
+        if self.start not in ORIENTATION_STARTS:
+            raise ConfigError(f"{f}.start = {self.start!r}: valid values are {list(ORIENTATION_STARTS)}")
+        for name, low in (("n_starts", 1), ("adam_iterations", 0), ("lbfgs_iterations", 0), ("max_rounds", 1),
+                          ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{f}.{name} = {v!r}: must be an integer ≥ {low}")
+        for name in ("learning_rate", "max_std_deg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{f}.{name} = {v!r}: must be a number > 0")
+        if not isinstance(self.continuation, bool):
+            raise ConfigError(f"{f}.continuation = {self.continuation!r}: must be true or false")
+        if not isinstance(self.truth_file, str):
+            raise ConfigError(f"{f}.truth_file = {self.truth_file!r}: must be a file path (string)")
+        axes = self.beam_axes
+        if not isinstance(axes, (list, tuple)) or not axes or len(set(axes)) != len(axes):
+            raise ConfigError(f"{f}.beam_axes = {axes!r}: give a list of distinct beam axes, e.g. [\"x\", \"z\"]")
+        for a in axes:
+            parse_axis(a, 3, f"{f}.beam_axes")
+
+
+def orientations_config_from(value) -> OrientationsConfig:
+    """A validated :class:`OrientationsConfig` from ``orientations = "per_grain_c_axis"`` or a table."""
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"parameters.orientations = {value!r}: give \"per_grain_c_axis\" or a table "
+                          "(kind, start, n_starts, adam_iterations, lbfgs_iterations, max_std_deg, ...)")
+    fields = {f.name for f in dataclasses.fields(OrientationsConfig)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key in [parameters.orientations] {unknown}; valid: {sorted(fields)}")
+    cfg = OrientationsConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in value.items()})
+    cfg.validate()
+    return cfg
+
+
+def load_orientation_table(path, n_grains: int, field: str = "parameters.orientations.truth_file") -> np.ndarray:
+    """(n_grains, 3) unit axes from a .npy or .json table of axes (n, 3) or quaternions (n, 4).
+
+    ConfigError when the file is missing or unreadable, or when its row count differs
+    from the grain map's grain count (naming both)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{field} = {str(path)!r}: file does not exist")
+    try:
+        if path.suffix.lower() == ".json":
+            table = np.asarray(json.loads(path.read_text()), np.float64)
+        else:
+            table = np.asarray(np.load(path, allow_pickle=False), np.float64)
+    except Exception as err:
+        raise ConfigError(f"{field} = {str(path)!r}: cannot read an orientation table "
+                          f"({type(err).__name__}: {err}); give .npy or .json") from err
+    if table.ndim != 2 or table.shape[1] not in (3, 4):
+        raise ConfigError(f"{field} = {str(path)!r}: table shape {table.shape}; expected (n_grains, 3) c axes "
+                          "or (n_grains, 4) quaternions")
+    if table.shape[0] != n_grains:
+        raise ConfigError(f"{field} = {str(path)!r}: the orientation table has {table.shape[0]} rows but the grain "
+                          f"map has {n_grains} grains; give one orientation per grain id 0..{n_grains - 1}")
+    if not np.all(np.isfinite(table)) or np.any(np.linalg.norm(table, axis=1) == 0):
+        raise ConfigError(f"{field} = {str(path)!r}: every row must be a finite, non-zero axis or quaternion")
+    if table.shape[1] == 4:
+        table = np.asarray(c_axis_of_quaternion(jnp.asarray(table / np.linalg.norm(table, axis=1, keepdims=True))))
+    return table / np.linalg.norm(table, axis=1, keepdims=True)
 
 
 # --------------------------------------------------------------------------- result
