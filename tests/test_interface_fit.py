@@ -23,7 +23,7 @@ CELL = dict(
     electrochemistry={"time_step_s": 60.0, "interface_resistance_ohm_m2": 1e-3},
     protocol={"kind": "cycling", "steps": ["charge at 2C until 4.3 V or 7 min"]},
     interface={"enabled": True, "strength_Pa": SIGMA_C, "fracture_energy_J_m2": 0.1, "gap_decay_length_m": 2e-9,
-               "update_every_steps": 1, "max_damage_increment": 1.0, "max_active_set_iterations": 1},
+               "update_every_steps": 1, "max_damage_increment": 1.0},
 )
 N_STEPS = 8
 T = np.linspace(0.0, 420.0, 15)
@@ -61,7 +61,7 @@ def test_interface_parameters_need_an_interface_and_a_valid_law():
 
 def test_fit_recovers_the_interface_strength_from_a_voltage_curve(x64):
     """Synthetic V(t) (15 samples over a 7 min 2C charge, 0.5 mV noise) of the small
-    coupled cell with σc = 150 MPa: the interface starts to open after about 4 min and
+    coupled cell with σc = 150 MPa: the interface starts to open after about 3.5 min and
     is part-damaged at the end, where V(t) climbs with the gap-dependent resistance.
     From σc = 80 MPa the forward-mode Gauss–Newton fit (float64) recovers σc within
     10 % and within 3 Laplace standard deviations + 1 %, and calls it determined."""

@@ -116,9 +116,10 @@ class VoltageFit:
     """Result of :func:`fit_voltage_curve`: fitted values (SI), relative standard
     deviations (Laplace), whether each is determined, the final misfit L, the RMS
     residual (V), iterations and the optimiser's message; ``derivatives`` the mode used
-    ("forward" or "reverse"), ``evaluations`` the model evaluations with derivatives,
-    ``first_evaluation_s`` the wall time of the first (compile + run) and
-    ``evaluation_s`` the mean of the others (s)."""
+    ("forward" or "reverse"), ``evaluations`` the forward-mode evaluations (V and its
+    Jacobian; in reverse mode only the final one for the uncertainty),
+    ``first_evaluation_s`` the wall time of the first (it includes the compile unless a
+    compiled ``curve_model`` was passed) and ``evaluation_s`` the mean of the others (s)."""
 
     values: dict
     relative_std: dict

@@ -418,17 +418,10 @@ def solve_with_interfaces(
             return ~carry[1] & (carry[2] < n_iter - 1)
 
         proposed = jnp.where(relevant, closed(gn, comp), comp)
-        if n_iter <= 1:
-            # one solve allowed: no search and no re-solve are compiled (a third of the
-            # solves to compile and differentiate); a set that wants to change is reported
-            # as not converged, as the loop would after its last pass
-            settled = jnp.all(proposed == comp)
-            nsolve = jnp.asarray(1, jnp.int32)
-        else:
-            comp, settled, n_searched = jax.lax.while_loop(
-                searching, search, (proposed, jnp.all(proposed == comp), jnp.asarray(0, jnp.int32)))
-            res, g, gn = jax.lax.cond(n_searched > 0, one_pass, lambda c, r=res, gg=g, q=gn: (r, gg, q), comp)
-            nsolve = (1 + n_searched).astype(jnp.int32)  # the re-solve for the derivative is not counted
+        comp, settled, n_searched = jax.lax.while_loop(
+            searching, search, (proposed, jnp.all(proposed == comp), jnp.asarray(0, jnp.int32)))
+        res, g, gn = jax.lax.cond(n_searched > 0, one_pass, lambda c, r=res, gg=g, q=gn: (r, gg, q), comp)
+        nsolve = (1 + n_searched).astype(jnp.int32)  # the re-solve for the derivative is not counted
 
     trial = params.update_history(hist_host, g.T, n_host.T)
     sig_host = res.stress[(slice(None),) + idx].T
