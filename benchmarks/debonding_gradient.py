@@ -133,7 +133,7 @@ def main(argv=None):
     fd = {}
     for n in sorted({args.steps // 2 if m == "forward_4_steps" else args.steps for m in modes}):
         outputs, theta = _problem(jnp.float64, n)
-        forward, t_forward = _timed_compile(lambda th: outputs(th)[0], theta)
+        forward, t_forward = _timed_compile(lambda th, f=outputs: f(th)[0], theta)
         t0 = time.perf_counter()
         value = np.asarray(forward(theta))
         t_run = time.perf_counter() - t0
