@@ -27,7 +27,7 @@ def resolved():
 def test_fit_recovers_exchange_current_and_diffusivity_from_a_voltage_curve(resolved):
     """V(t) of a 2C charge (4 min) and a rest (1 min) with i0 = 2 A/m², D1 = D2 =
     2e-14 m²/s, 31 samples with 0.5 mV noise; from i0 = 1, D = 1e-14 the fit (float32,
-    L-BFGS-B on log-parameters) recovers both within 3 standard deviations + 1 % and
+    forward-mode Gauss–Newton on log-parameters) recovers both within 3 standard deviations + 1 % and
     calls both determined."""
     params = resolved.params
     for name, value in TRUTH.items():

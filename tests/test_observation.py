@@ -18,7 +18,7 @@ from ssbx.engine.observables.observation import (
     project,
     shift_image,
 )
-from ssbx.engine.inverse.parameters import FreeParameter
+from ssbx.engine.inverse.parameters import PARAMETERS, FreeParameter
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +237,8 @@ def test_parameter_names_are_checked():
         FreeParameter("D4", 1e-15)
     with pytest.raises(ConfigError, match="give lower and upper bounds"):
         FreeParameter("beta_c", -0.04)
-    with pytest.raises(ConfigError, match="needs interface debonding"):
-        FreeParameter("interface_strength_Pa", 1e8)
+    with pytest.raises(ConfigError, match="particle SOC-map fit has no interface"):
+        PARAMETERS["interface_strength"].apply(None, 1e8)  # σc: a cell parameter (engine.inverse.voltage_fit)
     with pytest.raises(ConfigError, match=r"parameters.D1.start = 5e-15: must lie strictly inside"):
         FreeParameter("D1", 5e-15, 1e-14, 2e-14)
     with pytest.raises(ConfigError, match=r"parameters.flux_scale.start = -1.0: must be > 0"):

@@ -434,6 +434,9 @@ def _render_fit() -> list[str]:
             notes.append("may be negative")
         if spec.requires is not None:
             notes.append(f"not fittable yet: needs {spec.requires}")
+        if spec.cell:
+            notes.append("cell with `[interface]` only: fitted to V(t) through the coupled cycle by "
+                         "`engine.inverse.voltage_fit.fit_voltage_curve` (Python API), not by `ssbx fit`")
         lines.append(f"| `{name}` | {_cell(spec.unit)} | {_cell(spec.description)} | {_cell('; '.join(notes))} |")
     lines.append("")
     return lines

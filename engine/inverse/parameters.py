@@ -25,9 +25,11 @@ sees ``ModelInputs``, so a new fittable quantity is one table entry — plus, fo
 physics block, a field in ``ModelInputs``. The chemical expansion β (``beta_in_plane``,
 ``beta_c``) acts through ``ModelInputs.mechanics``, the StressCoupling of a scenario with
 ``mechanics.couple_diffusion = true``; without it β does not reach the SOC maps and
-selecting it raises ConfigError. The interfacial strength σc is a *hook*: its
-``requires`` names the missing debonding model, and selecting it raises ConfigError
-until an ``interface`` block exists.
+selecting it raises ConfigError. The interface parameters (σc ``interface_strength``,
+Gc ``fracture_energy``, g0 ``gap_decay_length``; ``cell=True``) belong to a cell with
+``[interface]``: :func:`engine.inverse.voltage_fit.fit_voltage_curve` takes them as
+FreeParameter and fits them through the coupled cycle; the particle SOC-map fit refuses
+them with ConfigError.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class ModelInputs(eqx.Module):
         transport: diffusivities, orientations, surface flux, c_max (model.py).
         mechanics: the StressCoupling (β, stiffness tables) when the scenario couples
             stress into diffusion (mechanics.couple_diffusion), else None.
-    Later: an ``interface`` (σc, Gc) block.
+    The interface parameters (σc, Gc, g0) live in a cell's CellParams.debonding and are
+    fitted by engine.inverse.voltage_fit, not through ModelInputs.
     """
 
     transport: TransportParams
@@ -92,6 +95,16 @@ def _scale_flux(inputs: ModelInputs, v):
     return eqx.tree_at(lambda m: m.transport.flux_mol_m2_s, inputs, j * v)
 
 
+def _cell_only(name: str):
+    def refuse(inputs: ModelInputs, v):
+        raise ConfigError(
+            f"parameters: {name!r} is a parameter of the cell's debonding interface ([interface] with "
+            "cell.enabled = true and mechanics.enabled = true); fit it to V(t) of the cell cycle with "
+            "engine.inverse.voltage_fit.fit_voltage_curve — the particle SOC-map fit has no interface"
+        )
+    return refuse
+
+
 @dataclasses.dataclass(frozen=True)
 class ParameterSpec:
     """One fittable parameter.
@@ -111,6 +124,9 @@ class ParameterSpec:
             model yet (selecting it raises ConfigError).
         expansion: a chemical expansion coefficient; bounds are required, because
             |β| sets the stress coupling strength θ ∝ β² and so the stable time step.
+        cell: a parameter of the cell's debonding interface ([interface]); it is fitted
+            through the coupled cell cycle (engine.inverse.voltage_fit.fit_voltage_curve),
+            and the particle SOC-map fit, which has no interface, refuses it.
     """
 
     name: str
@@ -122,6 +138,7 @@ class ParameterSpec:
     default_bounds_factor: float | None = None
     requires: str | None = None
     expansion: bool = False
+    cell: bool = False
 
 
 PARAMETERS: dict[str, ParameterSpec] = {
@@ -140,8 +157,17 @@ PARAMETERS: dict[str, ParameterSpec] = {
         ParameterSpec("beta_c", "1/(unit x)", "chemical expansion β3 along [001] per unit normalised Li "
                       "(docs/physics.md §5; enters through stress-assisted transport, §2)", positive=False,
                       apply=_set_beta_c, expansion=True),
-        ParameterSpec("interface_strength_Pa", "Pa", "cohesive strength σc of active|SE interfaces "
-                      "(docs/physics.md §9)", requires="interface debonding (docs/physics.md §9)"),
+        # Cell parameters of the debonding interface: fitted through the coupled cycle by
+        # engine.inverse.voltage_fit.fit_voltage_curve, not by the particle SOC-map fit.
+        ParameterSpec("interface_strength", "Pa", "cohesive strength σc of the particle | ion-conductor "
+                      "interfaces, normal and shear (docs/interfaces.md)", apply=_cell_only("interface_strength"),
+                      default_bounds_factor=10.0, cell=True),
+        ParameterSpec("fracture_energy", "J/m²", "fracture energy Gc of the particle | ion-conductor "
+                      "interfaces, modes I and II (docs/interfaces.md)", apply=_cell_only("fracture_energy"),
+                      default_bounds_factor=10.0, cell=True),
+        ParameterSpec("gap_decay_length", "m", "gap decay length g0 of R_int = R0 exp(g/g0) "
+                      "(docs/interfaces.md)", apply=_cell_only("gap_decay_length"),
+                      default_bounds_factor=10.0, cell=True),
     )
 }
 
