@@ -14,6 +14,7 @@ figure of the trends.
     python benchmarks/s2_study.py --quick     # CI-sized: 7 cases, ~10–20 min on 2 CPU cores
     python benchmarks/s2_study.py             # every case of docs/physics.md S2 (hours on a CPU)
     python benchmarks/s2_study.py --groups baseline mesh   # some groups of the full study
+    python benchmarks/s2_study.py --merge results/s2_study_*_cpu_cpu.json   # one table of group runs
 
 The two-particle case (``--groups two_particles``) stacks a second particle (its own
 grains, seed + 1) 12 µm centre to centre along the stack axis in the same cross-section
@@ -140,7 +141,24 @@ def main(argv=None):
     ap.add_argument("--groups", nargs="+", default=None,
                     help="run only these groups of the full study (e.g. baseline mesh); results go to "
                          "s2_study_<groups>_<device>.json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="no runs: merge the case rows of these result files (e.g. the per-group runs) into "
+                         "s2_study_full_<device>.json and its figure")
     args = ap.parse_args(argv)
+    if args.merge:
+        import json
+
+        rows, seen = [], set()
+        for name in args.merge:
+            for row in json.loads(Path(name).read_text())["cases"]:
+                if (row["group"], row["label"]) not in seen:
+                    seen.add((row["group"], row["label"]))
+                    rows.append(row)
+        info = device_info()
+        print(write_result("s2_study_full", {"device": info, "merged_from": [Path(n).name for n in args.merge],
+                                             "example": "examples/s2_debonding.toml", "cases": rows}))
+        figure(rows, RESULTS / f"s2_study_full_{device_slug(info)}.png")
+        return
     base = load_scenario(EXAMPLE)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
