@@ -19,8 +19,8 @@ the same machine:
   ``--warm-cache``, again with the cache that the cold run filled;
 * ``taufactor``: a fresh process that imports taufactor/torch and runs
   ``Solver(img, device="cpu").solve(conv_crit=1e-2)`` (its defaults) per axis;
-* ``reference``: ssbx lean solver over-converged in this process (criterion "both",
-  rtol 1e-7, flux_tol 1e-5; not timed).
+* ``reference``: ssbx lean solver over-converged in this process (criterion "residual",
+  rtol 1e-6, i.e. far below the 1e-2 flux rule; not timed).
 
 Recorded: τ per axis and its relative difference to the reference, per-axis solve
 seconds, iterations, process wall time (start-up, imports, compilation, loading included),
@@ -122,8 +122,9 @@ def reference_taus(vol, axes):
 
     out = {}
     for ax in axes:
-        r = tortuosity(vol, {1: 1.0}, 1e-6, axis=ax, criterion="both", rtol=1e-7,
-                       flux_tol=1e-5, maxiter=200000)
+        # float32 CG cannot always reach rtol 1e-7 (round-off floor): residual 1e-6
+        r = tortuosity(vol, {1: 1.0}, 1e-6, axis=ax, criterion="residual", rtol=1e-6,
+                       maxiter=100000)
         out[ax] = {"tau": r.tortuosity, "iterations": r.iterations, "converged": r.converged,
                    "flux_imbalance": r.flux_imbalance}
     return out
@@ -232,7 +233,7 @@ def main(argv=None):
             "ssbx": "tortuosity() defaults: lean float32 solver, Jacobi PCG, flux criterion "
                     "1e-2 (spread of plane currents and change of sigma_eff), fresh process",
             "taufactor": "Solver(device='cpu').solve(conv_crit=1e-2), fresh process",
-            "reference": "ssbx lean, criterion both, rtol 1e-7, flux_tol 1e-5",
+            "reference": "ssbx lean, criterion residual, rtol 1e-6",
             "baseline_rss_bytes": {"ssbx": base_ssbx, "taufactor": base_tf},
             "persistent_compilation_cache": "cold (empty) for ssbx_wall_seconds; "
                                             "filled for ssbx_warm_cache_wall_seconds",

@@ -15,12 +15,13 @@ connected to a Dirichlet face (the caller finds them; their rows vanish and thei
 potential stays 0). This is the same system as :func:`ssbx.kernels.conduction.solve_potential`
 with ``value_lo = 1``, ``value_hi = 0`` (its matrix A' = (h²/max σ) A), but:
 
-* the face conductances are recomputed on the fly from ``s`` in every matrix-vector
-  product instead of being stored (for a binary volume ``s`` may be a uint8/bool mask,
-  1 byte per voxel, and g_f = s_i s_j);
-* CG keeps four float32 fields (x, r, p, A p) plus the preconditioned residual z, so
-  the solve needs ≈ 20–25 bytes per voxel plus the multigrid's coarse levels (1/7 of
-  the fine level);
+* the face conductances are written as functions of ``s`` inside the matrix-vector
+  product, not passed in as stored arrays (for a binary volume ``s`` may be a uint8/bool
+  mask, 1 byte per voxel, and g_f = s_i s_j);
+* CG keeps four float32 fields (x, r, p, A p) plus the preconditioned residual z; the
+  formulation's floor is ≈ 29 bytes per voxel, but XLA (CPU, jax 0.10) hoists the six
+  face-conductance arrays out of the loop and allocates ≈ 60 bytes per voxel of
+  temporaries (``compiled.memory_analysis()``, docs/tortuosity.md);
 * a flux-uniformity stopping criterion (TauFactor's: the spread of the currents through
   the planes normal to axis 0) is available next to the residual one, and the
   effective conductance is recorded at every check, so the caller gets τ's convergence

@@ -2,7 +2,7 @@
 
 Same problem, definitions and result as :func:`ssbx.engine.observables.tortuosity.tortuosity`
 (TauFactor convention, Cooper et al., SoftwareX 5, 203 (2016)): τ = ε σ_bulk / σ_eff.
-What differs is how it is computed, to keep the memory near 25 bytes per voxel:
+What differs is how it is computed, to keep the memory and the time down (measured: docs/tortuosity.md):
 
 * the host never builds float64 fields: ε and σ_bulk come from a histogram of the labels,
   the connectivity of the conducting voxels to the Dirichlet faces from
