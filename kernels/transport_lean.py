@@ -18,10 +18,12 @@ with ``value_lo = 1``, ``value_hi = 0`` (its matrix A' = (h²/max σ) A), but:
 * the face conductances are written as functions of ``s`` inside the matrix-vector
   product, not passed in as stored arrays (for a binary volume ``s`` may be a uint8/bool
   mask, 1 byte per voxel, and g_f = s_i s_j);
-* CG keeps four float32 fields (x, r, p, A p) plus the preconditioned residual z; the
-  formulation's floor is ≈ 29 bytes per voxel, but XLA (CPU, jax 0.10) hoists the six
-  face-conductance arrays out of the loop and allocates ≈ 60 bytes per voxel of
-  temporaries (``compiled.memory_analysis()``, docs/tortuosity.md);
+* for a 0/1 mask the operator is applied as ``A x = d ⊙ x − s ⊙ Σ_neighbours x`` (exact
+  because every CG vector is 0 where s = 0) with only the diagonal d stored, so CG needs
+  ≈ 25 bytes per voxel (x, r, z, p, A p, d, s); XLA-CPU allocates 40 B/voxel of
+  temporaries (``compiled.memory_analysis()`` at 64³; the flux check's reduction adds
+  fields while it runs). With several conductivities the harmonic faces are written from
+  s inside the product, but XLA hoists them out of the loop (60 B/voxel of temporaries);
 * a flux-uniformity stopping criterion (TauFactor's: the spread of the currents through
   the planes normal to axis 0) is available next to the residual one, and the
   effective conductance is recorded at every check, so the caller gets τ's convergence

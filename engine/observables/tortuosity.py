@@ -31,7 +31,7 @@ CLI (``ssbx tortuosity``)::
                     [--compile-cache DIR]
 
 The default (float32) solver is the low-memory one of :mod:`.tortuosity_lean`
-(float32, no stored face arrays; measured ≈ 95 bytes per voxel peak at 128³ against ≈ 120
+(float32, only a 1-byte mask and the diagonal stored for a binary volume; measured ≈ 70 B/voxel peak RSS at 128³ against ≈ 120
 for the reference solver; Jacobi-preconditioned CG stopped when the plane currents agree
 to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
 the reference solver (FFT-preconditioned CG to ``--rtol``). See docs/tortuosity.md.
