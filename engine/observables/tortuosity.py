@@ -31,9 +31,9 @@ CLI (``ssbx tortuosity``)::
                     [--compile-cache DIR]
 
 The default (float32) solver is the low-memory one of :mod:`.tortuosity_lean`
-(float32, only a 1-byte mask and the diagonal stored for a binary volume; measured ≈ 70 B/voxel peak RSS at 128³ against ≈ 120
-for the reference solver; Jacobi-preconditioned CG stopped when the plane currents agree
-to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
+(float32, only a 1-byte mask and the diagonal stored for a binary volume; measured
+≈ 70 B/voxel peak RSS at 128³ against ≈ 120 for the reference solver; Jacobi-preconditioned
+CG stopped when the plane currents agree to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
 the reference solver (FFT-preconditioned CG to ``--rtol``). See docs/tortuosity.md.
 
 FILE is a NumPy ``.npy`` label array (axes x, y, z as stored) or a TIFF stack
