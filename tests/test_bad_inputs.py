@@ -280,7 +280,8 @@ def test_tortuosity_not_converged_exits_non_zero(tmp_path, monkeypatch, capsys):
     original = tortuosity._solve_axis
     monkeypatch.setattr(tortuosity, "_solve_axis", lambda *a: (*original(*a)[:3], False))
     out = tmp_path / "t.json"
-    assert main(["tortuosity", str(_channel(tmp_path)), "--axis", "x", "--json", str(out)]) == 5
+    assert main(["tortuosity", str(_channel(tmp_path)), "--axis", "x", "--solver", "reference",
+                 "--json", str(out)]) == 5
     assert "not converged" in capsys.readouterr().err
     assert json.loads(out.read_text())["converged"] is False
 

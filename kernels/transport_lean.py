@@ -1,0 +1,384 @@
+"""Low-memory conduction solve for tortuosity factors (steady ∇·(σ∇φ) = 0 on a voxel grid).
+
+Problem (the tortuosity set-up of Cooper et al., SoftwareX 5, 203 (2016), TauFactor):
+φ = 1 on the outer face of the first voxel layer along **axis 0** and φ = 0 on the outer
+face of the last layer (half a voxel outside the first/last voxel centres), lateral faces
+no-flux (or periodic), conservative cell-centred finite volumes with harmonic-mean face
+conductances (Patankar, *Numerical Heat Transfer and Fluid Flow* (1980), ch. 4)::
+
+    Σ_faces g_f (φ_i − φ_j) + g_b,i φ_i = b_i,
+    g_f = 2 s_i s_j / (s_i + s_j),  g_b,i = 2 s_i on the two Dirichlet layers,
+    b_i = 2 s_i on the φ = 1 layer,
+
+with ``s = σ / max σ`` (dimensionless, in [0, 1]) already set to 0 on voxels that are not
+connected to a Dirichlet face (the caller finds them; their rows vanish and their
+potential stays 0). This is the same system as :func:`ssbx.kernels.conduction.solve_potential`
+with ``value_lo = 1``, ``value_hi = 0`` (its matrix A' = (h²/max σ) A), but:
+
+* the face conductances are written as functions of ``s`` inside the matrix-vector
+  product, not passed in as stored arrays (for a binary volume ``s`` may be a uint8/bool
+  mask, 1 byte per voxel, and g_f = s_i s_j);
+* for a 0/1 mask the operator is applied as ``A x = d ⊙ x − s ⊙ Σ_neighbours x`` (exact
+  because every CG vector is 0 where s = 0) with only the diagonal d stored, so CG needs
+  ≈ 25 bytes per voxel (x, r, z, p, A p, d, s); XLA-CPU allocates 40 B/voxel of
+  temporaries (``compiled.memory_analysis()`` at 64³; the flux check's reduction adds
+  fields while it runs). With several conductivities the harmonic faces are written from
+  s inside the product, but XLA hoists them out of the loop (60 B/voxel of temporaries);
+* a flux-uniformity stopping criterion (TauFactor's: the spread of the currents through
+  the planes normal to axis 0) is available next to the residual one, and the
+  effective conductance is recorded at every check, so the caller gets τ's convergence
+  history.
+
+Currents (dimensionless, the physical current is ``I = h · max σ · I'``): through the
+interior plane between layers k and k+1, ``I'_k = Σ g_f (φ_k − φ_{k+1})``; through the
+two Dirichlet faces ``I'_lo = Σ 2 s (1 − φ_0)`` and ``I'_hi = Σ 2 s φ_{n−1}``. With the
+mean ``Ī'`` over these n + 1 planes, ``σ_eff / max σ = Ī' n₀ / N_lat`` (N_lat voxels per
+layer).
+
+Preconditioners (static): ``"jacobi"`` (diagonal) and ``"multigrid"`` (default): one
+symmetric V-cycle of a Galerkin aggregation multigrid — 2×2(×2) piecewise-constant
+aggregates whose coarse face conductance is the sum of the fine face conductances
+crossing the coarse face (Braess, Computing 37, 61 (1986); Notay, ETNA 37, 123 (2010)),
+damped-Jacobi smoothing, dense solve on the coarsest level — with the finest-level
+operator applied on the fly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .conduction import _build_hierarchy, _dense_inverse, _prolong, _restrict, apply_operator
+from .rotations import HIGHEST
+
+__all__ = ["LeanSolution", "lean_transport_solve", "lean_operator", "lean_plane_currents"]
+
+_PRECONDITIONERS = ("jacobi", "multigrid")
+_CRITERIA = ("residual", "flux", "both")
+
+
+class LeanSolution(NamedTuple):
+    """Result of :func:`lean_transport_solve` (dimensionless, see the module docstring).
+
+    Attributes:
+        phi: potential (V for a 1 V drop), float32, 0 on voxels with s = 0.
+        iterations: PCG iterations done.
+        residual: true relative residual ‖b − Aφ‖₂/‖b‖₂ at the end.
+        converged: whether the chosen criterion was met within ``maxiter``.
+        currents: the n₀ + 1 plane currents I' (lo face, interior planes, hi face).
+        spread: (max − min)/max of ``currents`` at the end.
+        history: σ_eff/max σ at every check (every ``check_every`` iterations, the first
+            at the initial guess); NaN after the last check.
+        spread_history: the current spread at every check; NaN after the last.
+        residual_history: ‖r‖₂/‖b‖₂ (recursive residual) at every check; NaN after.
+    """
+
+    phi: jax.Array
+    iterations: jax.Array
+    residual: jax.Array
+    converged: jax.Array
+    currents: jax.Array
+    spread: jax.Array
+    history: jax.Array
+    spread_history: jax.Array
+    residual_history: jax.Array
+
+
+# ----------------------------------------------------------------------------------
+# Stencil from s on the fly
+# ----------------------------------------------------------------------------------
+
+
+def _neighbour(x, a, d, periodic):
+    """x at i + d (d = ±1) along axis a; zero outside the grid unless periodic."""
+    if periodic:
+        return jnp.roll(x, -d, axis=a)
+    n = x.shape[a]
+    pad = [(0, 0, 0)] * x.ndim
+    if d == 1:
+        pad[a] = (0, 1, 0)
+        return jax.lax.pad(jax.lax.slice_in_dim(x, 1, n, axis=a), jnp.zeros((), x.dtype), pad)
+    pad[a] = (1, 0, 0)
+    return jax.lax.pad(jax.lax.slice_in_dim(x, 0, n - 1, axis=a), jnp.zeros((), x.dtype), pad)
+
+
+def _face(si, sj, binary):
+    """Harmonic-mean face conductance 2 s_i s_j/(s_i + s_j) (s_i s_j for a 0/1 mask)."""
+    if binary:
+        return si * sj
+    tot = si + sj
+    pos = tot > 0
+    return jnp.where(pos, 2.0 * si * sj / jnp.where(pos, tot, 1.0), 0.0)
+
+
+def _faces(s, a, periodic, binary):
+    """(upper, lower) face conductances of every voxel along axis a."""
+    return (_face(s, _neighbour(s, a, 1, periodic), binary),
+            _face(s, _neighbour(s, a, -1, periodic), binary))
+
+
+def _layer(shape, which, dtype):
+    """1.0 on the first (which = 0) or last (1) layer along axis 0, broadcastable."""
+    n = shape[0]
+    v = jnp.zeros((n,), dtype).at[0 if which == 0 else n - 1].set(1.0)
+    return v.reshape((n,) + (1,) * (len(shape) - 1))
+
+
+def _boundary(s):
+    """Dirichlet boundary conductance g_b = 2 s on both layers of axis 0."""
+    return 2.0 * s * (_layer(s.shape, 0, s.dtype) + _layer(s.shape, 1, s.dtype))
+
+
+def lean_operator(x, s, periodic=False, binary=False):
+    """y = A x for the scaled system of the module docstring, faces from ``s`` on the fly.
+
+    Args:
+        x: field (float), same shape as s. s: scaled conductivity in [0, 1] (float) or a
+            0/1 mask (``binary=True``). periodic: wrap the lateral axes (1, 2).
+    """
+    s = s.astype(x.dtype)
+    y = _boundary(s) * x
+    for a in range(x.ndim):
+        per = periodic and a > 0
+        gu, gl = _faces(s, a, per, binary)
+        y = y + gu * (x - _neighbour(x, a, 1, per)) + gl * (x - _neighbour(x, a, -1, per))
+    return y
+
+
+def _binary_operator(x, s, d, periodic):
+    """A x for a 0/1 mask ``s`` when x = 0 wherever s = 0 (true for every CG vector):
+    row i is Σ_j s_i s_j (x_i − x_j) + g_b,i x_i = d_i x_i − s_i Σ_j x_j over the face
+    neighbours j, with the diagonal d = g_b + s Σ_j s_j given once. No face arrays exist,
+    so XLA has nothing to hoist out of the CG loop but d (4 bytes/voxel)."""
+    nb = None
+    for a in range(x.ndim):
+        per = periodic and a > 0
+        t = _neighbour(x, a, 1, per) + _neighbour(x, a, -1, per)
+        nb = t if nb is None else nb + t
+    return d * x - s.astype(x.dtype) * nb
+
+
+def _diagonal(s, periodic, binary):
+    d = _boundary(s)
+    for a in range(s.ndim):
+        gu, gl = _faces(s, a, periodic and a > 0, binary)
+        d = d + gu + gl
+    return d
+
+
+def _stored_faces(s, periodic, binary):
+    """Face conductances in the layout of :func:`ssbx.kernels.conduction.face_conductances`
+    (g[a][i] = face between i and i+1; zero at n−1 unless that axis wraps)."""
+    return tuple(_faces(s, a, periodic and a > 0, binary)[0] for a in range(s.ndim))
+
+
+def lean_plane_currents(x, s, periodic=False, binary=False):
+    """The n₀ + 1 dimensionless currents along axis 0: lo face, interior planes, hi face."""
+    s = s.astype(x.dtype)
+    n = x.shape[0]
+    lat = tuple(range(1, x.ndim))
+    i_lo = jnp.sum(2.0 * s[0] * (1.0 - x[0]))[None]
+    i_hi = jnp.sum(2.0 * s[n - 1] * x[n - 1])[None]
+    if n == 1:
+        return jnp.concatenate([i_lo, i_hi])
+    g = _face(s[:-1], s[1:], binary)
+    inner = jnp.sum(g * (x[:-1] - x[1:]), axis=lat)
+    return jnp.concatenate([i_lo, inner, i_hi])
+
+
+# ----------------------------------------------------------------------------------
+# Preconditioners
+# ----------------------------------------------------------------------------------
+
+
+def _jacobi(s, periodic, binary, dtype):
+    d = _diagonal(s.astype(dtype), periodic, binary)
+    dinv = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
+    return lambda r: dinv * r
+
+
+def _multigrid(s, periodic, binary, dtype, omega, nu):
+    sf = s.astype(dtype)
+    g0 = _stored_faces(sf, periodic, binary)
+    gb0 = _boundary(sf)
+    caxes = tuple(a for a, n in enumerate(s.shape) if n > 1)
+    # coarse levels only: level 1 from the fine faces, then the usual hierarchy
+    fine_levels = _build_hierarchy(g0, gb0)
+    if len(fine_levels) == 1:  # tiny grid: dense inverse of the whole operator
+        inv = _dense_inverse(*fine_levels[0][:3])
+        return lambda r: jnp.matmul(inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
+    coarse = fine_levels[1:]
+    del g0, fine_levels
+    coarse_inv = _dense_inverse(*coarse[-1][:3])
+    dinv0 = _jacobi(s, periodic, binary, dtype)
+
+    def vcycle(level, r):
+        lg, lgb, diag, cax = coarse[level]
+        if level == len(coarse) - 1:
+            return jnp.matmul(coarse_inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
+        dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
+
+        def sweep(_, x):
+            return x + omega * dinv * (r - apply_operator(x, lg, lgb))
+
+        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
+        rc = _restrict(r - apply_operator(x, lg, lgb), cax)
+        x = x + _prolong(vcycle(level + 1, rc), r.shape, cax)
+        return jax.lax.fori_loop(0, nu, sweep, x)
+
+    def fine(r):
+        def sweep(_, x):
+            return x + omega * dinv0(r - lean_operator(x, s, periodic, binary))
+
+        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv0(r))
+        rc = _restrict(r - lean_operator(x, s, periodic, binary), caxes)
+        x = x + _prolong(vcycle(0, rc), r.shape, caxes)
+        return jax.lax.fori_loop(0, nu, sweep, x)
+
+    return fine
+
+
+# ----------------------------------------------------------------------------------
+# PCG with residual and flux-uniformity criteria
+# ----------------------------------------------------------------------------------
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("periodic", "binary", "preconditioner", "criterion", "check_every",
+                     "maxiter", "omega", "nu"),
+)
+def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=False,
+                         preconditioner="multigrid", criterion="flux", check_every=5,
+                         maxiter=5000, omega=0.6, nu=1):
+    """Solve the tortuosity problem of the module docstring along axis 0 (float32 PCG).
+
+    Args:
+        s: (n0, n1[, n2]) scaled conductivity in [0, 1] (float), 0 on voxels not connected
+            to a Dirichlet face; or, with ``binary=True``, that 0/1 mask as uint8/bool.
+        rtol: residual criterion ‖b − Aφ‖₂ ≤ rtol ‖b‖₂ (recursive residual).
+        flux_tol: flux criterion: (max − min)/max of the n₀ + 1 plane currents ≤ flux_tol
+            and σ_eff changed by ≤ flux_tol (relative) since the previous check. In
+            float32 the spread cannot fall much below ~1e-7 × the conductivity contrast
+            (the potential differences across well-conducting voxels are resolved to
+            float32 round-off), so "flux" also stops when the residual criterion holds.
+        periodic: wrap the lateral axes (static).
+        binary: ``s`` is a 0/1 mask (static).
+        preconditioner: "multigrid" (default) or "jacobi" (static).
+        criterion: "flux" (default: flux criterion, or the residual one as a floor),
+            "residual" or "both" (static).
+        check_every: iterations between checks of the criterion and history entries
+            (static, ≥ 1).
+        maxiter: iteration cap (static).
+        omega, nu: damped-Jacobi weight and sweeps per side of the V-cycle (static).
+
+    Returns:
+        :class:`LeanSolution`.
+    """
+    if preconditioner not in _PRECONDITIONERS:
+        raise ValueError(f"preconditioner = {preconditioner!r}; valid: {_PRECONDITIONERS}")
+    if criterion not in _CRITERIA:
+        raise ValueError(f"criterion = {criterion!r}; valid: {_CRITERIA}")
+    if s.ndim not in (2, 3):
+        raise ValueError(f"s.ndim = {s.ndim}; valid: 2 or 3")
+    dtype = jnp.float32 if not jnp.issubdtype(s.dtype, jnp.floating) else \
+        jnp.promote_types(s.dtype, jnp.float32)
+    n0 = s.shape[0]
+    n_lat = 1
+    for n in s.shape[1:]:
+        n_lat *= n
+    nchecks = maxiter // check_every + 1
+
+    if binary:
+        diag = _diagonal(s.astype(dtype), periodic, binary)
+        live_f = (s > 0).astype(dtype)
+
+        def matvec(x):
+            return _binary_operator(x, s, diag, periodic)
+
+        if preconditioner == "jacobi":
+            # 1/d inline (not stored): the diagonal is the only hoisted field
+            precond = lambda r: jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)  # noqa: E731
+        else:  # keep z = 0 on dead voxels, as _binary_operator needs (M' = D M D, SPD)
+            mg = _multigrid(s, periodic, binary, dtype, omega, nu)
+            precond = lambda r: live_f * mg(r)  # noqa: E731
+    else:
+        def matvec(x):
+            return lean_operator(x, s, periodic, binary)
+
+        if preconditioner == "jacobi":
+            precond = _jacobi(s, periodic, binary, dtype)
+        else:
+            precond = _multigrid(s, periodic, binary, dtype, omega, nu)
+
+    live = (s > 0)
+    b = 2.0 * s.astype(dtype) * _layer(s.shape, 0, dtype)
+    # initial guess: the linear drop of a straight channel, on the live voxels
+    ramp = 1.0 - (jnp.arange(n0, dtype=dtype) + 0.5) / n0
+    x0 = jnp.where(live, ramp.reshape((n0,) + (1,) * (s.ndim - 1)), 0.0).astype(dtype)
+    bnorm = jnp.sqrt(jnp.sum(b * b))
+    safe_b = jnp.where(bnorm > 0, bnorm, 1.0)
+
+    def measure(x):
+        cur = lean_plane_currents(x, s, periodic, binary)
+        top = jnp.max(cur)
+        spread = jnp.where(top > 0, (top - jnp.min(cur)) / jnp.where(top > 0, top, 1.0), jnp.inf)
+        return cur, spread, jnp.mean(cur) * n0 / n_lat
+
+    def cg_step(_, st):
+        x, r, z, p, rz = st
+        q = matvec(p)
+        pq = jnp.sum(p * q)
+        alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * q
+        z = precond(r)
+        rz_new = jnp.sum(r * z)
+        beta = jnp.where(rz != 0, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
+        p = z + beta * p
+        return x, r, z, p, rz_new
+
+    def done(rn, spread, cond, cond_prev):
+        res_ok = rn <= rtol * bnorm
+        change = jnp.abs(cond - cond_prev) <= flux_tol * jnp.abs(cond)
+        flux_ok = (spread <= flux_tol) & change
+        if criterion == "residual":
+            return res_ok
+        if criterion == "flux":  # the residual floor stops a flux measure stuck at round-off
+            return flux_ok | res_ok
+        return res_ok & flux_ok
+
+    r0 = b - matvec(x0)
+    z0 = precond(r0)
+    _, spread0, cond0 = measure(x0)
+    nan = jnp.full((nchecks,), jnp.nan, dtype)
+    hist = nan.at[0].set(cond0)
+    shist = nan.at[0].set(spread0)
+    rn0 = jnp.sqrt(jnp.sum(r0 * r0))
+    rhist = nan.at[0].set(rn0 / safe_b)
+    init = (x0, r0, z0, z0, jnp.sum(r0 * z0), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32),
+            hist, shist, rhist, cond0, done(rn0, spread0, cond0, jnp.asarray(jnp.inf, dtype)))
+
+    def cond_fn(st):
+        return (~st[-1]) & (st[5] < maxiter) & (bnorm > 0)
+
+    def body(st):
+        x, r, z, p, rz, k, c, hist, shist, rhist, cprev, _ = st
+        x, r, z, p, rz = jax.lax.fori_loop(0, check_every, cg_step, (x, r, z, p, rz))
+        _, spread, cnow = measure(x)
+        rn = jnp.sqrt(jnp.sum(r * r))
+        hist = hist.at[c].set(cnow)
+        shist = shist.at[c].set(spread)
+        rhist = rhist.at[c].set(rn / safe_b)
+        return (x, r, z, p, rz, k + check_every, c + 1, hist, shist, rhist, cnow,
+                done(rn, spread, cnow, cprev))
+
+    x, r, _, _, _, k, _, hist, shist, rhist, _, ok = jax.lax.while_loop(cond_fn, body, init)
+    del r
+    rtrue = b - matvec(x)
+    rel = jnp.sqrt(jnp.sum(rtrue * rtrue)) / safe_b
+    cur, spread, _ = measure(x)
+    return LeanSolution(x, k, rel, ok | (bnorm == 0), cur, spread, hist, shist, rhist)
