@@ -1,7 +1,7 @@
 """The device-resident cell stepper (engine.solve) against the legacy host loop
 (engine/runs/host_cell.run_cell), side by side on the S2 example, whole protocol.
 
-Run:  python benchmarks/stepper.py [--voxel-sizes 1e-6 4e-7] [--drivers device host]
+Run:  python benchmarks/stepper.py [--voxel-sizes 1e-6 4e-7] [--drivers device host] [--repeats N]
 
 For each voxel size and driver it runs ``examples/ncm111_llzo_single_particle.toml``
 (1C charge to 4.3 V, rest 5 min, 1C discharge to 3.0 V) from a fresh process state of
@@ -12,13 +12,16 @@ steps, wall time per step after compilation, and host↔device reads per step. F
 device driver the reads are counted (calls of jax.device_get, one per chunk plus one
 per snapshot); for the host loop they are the conversions its code makes each step
 (float(V), float(I), int(CG iterations), float(BV residual), float(τ_min), the box of
-the face currents and twice the box of x: 8). Results go to
-benchmarks/results/stepper_<device>.json.
+the face currents and twice the box of x: 8). The drivers alternate within each voxel
+size (``--repeats`` pairs), and each row carries the 1-minute load average before and
+after it (the CPU machine is shared), so the ratio of a pair is measured under the same
+load. Results go to benchmarks/results/stepper_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -57,6 +60,7 @@ def _run(driver: str, scenario, out: Path) -> dict:
 
     jax.clear_caches()
     _compile_s["t"] = 0.0
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     if driver == "device":
         cell_run.jax.device_get = counting_get
@@ -80,6 +84,7 @@ def _run(driver: str, scenario, out: Path) -> dict:
         "host_reads_per_step": (reads["n"] / max(steps, 1)) if driver == "device" else HOST_READS_PER_STEP,
         "charge_end_V": float(run.timeseries["voltage_V"][run.timeseries["step_index"] == 0][-1]),
         "t_end_s": float(result.t_end_s),
+        "load_1min": [load_before, os.getloadavg()[0]],  # the machine is shared: 1-min load before, after
     }
 
 
@@ -87,6 +92,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[1e-6, 4e-7])
     parser.add_argument("--drivers", nargs="+", default=["device", "host"], choices=["device", "host"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate the drivers this many times per voxel size (device, host, device, ...)")
     args = parser.parse_args(argv)
     jax.monitoring.register_event_duration_secs_listener(_on_duration)
     base = load_scenario(EXAMPLE).replace(mechanics={"enabled": False})  # the host loop solves no stress
@@ -94,18 +101,26 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for h in args.voxel_sizes:
             scenario = base.replace(particle={"voxel_size_m": h})
-            for driver in args.drivers:
-                row = {"voxel_size_m": h, **_run(driver, scenario, Path(tmp) / f"{driver}_{h:g}.h5")}
-                rows.append(row)
-                print(f"h={h:.1e} {driver:6s} steps={row['steps']} wall={row['wall_s']:.1f}s "
-                      f"compile={row['compile_s']:.1f}s per_step={row['per_step_s'] * 1e3:.1f}ms "
-                      f"reads/step={row['host_reads_per_step']:.2f}", flush=True)
+            for repeat in range(args.repeats):
+                for driver in args.drivers:
+                    row = {"voxel_size_m": h, "repeat": repeat,
+                           **_run(driver, scenario, Path(tmp) / f"{driver}_{h:g}_{repeat}.h5")}
+                    rows.append(row)
+                    print(f"h={h:.1e} {driver:6s} steps={row['steps']} wall={row['wall_s']:.1f}s "
+                          f"compile={row['compile_s']:.1f}s per_step={row['per_step_s'] * 1e3:.1f}ms "
+                          f"reads/step={row['host_reads_per_step']:.2f} load={row['load_1min'][0]:.1f}", flush=True)
+    ratios = []
     for h in args.voxel_sizes:
-        pair = {r["driver"]: r for r in rows if r["voxel_size_m"] == h}
-        if len(pair) == 2:
-            print(f"h={h:.1e}: host/device end-to-end = {pair['host']['wall_s'] / pair['device']['wall_s']:.2f}x")
+        for repeat in range(args.repeats):
+            pair = {r["driver"]: r for r in rows if r["voxel_size_m"] == h and r["repeat"] == repeat}
+            if len(pair) == 2:
+                ratio = pair["host"]["wall_s"] / pair["device"]["wall_s"]
+                ratios.append({"voxel_size_m": h, "repeat": repeat, "host_over_device_wall": ratio,
+                               "host_over_device_after_compile": (pair["host"]["wall_s"] - pair["host"]["compile_s"])
+                               / (pair["device"]["wall_s"] - pair["device"]["compile_s"])})
+                print(f"h={h:.1e} repeat {repeat}: host/device end-to-end = {ratio:.2f}x")
     path = write_result("stepper", {"benchmark": "stepper", "device": device_info(), "example": EXAMPLE.name,
-                                    "rows": rows})
+                                    "rows": rows, "ratios": ratios})
     print(f"wrote {path}")
 
 
