@@ -156,7 +156,6 @@ def test_polarisation_of_a_linear_profile():
     """A 1D Li gradient along z in a cube: the charge-state centroid moves towards low x
     by the analytic first moment; the geometric centroid is the cube centre, also for a
     cube cut by the periodic x face."""
-    n = 6
     pid = -np.ones((10, 10, 8), np.int32)
     xs = (np.arange(7, 13) % 10)  # cube wraps across x = 0
     pid[np.ix_(xs, np.arange(2, 8), np.arange(1, 7))] = 0
