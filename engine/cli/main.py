@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -91,8 +90,6 @@ def _exit_code(err: BaseException, after_interrupt: str) -> int:
 def cmd_run(args) -> int:
     if args.resume:
         return cmd_resume(args)
-    if args.float64:
-        os.environ["JAX_ENABLE_X64"] = "1"
     from ssbx.engine.config.scenario import Scenario, load_scenario
     from ssbx.engine.errors import ConfigError, SimulationDiverged
 

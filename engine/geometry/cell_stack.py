@@ -43,7 +43,12 @@ def cell_microstructure(scenario: Scenario) -> tuple[Microstructure, dict]:
     two-particle variant); particle i is the scenario's particle generated with seed
     ``particle.seed + i`` (its own grains and orientations), the cross-section stays that
     of one particle (the electrode, and its areal capacity, grow n-fold), and
-    ``info["particles"]`` carries their ids for the per-particle outputs."""
+    ``info["particles"]`` carries their ids for the per-particle outputs.
+
+    A whole composite cathode (``cell.cathode = "composite"`` or ``"volume"``) is built
+    by :func:`composite_cell_microstructure`."""
+    if scenario.cell.cathode != "particle":
+        return composite_cell_microstructure(scenario)
     p, c = scenario.particle, scenario.cell
     n = int(c.particles_along_stack)
     particles = [build_microstructure(scenario if i == 0 else scenario.replace(particle={"seed": p.seed + i}),

@@ -182,7 +182,9 @@ class ContactSetup:
 
     def fields(self, weights, adjoint: str = "symmetric") -> jax.Array:
         """x at the observation times, (n_times, *grid), for surface weights w."""
-        transport = eqx.tree_at(lambda t: t.flux_mol_m2_s, self.transport, self.flux_field(weights))
+        # in the setup's dtype: an optimiser running with 64-bit JAX on may hand float64 weights
+        flux = self.flux_field(weights).astype(self.x0.dtype)
+        transport = eqx.tree_at(lambda t: t.flux_mol_m2_s, self.transport, flux)
         return _fields(self.geometry, transport, self.x0, self.segments, self.uniform, adjoint)
 
     def maps(self, weights, adjoint: str = "symmetric") -> list:
