@@ -4,10 +4,8 @@ Run:  python notebooks/build_fit_diffusivity.py
 The notebook is executed by tests/test_notebooks.py; edit this script, not the .ipynb.
 """
 
-from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 CELLS = [
     new_markdown_cell("""\
@@ -146,14 +144,7 @@ loading maps from HDF5, NumPy or TIFF."""),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
 if __name__ == "__main__":
-    path = Path(__file__).resolve().parent / "fit_diffusivity.ipynb"
-    nbformat.write(build(), path)
-    print("wrote", path)
+    from notebook_builder import write
+
+    write(CELLS, "fit_diffusivity.ipynb")

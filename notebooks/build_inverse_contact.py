@@ -4,10 +4,8 @@ Run:  python notebooks/build_inverse_contact.py
 The notebook is executed by tests/test_notebooks.py; edit this script, not the .ipynb.
 """
 
-from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 CELLS = [
     new_markdown_cell("""\
@@ -125,14 +123,7 @@ Its GPU time has not been measured yet (issue 16 item 5)."""),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
 if __name__ == "__main__":
-    path = Path(__file__).resolve().parent / "inverse_contact.ipynb"
-    nbformat.write(build(), path)
-    print("wrote", path)
+    from notebook_builder import write
+
+    write(CELLS, "inverse_contact.ipynb")
