@@ -38,6 +38,7 @@ from ssbx.engine.runs import particle_run
 save = particle_run._ParticleRun.checkpoint
 def checkpoint(self, state):
     save(self, state)
+    note_checkpoint()
     print("checkpoint", self.n_steps, flush=True)
 particle_run._ParticleRun.checkpoint = checkpoint
 particle_run.run_scenario(scenario_from_dict(SMALL_PARTICLE), {out!r}, progress=False, checkpoint_wall_s=0.0)
@@ -55,8 +56,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_killed_particle_run_resumes_to_the_same_file(uninterrupted, tmp_path):
-    """Killed after its fourth saved State (the initial one and three chunks); rows of
-    the next chunk may already be in the file. Resuming cuts them and finishes: every
+    """Killed after its fourth saved State (the initial one and three chunks), once the
+    rows of the next chunk are in the file. Resuming cuts them and finishes: every
     timeseries row, field, per-grain value and statistic equals the uninterrupted run's."""
     out = tmp_path / "killed.h5"
     kill_after_checkpoints(CHILD.format(tests=str(TESTS), out=str(out)), out, uninterrupted)

@@ -34,6 +34,7 @@ from ssbx.engine.runs import cell_run
 save = cell_run.LaneFile.checkpoint
 def checkpoint(self, state):
     save(self, state)
+    note_checkpoint()
     print("checkpoint", self.n_steps, flush=True)
 cell_run.LaneFile.checkpoint = checkpoint
 cell_run.run_cell_device(scenario_from_dict(RESUMED), {out!r}, progress=False)
@@ -58,18 +59,36 @@ def _contents(path):
     return out
 
 
+# prepended to a child's code: after the n-th saved State the next appended timeseries rows
+# are written completely, then the child waits to be killed. So the kill never cuts an HDF5
+# write in half (HDF5 keeps no journal: a chunk written half-way is not something any resume
+# can vouch for), and the file holds rows beyond its last State, which resume must cut.
+PAUSE_AFTER_ROWS = """
+import time
+from ssbx.engine.io import run_file
+_saved = [0]
+def note_checkpoint():
+    _saved[0] += 1
+_append = run_file.RunWriter.append_timeseries
+def _append_then_wait(self, columns):
+    _append(self, columns)
+    if _saved[0] >= {n}:
+        print("appended", flush=True)
+        time.sleep(600)
+run_file.RunWriter.append_timeseries = _append_then_wait
+"""
+
+
 def kill_after_checkpoints(child_code: str, out, uninterrupted, n: int = 4):
-    """Run ``child_code`` (which prints "checkpoint" after each saved State) and SIGKILL it
-    after the ``n``-th; the file must say "running" and hold part of the rows."""
-    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    seen = 0
+    """Run ``child_code`` (which calls ``note_checkpoint()`` after each saved State) and
+    SIGKILL it once it has written the rows that follow its ``n``-th State; the file must
+    say "running" and hold part of the rows."""
+    child = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_ROWS.format(n=n) + child_code],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     for line in child.stdout:
-        if line.startswith("checkpoint"):
-            seen += 1
-            if seen == n:  # the initial State and n − 1 chunks
-                child.send_signal(signal.SIGKILL)
-                break
+        if line.startswith("appended"):
+            child.send_signal(signal.SIGKILL)
+            break
     child.wait(timeout=120)
     assert child.returncode == -signal.SIGKILL
     with h5py.File(out, "r") as f:
@@ -99,8 +118,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_killed_run_resumes_to_the_same_file(uninterrupted, tmp_path):
-    """Kill the run (SIGKILL, from this test) after its third chunk; it may have written
-    rows of the next chunk by then. --resume cuts the file back to the last saved State
+    """Kill the run (SIGKILL, from this test) after its third chunk, once it has written
+    the rows of the next chunk. --resume cuts the file back to the last saved State
     and finishes: every timeseries, field, snapshot statistic and cycle summary equals the
     uninterrupted run's exactly."""
     out = tmp_path / "killed.h5"
