@@ -31,7 +31,6 @@ from ssbx.engine.geometry.microstructure import build_microstructure
 from ssbx.engine.physics.mechanics import StressSolver, scenario_stress_coupling, stress_free_x, stress_outputs
 from ssbx.engine.model.particle import (
     STATUS_NOT_FINITE,
-    STATUS_RUNNING,
     STATUS_TEXT,
     ParticleGeometry,
     TransportParams,
@@ -39,7 +38,7 @@ from ssbx.engine.model.particle import (
     initial_state,
     li_amount_mol,
 )
-from ssbx.engine.solve.particle_step import ParticleState, advance_particle
+from ssbx.engine.solve.particle_step import ParticleState, advance_particle, particle_state_at_start
 
 
 @dataclasses.dataclass
@@ -110,8 +109,7 @@ class _ParticleRun:
                          if self.steps_per_interval % c == 0)
         x0 = initial_state(geometry, mat.x_initial, dtype)
         self.li0 = li_amount_mol(geometry, x0, c_max)
-        self.initial = ParticleState(x=x0, n_steps=jnp.asarray(0, jnp.int32),
-                                     status=jnp.asarray(STATUS_RUNNING, jnp.int32))
+        self.initial = particle_state_at_start(x0)
         self.grain_id = np.asarray(micro.grain_id)
         self.active = self.grain_id >= 0
         self.stress_solver = None

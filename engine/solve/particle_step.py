@@ -41,10 +41,9 @@ class ParticleState(eqx.Module):
     status: jax.Array
 
 
-def initial_particle_state(geometry: ParticleGeometry, x_initial: float, dtype=jnp.float32) -> ParticleState:
-    """Uniform Li fraction ``x_initial`` on active voxels at t = 0."""
-    x = jnp.where(geometry.grain_id >= 0, jnp.asarray(x_initial, dtype), jnp.asarray(0, dtype))
-    return ParticleState(x=x, n_steps=jnp.asarray(0, jnp.int32), status=jnp.asarray(STATUS_RUNNING, jnp.int32))
+def particle_state_at_start(x0: jax.Array) -> ParticleState:
+    """The State at t = 0 for the initial Li fraction ``x0`` (grid, 0 outside the active phase)."""
+    return ParticleState(x=x0, n_steps=jnp.asarray(0, jnp.int32), status=jnp.asarray(STATUS_RUNNING, jnp.int32))
 
 
 @eqx.filter_jit
