@@ -1,36 +1,65 @@
 #!/usr/bin/env bash
 # All GPU benchmarks in one go, each under its own time limit, for a short GPU lease.
 #
-#   bash benchmarks/gpu_suite.sh [COPY_TO_DIR]
+#   bash benchmarks/gpu_suite.sh [COPY_TO_DIR] [--quick]
 #
-# Order: what matters most first (the S2 cell at 100 nm through the device stepper, whose
-# host-loop reference of 2026-11-26 is committed as s2_full_run_gpu_nvidia_h200.json; then
-# the kernels). Each script
-# writes benchmarks/results/<name>_<device>.json when it finishes; a script cut off by its
-# limit writes nothing, but its log (in COPY_TO_DIR, if given) keeps what it printed.
-# After each script the device's JSON and PNG files are copied to COPY_TO_DIR, if given.
-# Measured on an NVIDIA H200 (2026-11-26): S2 whole protocol 153 s, potentials about
-# 90 s, elasticity about 60 s, diffusion under 60 s, the resolution study about 60 s.
+# --quick runs every script at CPU size (a dry run of the suite on a machine without a GPU).
+# Order: what matters most first:
+#   1. the S2 cell at 100 nm through the device stepper (issue #11 item 9: ≤ 60 s on one
+#      H200; the host-loop reference of 2026-11-26 is s2_full_run_gpu_nvidia_h200.json);
+#   2. the roofline of the hot stencils at 64³–512³ (issue #14 items 1–2);
+#   3. the largest tortuosity volume that fits, and the cost per iteration (#14 item 3);
+#   4. tortuosity against TauFactor 2 on the same GPU (#14 item 3);
+#   5. gradient cost at 64³ and 128³ with 10³–10⁴ steps (#14 item 4);
+#   6. the inverse-microstructure gradients at 64³/128³ (#16 item 5).
+# Each script writes benchmarks/results/<name>_<device>.json when it finishes; a script cut
+# off by its limit writes nothing, but its log (in COPY_TO_DIR, if given) keeps what it
+# printed. At the end the device's JSON and PNG files are copied to COPY_TO_DIR as one tar.
+# TauFactor (not a dependency) is imported from PYTHONPATH when present; without it step 4
+# fails on its own and the others run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest="${1:-}"
+quick="${2:-}"
 export PYTHONUNBUFFERED=1
 
 step() {  # step LIMIT_S NAME ARGS...
     local limit=$1 name=$2
     shift 2
-    echo "== $name (limit ${limit} s)"
+    local t0=$SECONDS
+    echo "== $name (limit ${limit} s) $(date -u +%T)"
     if [[ -n "$dest" ]]; then
         timeout "$limit" python3 "$@" 2>&1 | tee "$dest/$name.log" | grep -v " calls, "
-        cp benchmarks/results/*gpu*.json benchmarks/results/*gpu*.png "$dest"/ 2>/dev/null
     else
         timeout "$limit" python3 "$@" 2>&1 | grep -v " calls, "
     fi
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 }
 
 [[ -n "$dest" ]] && mkdir -p "$dest"
-step 300 stepper benchmarks/stepper.py --voxel-sizes 1e-7 --drivers device
-step 120 diffusion benchmarks/diffusion.py --sizes 64 128 256
-step 150 elasticity benchmarks/elasticity.py
-step 150 potentials benchmarks/potentials.py --sizes 64 128 256
-step 120 cell_resolution benchmarks/cell_resolution.py --voxel-sizes 1e-6 4e-7 2e-7 1e-7 --minutes 10
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null
+python3 -c "import jax; print(jax.__version__, jax.devices())"
+
+if [[ "$quick" == "--quick" ]]; then
+    step 300 stepper benchmarks/stepper.py --voxel-sizes 1e-6 --drivers device
+    step 120 roofline benchmarks/roofline.py --sizes 32 --steps 4
+    step 120 tortuosity_large benchmarks/tortuosity_large.py --sizes 48 64 --iters 20 60 --tile 32
+    step 300 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 48 --tf-device cpu
+    step 120 gradient_n64 benchmarks/gradient.py --n 16 --steps 64 256 --tag _quick
+    step 120 inverse_cost benchmarks/inverse_cost.py --n 16 --repeats 1
+else
+    # no preallocation: several processes (ssbx, TauFactor, the reference solve) share the GPU
+    # in step 4, and peak_bytes_in_use stays meaningful
+    export XLA_PYTHON_CLIENT_PREALLOCATE=false
+    step 200 stepper benchmarks/stepper.py --voxel-sizes 1e-7 --drivers device
+    step 90 roofline benchmarks/roofline.py --gpu
+    step 50 tortuosity_large benchmarks/tortuosity_large.py --sizes 512 768 1000
+    step 100 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 256 512 --tf-device cuda
+    step 45 gradient_n128 benchmarks/gradient.py --n 128 --steps 1024 10000 --time-unchecked-max 1024 --tag _n128
+    step 40 inverse_cost benchmarks/inverse_cost.py --n 64 128 --repeats 2
+fi
+
+if [[ -n "$dest" ]]; then
+    tar czf "$dest/results.tgz" benchmarks/results/*gpu* 2>/dev/null
+    ls -la "$dest"
+fi

@@ -96,6 +96,8 @@ def main(argv=None):
                         help="time the unchecked scan only up to this many steps (its memory grows as n)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    parser.add_argument("--tag", default="", help="suffix of the results name (gradient<TAG>_<device>.json), "
+                                                  "to keep runs at several grids apart")
     args = parser.parse_args(argv)
     info = device_info()
     micro, geometry, params, x0, dt = setup(args.n)
@@ -149,7 +151,7 @@ def main(argv=None):
         "note": args.note,
         "results": rows,
     }
-    print("wrote", write_result("gradient", payload))
+    print("wrote", write_result(f"gradient{args.tag}", payload))
 
 
 if __name__ == "__main__":

@@ -68,16 +68,27 @@ for ax in axes:
                 "history_iterations": list(r.history_iterations),
                 "history_tau": list(r.history_tau)})
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
+stats = jax.devices()[0].memory_stats() or {}
 print("RESULT" + json.dumps({"axes": out, "in_process_seconds": time.perf_counter() - t0,
-                             "vm_hwm_bytes": int(hwm.split()[1]) * 1024}))
+                             "vm_hwm_bytes": int(hwm.split()[1]) * 1024,
+                             "device_peak_bytes": stats.get("peak_bytes_in_use")}))
 """
 
 TAUFACTOR_RUNNER = r"""
 import json, sys, time
 t0 = time.perf_counter()
 path, axes, threads = sys.argv[1], [int(a) for a in sys.argv[2].split(",")], int(sys.argv[3])
+device = sys.argv[4]
 import numpy as np
 import torch
+try:
+    import IPython.display  # noqa: F401  (taufactor imports clear_output from it)
+except ImportError:  # a headless machine without IPython: taufactor only calls it when verbose
+    import types
+    ipy, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+    disp.clear_output = lambda *a, **k: None
+    ipy.display = disp
+    sys.modules.update({"IPython": ipy, "IPython.display": disp})
 import taufactor as tf
 torch.set_num_threads(threads)
 vol = np.load(path)
@@ -85,14 +96,18 @@ out = []
 for ax in axes:
     t = time.perf_counter()
     img = np.ascontiguousarray(np.moveaxis(vol, ax, 0))
-    s = tf.Solver(img, device="cpu")
+    s = tf.Solver(img, device=device)
     tau = s.solve(verbose=False, conv_crit=1e-2, iter_limit=100000)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     out.append({"axis": ax, "tau": float(np.asarray(tau).ravel()[0]),
                 "seconds": time.perf_counter() - t, "iterations": int(s.iter),
                 "converged": bool(s.converged)})
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0]
+peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
 print("RESULT" + json.dumps({"axes": out, "in_process_seconds": time.perf_counter() - t0,
-                             "vm_hwm_bytes": int(hwm.split()[1]) * 1024}))
+                             "vm_hwm_bytes": int(hwm.split()[1]) * 1024,
+                             "device_peak_bytes": peak}))
 """
 
 
@@ -114,7 +129,7 @@ def run_measured(code, args, env=None):
         raise RuntimeError(f"runner failed ({proc.returncode}):\n{err[-3000:]}")
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT")][-1]
     res = json.loads(line[6:])
-    return res, wall, res["vm_hwm_bytes"]
+    return res, wall, res["vm_hwm_bytes"], res.get("device_peak_bytes")
 
 
 def reference_taus(vol, axes):
@@ -147,6 +162,9 @@ def main(argv=None):
     p.add_argument("--warm-cache", action="store_true",
                    help="also rerun ssbx with the persistent compilation cache filled")
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--tf-device", default="cpu",
+                   help="TauFactor's torch device: cpu (default) or cuda (on a GPU machine, "
+                        "where ssbx's JAX runs on the GPU too)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
@@ -156,7 +174,8 @@ def main(argv=None):
 
     info = device_info()
     info.update(torch_version=torch.__version__, taufactor_version=version("taufactor"),
-                torch_threads=args.threads, load_average_at_start=os.getloadavg())
+                torch_threads=args.threads, taufactor_device=args.tf_device,
+                load_average_at_start=os.getloadavg())
 
     work = Path(tempfile.mkdtemp(prefix="tort_vs_tf_"))
     env = dict(os.environ)
@@ -165,7 +184,8 @@ def main(argv=None):
     np.save(work / "small.npy", small)
     cache = work / "jax_cache"
     base_ssbx = run_measured(SSBX_RUNNER, [work / "small.npy", "0", "-"], env)[2]
-    base_tf = run_measured(TAUFACTOR_RUNNER, [work / "small.npy", "0", args.threads], env)[2]
+    base_tf = run_measured(TAUFACTOR_RUNNER, [work / "small.npy", "0", args.threads,
+                                               args.tf_device], env)[2]
     print(f"baseline RSS (16^3): ssbx {base_ssbx / 2**20:.0f} MiB, "
           f"TauFactor {base_tf / 2**20:.0f} MiB", flush=True)
 
@@ -176,6 +196,27 @@ def main(argv=None):
     for f in args.files:
         jobs.append((Path(f).name, load_volume(f), args.axes))
 
+    def write():  # after every volume, so that a run cut short keeps what it measured
+        info["load_average_at_end"] = os.getloadavg()
+        payload = {
+            "benchmark": "tortuosity_vs_taufactor",
+            "device": info,
+            "settings": {
+                "ssbx": "tortuosity() defaults: lean float32 solver, Jacobi PCG, flux criterion "
+                        "1e-2 (spread of plane currents and change of sigma_eff), fresh process",
+                "taufactor": f"Solver(device={args.tf_device!r}).solve(conv_crit=1e-2), fresh process",
+                "reference": "ssbx lean, criterion residual, rtol 1e-6",
+                "baseline_rss_bytes": {"ssbx": base_ssbx, "taufactor": base_tf},
+                "persistent_compilation_cache": "cold (empty) for ssbx_wall_seconds; "
+                                                "filled for ssbx_warm_cache_wall_seconds",
+            },
+            "results": rows,
+        }
+        RESULTS.mkdir(exist_ok=True)
+        out = Path(args.out) if args.out else RESULTS / f"tortuosity_vs_taufactor_{device_slug(info)}.json"
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        return out
+
     rows = []
     for name, vol, axes_str in jobs:
         axes = ["xyz".index(a) for a in axes_str.split(",")]
@@ -185,8 +226,9 @@ def main(argv=None):
         ax_arg = ",".join(map(str, axes))
         ref = None if args.no_reference else reference_taus(vol, axes)
         # interleaved: ssbx cold, TauFactor, (ssbx warm)
-        s_res, s_wall, s_rss = run_measured(SSBX_RUNNER, [path, ax_arg, cache], env)
-        t_res, t_wall, t_rss = run_measured(TAUFACTOR_RUNNER, [path, ax_arg, args.threads], env)
+        s_res, s_wall, s_rss, _ = run_measured(SSBX_RUNNER, [path, ax_arg, cache], env)
+        t_res, t_wall, t_rss, _ = run_measured(TAUFACTOR_RUNNER, [path, ax_arg, args.threads,
+                                                                 args.tf_device], env)
         warm = None
         if args.warm_cache:
             warm = run_measured(SSBX_RUNNER, [path, ax_arg, cache], env)
@@ -200,6 +242,10 @@ def main(argv=None):
             "taufactor_bytes_per_voxel_above_baseline": (t_rss - base_tf) / nvox,
             "per_axis": [],
         }
+        if s_res.get("device_peak_bytes"):
+            row["ssbx_device_peak_bytes_per_voxel"] = s_res["device_peak_bytes"] / nvox
+        if t_res.get("device_peak_bytes"):
+            row["taufactor_device_peak_bytes_per_voxel"] = t_res["device_peak_bytes"] / nvox
         if warm is not None:
             row.update(ssbx_warm_cache_wall_seconds=warm[1],
                        ratio_taufactor_over_ssbx_warm_cache=t_wall / warm[1])
@@ -223,26 +269,13 @@ def main(argv=None):
               f"{s_rss / 2**20:.0f} MiB ({row['ssbx_bytes_per_voxel_above_baseline']:.1f} B/voxel "
               f"above baseline), TauFactor {t_rss / 2**20:.0f} MiB "
               f"({row['taufactor_bytes_per_voxel_above_baseline']:.1f} B/voxel)", flush=True)
+        if "ssbx_device_peak_bytes_per_voxel" in row or "taufactor_device_peak_bytes_per_voxel" in row:
+            print(f"{name:24s} device peak memory: ssbx "
+                  f"{row.get('ssbx_device_peak_bytes_per_voxel', float('nan')):.1f} B/voxel, TauFactor "
+                  f"{row.get('taufactor_device_peak_bytes_per_voxel', float('nan')):.1f} B/voxel", flush=True)
         rows.append(row)
+        out = write()
 
-    info["load_average_at_end"] = os.getloadavg()
-    payload = {
-        "benchmark": "tortuosity_vs_taufactor",
-        "device": info,
-        "settings": {
-            "ssbx": "tortuosity() defaults: lean float32 solver, Jacobi PCG, flux criterion "
-                    "1e-2 (spread of plane currents and change of sigma_eff), fresh process",
-            "taufactor": "Solver(device='cpu').solve(conv_crit=1e-2), fresh process",
-            "reference": "ssbx lean, criterion residual, rtol 1e-6",
-            "baseline_rss_bytes": {"ssbx": base_ssbx, "taufactor": base_tf},
-            "persistent_compilation_cache": "cold (empty) for ssbx_wall_seconds; "
-                                            "filled for ssbx_warm_cache_wall_seconds",
-        },
-        "results": rows,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = Path(args.out) if args.out else RESULTS / f"tortuosity_vs_taufactor_{device_slug(info)}.json"
-    out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 
 
