@@ -47,6 +47,12 @@ if [[ "$quick" == "--quick" ]]; then
     step 300 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 48 --tf-device cpu
     step 120 gradient_n64 benchmarks/gradient.py --n 16 --steps 64 256 --tag _quick
     step 120 inverse_cost benchmarks/inverse_cost.py --n 16 --repeats 1
+elif [[ "$quick" == "--rest" ]]; then
+    # a second lease call: what the first one (2026-12-04) cut off or failed
+    export XLA_PYTHON_CLIENT_PREALLOCATE=false
+    step 130 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 256 512 --tf-device cuda
+    step 140 roofline_256_512 benchmarks/roofline.py --gpu --sizes 256 512 --tag _256_512
+    step 110 gradient_n64 benchmarks/gradient.py --n 64 --steps 1024 10000 --time-unchecked-max 1024 --repeats 1 --tag _n64
 else
     # no preallocation: several processes (ssbx, TauFactor, the reference solve) share the GPU
     # in step 4, and peak_bytes_in_use stays meaningful

@@ -402,6 +402,7 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps / matvecs per timed scan")
     parser.add_argument("--skip", nargs="*", default=[], choices=["diffusion", "conduction", "elasticity"])
+    parser.add_argument("--tag", default="", help="suffix of the results name (roofline<TAG>_<device>.json)")
     args = parser.parse_args(argv)
     if args.gpu and jax.default_backend() != "gpu":
         raise SystemExit(f"--gpu given but JAX's default backend is {jax.default_backend()!r}")
@@ -462,14 +463,14 @@ def main(argv=None):
         except (MemoryError, RuntimeError) as err:  # out of (device) memory
             print(f"n = {n}: stopped ({type(err).__name__}: {err})")
             payload.setdefault("errors", []).append(f"n = {n}: {type(err).__name__}: {err}")
-        write_result("roofline", payload)  # keep what is done if a larger size fails
+        write_result(f"roofline{args.tag}", payload)  # keep what is done if a larger size fails
     if "elasticity" not in args.skip:
         ops, traffic = elasticity_loop_ops()
         payload["elasticity_cg_loop_body_hlo_op_counts"] = ops
         payload["elasticity_cg_loop_body_hlo_traffic_bytes_per_voxel"] = traffic
     payload["load_average_1min_at_end"] = os.getloadavg()[0]
     _refer_to_best_copy_bandwidth(payload, max(payload["copy_bandwidth_best_GBs"].values(), default=bw))
-    print("wrote", write_result("roofline", payload))
+    print("wrote", write_result(f"roofline{args.tag}", payload))
 
 
 if __name__ == "__main__":

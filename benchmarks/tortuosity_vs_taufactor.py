@@ -168,6 +168,15 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
+    try:
+        import IPython.display  # noqa: F401  (taufactor imports clear_output from it)
+    except ImportError:  # headless machine without IPython: the same stub as TAUFACTOR_RUNNER's
+        import types
+
+        ipy, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+        disp.clear_output = lambda *a, **k: None
+        ipy.display = disp
+        sys.modules.update({"IPython": ipy, "IPython.display": disp})
     import taufactor  # noqa: F401  (fail early when the environment lacks it)
     import torch
     from importlib.metadata import version
