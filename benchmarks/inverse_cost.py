@@ -109,9 +109,12 @@ def main(argv=None):
     ap.add_argument("--n", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    cases = [case(n, args.repeats) for n in args.n]
-    print(write_result("inverse_cost", {"benchmark": "inverse_cost", "device": device_info(), "times_s": TIMES,
-                                        "cases": cases}))
+    cases = []
+    for n in args.n:  # written after every size, so that a run cut short keeps what it measured
+        cases.append(case(n, args.repeats))
+        path = write_result("inverse_cost", {"benchmark": "inverse_cost", "device": device_info(),
+                                             "times_s": TIMES, "cases": cases})
+    print(path)
 
 
 if __name__ == "__main__":

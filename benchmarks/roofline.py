@@ -246,7 +246,10 @@ def bench_diffusion(n, steps, copy_bw, repeats):
         "fused_step_padded": hlo_ops(_compiled_text(plain, xp0, coeffs, dt, source)),
         "fused_step_padded_donated": hlo_ops(_compiled_text(kf.step_jit, xp0, coeffs, dt, source)),
         "fused_rollout_loop_body": hlo_ops(
-            _compiled_text(jax.jit(lambda x: kf.rollout(x, coeffs, dt, steps, source)), x0), loop_body=True),
+            # coefficients as arguments: captured as constants they are 5.6 GB at 512³ and
+            # stalled the compilation (H200 run, 2026-12-04)
+            _compiled_text(jax.jit(lambda x, c, s: kf.rollout(x, c, dt, steps, s)), x0, coeffs, source),
+            loop_body=True),
         "reference_rollout_loop_body": hlo_ops(
             _compiled_text(reference, x0, gid, table, source, dt), loop_body=True),
     }
