@@ -7,7 +7,7 @@
 # Order: what matters most first:
 #   1. the S2 cell at 100 nm through the device stepper (issue #11 item 9: ≤ 60 s on one
 #      H200; the host-loop reference of 2026-11-26 is s2_full_run_gpu_nvidia_h200.json);
-#   2. the roofline of the hot stencils at 64³–512³ (issue #14 items 1–2);
+#   2. the Pallas diffusion step, then the roofline of the hot stencils at 64³–512³ (#14 items 1–2);
 #   3. the largest tortuosity volume that fits, and the cost per iteration (#14 item 3);
 #   4. tortuosity against TauFactor 2 on the same GPU (#14 item 3);
 #   5. gradient cost at 64³ and 128³ with 10³–10⁴ steps (#14 item 4);
@@ -58,6 +58,9 @@ else
     # in step 4, and peak_bytes_in_use stays meaningful
     export XLA_PYTHON_CLIENT_PREALLOCATE=false
     step 200 stepper benchmarks/stepper.py --voxel-sizes 1e-7 --drivers device
+    # first GPU run of the Pallas diffusion step (written 2026-12-04, checked only in the
+    # Pallas interpreter on CPU): lowering, agreement with the fused step, GB/s
+    step 90 roofline_pallas benchmarks/roofline.py --gpu --sizes 128 256 512 --skip conduction elasticity --tag _pallas
     step 90 roofline benchmarks/roofline.py --gpu
     step 50 tortuosity_large benchmarks/tortuosity_large.py --sizes 512 768 1000
     step 100 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 256 512 --tf-device cuda

@@ -61,6 +61,7 @@ from common import benchmark_particle, device_info, time_call, write_result  # n
 from ssbx.kernels import conduction as kc  # noqa: E402
 from ssbx.kernels import diffusion as kd  # noqa: E402
 from ssbx.kernels import diffusion_fused as kf  # noqa: E402
+from ssbx.kernels import diffusion_pallas as kp  # noqa: E402
 from ssbx.kernels import elasticity as ke  # noqa: E402
 from ssbx.kernels import stiffness as ks  # noqa: E402
 from ssbx.kernels.rotations import quaternion_to_matrix  # noqa: E402
@@ -187,7 +188,7 @@ def _row(seconds_per_update, n, bytes_per_voxel, copy_bw, extra=None):
     return row
 
 
-def bench_diffusion(n, steps, copy_bw, repeats):
+def bench_diffusion(n, steps, copy_bw, repeats, pallas=False):
     micro, geometry, params = benchmark_particle(n, max(1, 100 * (n // 64) ** 3), H)
     table = kd.tensor_components(kd.grain_diffusion_tensors(
         quaternion_to_matrix(params.orientations), jnp.asarray(PRINCIPAL, jnp.float32), 3))
@@ -210,6 +211,17 @@ def bench_diffusion(n, steps, copy_bw, repeats):
     t_ref = time_call(reference, x0, gid, table, source, dt, repeats=repeats) / steps
     t_fused = time_call(lambda x: kf.rollout(x, coeffs, dt, steps, source), x0, repeats=repeats) / steps
     diff = float(jnp.max(jnp.abs(reference(x0, gid, table, source, dt) - kf.rollout(x0, coeffs, dt, steps, source))))
+    pallas_rows = {}
+    if pallas:  # compiled on a GPU; the Pallas interpreter elsewhere (slow: small sizes only)
+        t_pallas = time_call(lambda x: kp.rollout(x, coeffs, dt, steps, source), x0, repeats=repeats) / steps
+        pallas_rows = {
+            "pallas_rollout": _row(t_pallas, n, DIFFUSION_FUSED_BYTES, copy_bw),
+            "pallas_block": list(kp.DEFAULT_BLOCK),
+            "pallas_interpreted": not kp.on_gpu(),
+            "max_abs_difference_pallas_vs_fused": float(jnp.max(jnp.abs(
+                kp.rollout(x0, coeffs, dt, steps, source) - kf.rollout(x0, coeffs, dt, steps, source)))),
+            "speedup_pallas_rollout_vs_reference": t_ref / t_pallas,
+        }
 
     plain = jax.jit(kf.step_padded)
 
@@ -267,6 +279,7 @@ def bench_diffusion(n, steps, copy_bw, repeats):
         "steps": steps,
         "reference": _row(t_ref, n, DIFFUSION_REF_BYTES, copy_bw),
         "fused_rollout": _row(t_fused, n, DIFFUSION_FUSED_BYTES, copy_bw),
+        **pallas_rows,
         **{k: _row(v, n, DIFFUSION_REF_BYTES if k.startswith("reference") else DIFFUSION_FUSED_BYTES, copy_bw)
            for k, v in t_loop.items()},
         "speedup_fused_rollout_vs_reference": t_ref / t_fused,
@@ -405,8 +418,12 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps / matvecs per timed scan")
     parser.add_argument("--skip", nargs="*", default=[], choices=["diffusion", "conduction", "elasticity"])
+    parser.add_argument("--pallas", action="store_true",
+                        help="also time the Pallas diffusion step (kernels/diffusion_pallas.py; on by "
+                             "default with --gpu; interpreted, hence slow, without a GPU)")
     parser.add_argument("--tag", default="", help="suffix of the results name (roofline<TAG>_<device>.json)")
     args = parser.parse_args(argv)
+    args.pallas = args.pallas or args.gpu
     if args.gpu and jax.default_backend() != "gpu":
         raise SystemExit(f"--gpu given but JAX's default backend is {jax.default_backend()!r}")
     sizes = args.sizes or ([64, 128, 256, 512] if args.gpu else [64, 128, 256])
@@ -447,7 +464,7 @@ def main(argv=None):
         payload.setdefault("copy_bandwidth_best_GBs", {})[str(n)] = bw
         try:
             if "diffusion" not in args.skip:
-                r = bench_diffusion(n, steps, bw, repeats)
+                r = bench_diffusion(n, steps, bw, repeats, pallas=args.pallas)
                 payload["diffusion"].append(r)
                 for label in ("reference", "fused_rollout", "reference_step_python_loop", "fused_step_python_loop",
                               "fused_step_python_loop_donated"):
@@ -455,6 +472,10 @@ def main(argv=None):
                 print(f"           fused/reference speed-up {r['speedup_fused_rollout_vs_reference']:.2f}x in a scan, "
                       f"{r['speedup_fused_step_vs_reference_step_python_loops']:.2f}x step by step, "
                       f"max |Δx| after {steps} steps {r['max_abs_difference_after_steps']:.1e}")
+                if "pallas_rollout" in r:
+                    report("diffusion", n, "pallas_rollout", r["pallas_rollout"])
+                    print(f"           Pallas/reference speed-up {r['speedup_pallas_rollout_vs_reference']:.2f}x, "
+                          f"max |Δx| vs fused {r['max_abs_difference_pallas_vs_fused']:.1e}")
             if "conduction" not in args.skip:
                 r = bench_conduction(n, steps, bw, repeats)
                 payload["conduction"].append(r)
