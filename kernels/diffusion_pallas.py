@@ -43,6 +43,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from .diffusion_fused import _pair_offsets
 
@@ -137,6 +138,9 @@ def _call(xp, wp, ap, sp, dt, buf, block, interpret):
         grid=grid,
         input_output_aliases={5: 0},
         interpret=interpret,
+        # the Triton backend: JAX's default GPU backend (Mosaic GPU) stages whole refs in
+        # shared memory, which a grid-sized ref does not fit
+        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
     )(xp, wp, ap, sp, dt_arr, buf)
 
 

@@ -99,3 +99,24 @@ def test_custom_vjp_equals_autodiff_and_finite_differences():
             e[k] = 1e-3 * float(d0[k])
             fd = (float(loss(d0 + e)) - float(loss(d0 - e))) / (2 * e[k])
             assert grad[k] == pytest.approx(fd, rel=1e-6), k
+
+
+def test_lowers_to_one_triton_kernel_for_cuda():
+    """Without a GPU, the CUDA lowering of a rollout and of its gradient still runs here:
+    each step must become one Triton kernel (JAX's default GPU backend, Mosaic GPU, would
+    try to stage the grid-sized refs in shared memory and fail)."""
+    from jax import export
+
+    gid, table, x, src, dt = _problem(jnp.float32)
+    coeffs = kf.prepare(gid, table(jnp.asarray([5e-15, 3e-15, 1e-15], jnp.float32)), H)
+    checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+
+    def lowered(fn):
+        return export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(
+            x, coeffs, src).mlir_module()
+
+    forward = lowered(lambda x, c, s: kp.rollout(x, c, dt, 3, s, interpret=False))
+    assert forward.count("xla.gpu.triton") == 1  # one kernel, inside the scan
+    backward = lowered(lambda x, c, s: jax.grad(
+        lambda y: jnp.sum(kp.step(y, c, dt, s, interpret=False) ** 2))(x))
+    assert backward.count("xla.gpu.triton") == 1  # the forward kernel; the VJP is XLA
