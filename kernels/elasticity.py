@@ -263,11 +263,12 @@ def _divergence_t(sig, ndim):
     return f
 
 
-def _modified_wavevector(shape, dtype):
-    """Real modified wave vector ξ (ndim, *rfft_shape) of the rotated scheme (numpy).
+def _wavevector_factors(shape):
+    """Per-axis factors sin(k/2), cos(k/2) of the modified wave vector (numpy float64).
 
-    ξ_j = 2 sin(k_j/2) Π_{m≠j} cos(k_m/2) with cos set to exactly 0 at the Nyquist
-    frequency of even sizes. The last axis is the half spectrum of ``rfftn``.
+    Each is a 1D array shaped to broadcast along its own axis of the half spectrum of
+    ``rfftn`` (the last axis holds n//2 + 1 frequencies). cos is exactly 0 at the
+    Nyquist frequency of even sizes and sin exactly 0 at k = 0.
     """
     ndim = len(shape)
     sins, coss = [], []
@@ -285,14 +286,31 @@ def _modified_wavevector(shape, dtype):
         view[a] = -1
         sins.append(sn.reshape(view))
         coss.append(cs.reshape(view))
+    return sins, coss
+
+
+def _wavevector_from_factors(sins, coss):
+    """ξ_j = 2 sin(k_j/2) Π_{m≠j} cos(k_m/2) (list of broadcast arrays, numpy or jnp)."""
     xi = []
-    for j in range(ndim):
+    for j in range(len(sins)):
         v = 2.0 * sins[j]
-        for m in range(ndim):
+        for m in range(len(sins)):
             if m != j:
                 v = v * coss[m]
-        xi.append(np.broadcast_to(v, [n if a < ndim - 1 else n // 2 + 1 for a, n in enumerate(shape)]))
-    return np.stack(xi).astype(dtype)
+        xi.append(v)
+    return xi
+
+
+def _modified_wavevector(shape, dtype):
+    """Real modified wave vector ξ (ndim, *rfft_shape) of the rotated scheme (numpy).
+
+    ξ_j = 2 sin(k_j/2) Π_{m≠j} cos(k_m/2) with cos set to exactly 0 at the Nyquist
+    frequency of even sizes. The last axis is the half spectrum of ``rfftn``.
+    """
+    ndim = len(shape)
+    full = [n if a < ndim - 1 else n // 2 + 1 for a, n in enumerate(shape)]
+    xi = _wavevector_from_factors(*_wavevector_factors(shape))
+    return np.stack([np.broadcast_to(v, full) for v in xi]).astype(dtype)
 
 
 def _reference_preconditioner(shape, lam0, mu0, dtype, transforms=None):
@@ -303,12 +321,12 @@ def _reference_preconditioner(shape, lam0, mu0, dtype, transforms=None):
     the slab-decomposed FFT of :mod:`.sharded`.
     """
     ndim = len(shape)
-    xi_np = _modified_wavevector(shape, np.float64)
-    xi2 = np.sum(xi_np**2, axis=0)
-    live = xi2 > 1e-12  # ξ is either exactly 0 or ≥ O(1/N²)
-    inv_xi2 = np.where(live, 1.0 / np.where(live, xi2, 1.0), 0.0)
-    xi = jnp.asarray(xi_np, dtype)
-    inv_xi2 = jnp.asarray(inv_xi2, dtype)
+    # ξ is formed from per-axis factors where it is used, not stored: as whole-spectrum
+    # tables it entered the compiled program as constants (40 MB at 153×153×207 voxels)
+    # that XLA spent seconds folding at every compilation
+    sins, coss = _wavevector_factors(shape)
+    sins = [jnp.asarray(v, dtype) for v in sins]
+    coss = [jnp.asarray(v, dtype) for v in coss]
     axes = tuple(range(1, ndim + 1))
     coef = (lam0 + mu0) / (lam0 + 2.0 * mu0)
 
@@ -320,6 +338,10 @@ def _reference_preconditioner(shape, lam0, mu0, dtype, transforms=None):
 
     def apply(r):
         rh = forward(r)
+        xi = _wavevector_from_factors(sins, coss)
+        xi2 = sum(v * v for v in xi)
+        live = xi2 > 0  # ξ is either exactly 0 or ≥ O(1/N²)
+        inv_xi2 = jnp.where(live, 1.0 / jnp.where(live, xi2, 1.0), 0.0)
         # in-plane components couple through ξ ξᵀ; u_z in 2D only through μ|ξ|²
         xr = sum(xi[j] * rh[j] for j in range(ndim))
         proj = coef * xr * inv_xi2
