@@ -21,7 +21,9 @@ load. Results go to benchmarks/results/stepper_<device>.json.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -42,6 +44,30 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ncm111_llzo_single
 HOST_READS_PER_STEP = 8
 
 _compile_s = {"t": 0.0}
+_compiled = []  # (function name, XLA compile seconds) of the current run, from jax's compile log
+
+
+class _CompileLog(logging.Handler):
+    """Collects "Finished XLA compilation of jit(NAME) in T s" (jax_log_compiles)."""
+
+    def emit(self, record):
+        m = re.match(r"Finished XLA compilation of (?:jit\()?([^ )]+)\)? in ([0-9.e+-]+) ?s", record.getMessage())
+        if m:
+            _compiled.append((m.group(1), float(m.group(2))))
+
+
+def _compile_breakdown(min_s=0.2):
+    """XLA compile seconds by function: the large ones by name, the rest (mostly eager
+    set-up ops, one compilation each) summed with their count."""
+    out, small, n_small = {}, 0.0, 0
+    for name, sec in _compiled:
+        if sec >= min_s:
+            out[name] = out.get(name, 0.0) + sec
+        else:
+            small += sec
+            n_small += 1
+    out[f"{n_small} small compilations (eager set-up ops)"] = small
+    return out
 
 
 def _on_duration(event: str, seconds: float, **_):
@@ -60,6 +86,7 @@ def _run(driver: str, scenario, out: Path) -> dict:
 
     jax.clear_caches()
     _compile_s["t"] = 0.0
+    _compiled.clear()
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     if driver == "device":
@@ -80,6 +107,7 @@ def _run(driver: str, scenario, out: Path) -> dict:
         "steps": steps,
         "wall_s": wall,
         "compile_s": compile_s,
+        "compile_breakdown_s": _compile_breakdown(),
         "per_step_s": (wall - compile_s) / max(steps, 1),
         "host_reads_per_step": (reads["n"] / max(steps, 1)) if driver == "device" else HOST_READS_PER_STEP,
         "charge_end_V": float(run.timeseries["voltage_V"][run.timeseries["step_index"] == 0][-1]),
@@ -96,6 +124,11 @@ def main(argv=None):
                         help="alternate the drivers this many times per voxel size (device, host, device, ...)")
     args = parser.parse_args(argv)
     jax.monitoring.register_event_duration_secs_listener(_on_duration)
+    jax.config.update("jax_log_compiles", True)
+    log = logging.getLogger("jax")
+    log.addHandler(_CompileLog())
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # keep the compile log off the console
     base = load_scenario(EXAMPLE).replace(mechanics={"enabled": False})  # the host loop solves no stress
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,6 +142,9 @@ def main(argv=None):
                     print(f"h={h:.1e} {driver:6s} steps={row['steps']} wall={row['wall_s']:.1f}s "
                           f"compile={row['compile_s']:.1f}s per_step={row['per_step_s'] * 1e3:.1f}ms "
                           f"reads/step={row['host_reads_per_step']:.2f} load={row['load_1min'][0]:.1f}", flush=True)
+                    print("    compile by function: " + ", ".join(
+                        f"{k} {v:.1f}s" for k, v in sorted(row["compile_breakdown_s"].items(),
+                                                          key=lambda kv: -kv[1])), flush=True)
     ratios = []
     for h in args.voxel_sizes:
         for repeat in range(args.repeats):
