@@ -328,8 +328,9 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
         spread = jnp.where(top > 0, (top - jnp.min(cur)) / jnp.where(top > 0, top, 1.0), jnp.inf)
         return cur, spread, jnp.mean(cur) * n0 / n_lat
 
+    # PCG carries x, r, p only: z = M r is used within the iteration that forms it
     def cg_step(_, st):
-        x, r, z, p, rz = st
+        x, r, p, rz = st
         q = matvec(p)
         pq = jnp.sum(p * q)
         alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
@@ -339,7 +340,7 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
         rz_new = jnp.sum(r * z)
         beta = jnp.where(rz != 0, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
         p = z + beta * p
-        return x, r, z, p, rz_new
+        return x, r, p, rz_new
 
     def done(rn, spread, cond, cond_prev):
         res_ok = rn <= rtol * bnorm
@@ -359,24 +360,24 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
     shist = nan.at[0].set(spread0)
     rn0 = jnp.sqrt(jnp.sum(r0 * r0))
     rhist = nan.at[0].set(rn0 / safe_b)
-    init = (x0, r0, z0, z0, jnp.sum(r0 * z0), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32),
+    init = (x0, r0, z0, jnp.sum(r0 * z0), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32),
             hist, shist, rhist, cond0, done(rn0, spread0, cond0, jnp.asarray(jnp.inf, dtype)))
 
     def cond_fn(st):
-        return (~st[-1]) & (st[5] < maxiter) & (bnorm > 0)
+        return (~st[-1]) & (st[4] < maxiter) & (bnorm > 0)
 
     def body(st):
-        x, r, z, p, rz, k, c, hist, shist, rhist, cprev, _ = st
-        x, r, z, p, rz = jax.lax.fori_loop(0, check_every, cg_step, (x, r, z, p, rz))
+        x, r, p, rz, k, c, hist, shist, rhist, cprev, _ = st
+        x, r, p, rz = jax.lax.fori_loop(0, check_every, cg_step, (x, r, p, rz))
         _, spread, cnow = measure(x)
         rn = jnp.sqrt(jnp.sum(r * r))
         hist = hist.at[c].set(cnow)
         shist = shist.at[c].set(spread)
         rhist = rhist.at[c].set(rn / safe_b)
-        return (x, r, z, p, rz, k + check_every, c + 1, hist, shist, rhist, cnow,
+        return (x, r, p, rz, k + check_every, c + 1, hist, shist, rhist, cnow,
                 done(rn, spread, cnow, cprev))
 
-    x, r, _, _, _, k, _, hist, shist, rhist, _, ok = jax.lax.while_loop(cond_fn, body, init)
+    x, r, _, _, k, _, hist, shist, rhist, _, ok = jax.lax.while_loop(cond_fn, body, init)
     del r
     rtrue = b - matvec(x)
     rel = jnp.sqrt(jnp.sum(rtrue * rtrue)) / safe_b
