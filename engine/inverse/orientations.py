@@ -245,6 +245,7 @@ class OrientationFit:
         loss: final loss ½ mean r².
         start_losses: loss of every start after the Adam stage.
         swept_grains: grains whose axis a candidate sweep replaced.
+        mirrored_grains: grains whose mirror move (:func:`_mirror_sweep`) was accepted.
         history: per iteration {"stage", "loss"}.
         max_std_deg: the threshold used for ``determined``.
         noise_std: per measurement, σ used (given or estimated).
@@ -268,6 +269,7 @@ class OrientationFit:
     max_std_deg: float
     noise_std: list
     u: np.ndarray | None = None
+    mirrored_grains: list = dataclasses.field(default_factory=list)
 
     @property
     def n_grains(self) -> int:
@@ -317,6 +319,7 @@ class OrientationFit:
             "loss": self.loss,
             "start_losses": self.start_losses,
             "swept_grains": self.swept_grains,
+            "mirrored_grains": self.mirrored_grains,
             "max_std_deg": self.max_std_deg,
             "noise_std": self.noise_std,
             "n_iterations": len(self.history),
@@ -575,6 +578,7 @@ def fit_grain_orientations(
     continuation: bool = False,
     identify: bool = True,
     relax_iterations: int = 0,
+    mirror_relax_iterations: int = 10,
 ) -> OrientationFit:
     """Fit every grain's c axis (and D1 when free) to the measurements of ``problem``.
 
@@ -602,9 +606,14 @@ def fit_grain_orientations(
             2 · n_grains · relax_iterations gradients per sweep.
         continuation: fit the maps of the first time alone, then of the first two, …,
             each stage starting from the previous one (module docstring).
+        mirror_relax_iterations: L-BFGS iterations after each mirror move of the sweeps
+            (:func:`_mirror_sweep`; 0: no mirror moves); costs up to
+            3 · n_grains · mirror_relax_iterations gradients per sweep.
     """
     for field, value, low in (("n_starts", n_starts, 1), ("adam_iterations", adam_iterations, 0),
-                              ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1)):
+                              ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1),
+                              ("relax_iterations", relax_iterations, 0),
+                              ("mirror_relax_iterations", mirror_relax_iterations, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{field} = {value!r}: must be an integer ≥ {low}")
     if not (isinstance(max_std_deg, (int, float)) and max_std_deg > 0):
@@ -643,7 +652,7 @@ def fit_grain_orientations(
                 sub, n_starts=n_starts if k == 1 else 1, adam_iterations=adam_iterations if k == 1 else 0,
                 learning_rate=learning_rate, lbfgs_iterations=lbfgs_iterations, max_rounds=max_rounds,
                 seed=seed, max_std_deg=max_std_deg, callback=callback, start=u_prev, identify=False,
-                relax_iterations=relax_iterations)
+                relax_iterations=relax_iterations, mirror_relax_iterations=mirror_relax_iterations)
             history += [dict(e, stage=f"t≤{problem.setup.t_s[k - 1]:g}s:{e['stage']}") for e in sub_fit.history]
             u_prev = sub_fit.u
         start = u_prev
@@ -681,12 +690,19 @@ def fit_grain_orientations(
     u_best = u[best]
     current_loss = start_losses[best]
     moved: list[int] = []
+    mirrored: list[int] = []
     for round_ in range(max_rounds):
         if round_ > 0 or lbfgs_iterations == 0:
             u_best, current_loss, accepted = _candidate_sweep(problem, u_best, current_loss,
                                                               relax_iterations=relax_iterations)
             log("sweep", current_loss)
             moved += accepted
+            if mirror_relax_iterations:
+                u_best, current_loss, flipped = _mirror_sweep(problem, u_best, current_loss,
+                                                              mirror_relax_iterations)
+                log("mirror", current_loss)
+                mirrored += flipped
+                accepted = accepted + flipped
             if round_ > 0 and not accepted:
                 break
         if lbfgs_iterations:
@@ -698,8 +714,10 @@ def fit_grain_orientations(
         v, d1 = problem.split(u_best)
         return OrientationFit(np.asarray(unit_axis(v)), float(d1), math.nan, None, None, None,
                               problem.grain_voxels, None, None, final_loss, start_losses, sorted(set(moved)),
-                              history, max_std_deg, [], np.asarray(u_best, np.float64))
-    return _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
+                              history, max_std_deg, [], np.asarray(u_best, np.float64), sorted(set(mirrored)))
+    fit = _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
+    fit.mirrored_grains = sorted(set(mirrored))
+    return fit
 
 
 def candidate_axes(n: int = 24) -> np.ndarray:
@@ -738,6 +756,46 @@ def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 2
             continue
         for k in order[:relax_candidates] if relax_iterations else ():
             u_k, loss_k = _lbfgs(problem, batch[k], relax_iterations, lambda *a: None)
+            if loss_k < loss:
+                u, loss = u_k, loss_k
+                accepted.append(g)
+                break
+    return u, loss, accepted
+
+
+def mirror_axes(c: np.ndarray) -> np.ndarray:
+    """(3, 3) reflections of the unit axis ``c`` across the planes x = 0, y = 0, z = 0.
+
+    Reflecting across the plane ⟂ e_a negates component a; as axes (c ~ −c) this is also
+    the rotation by 180° about e_a. A projection along e_a sums over a, so a grain's own
+    contribution to it is unchanged by the reflection when the grain is near-symmetric
+    along a: the reflected axis is the wrong basin that projections leave nearly
+    indistinguishable (e.g. a grain fitted 82° from the truth, 5° from its z-mirror)."""
+    c = np.asarray(c, np.float64)
+    return np.stack([c * np.where(np.arange(3) == a, -1.0, 1.0) for a in range(3)])
+
+
+def _mirror_sweep(problem: OrientationProblem, u, loss, relax_iterations: int, min_angle_deg: float = 15.0):
+    """Mirror moves: for each grain, largest first, each of its :func:`mirror_axes` that
+    differs from the current axis by ≥ ``min_angle_deg`` (as axes) replaces the axis, all
+    parameters are relaxed by ``relax_iterations`` L-BFGS iterations, and the move is kept
+    if the relaxed loss is lower. The relaxation is what lets a co-adapted group move: with
+    the others fixed, the mirrored axis of such a grain raises the loss (its neighbours
+    compensate the wrong axis); after the neighbours re-adapt, it lowers it.
+    Returns (u, loss, grains moved)."""
+    u = jnp.asarray(u)
+    accepted = []
+    order = np.argsort(-problem.grain_voxels, kind="stable")
+    for g in order:
+        g = int(g)
+        if problem.grain_voxels[g] == 0:
+            continue
+        c = np.asarray(unit_axis(u[3 * g: 3 * g + 3]), np.float64)
+        for m in mirror_axes(c):
+            if math.degrees(math.acos(min(abs(float(m @ c)), 1.0))) < min_angle_deg:
+                continue
+            trial = u.at[3 * g: 3 * g + 3].set(jnp.asarray(m, u.dtype))
+            u_k, loss_k = _lbfgs(problem, trial, relax_iterations, lambda *a: None)
             if loss_k < loss:
                 u, loss = u_k, loss_k
                 accepted.append(g)
