@@ -791,10 +791,10 @@ def _mirror_sweep(problem: OrientationProblem, u, loss, relax_iterations: int, m
     """Mirror moves: for each grain, largest first, each of its :func:`mirror_axes` that
     differs from the current axis by ≥ ``min_angle_deg`` (as axes) replaces the axis and
     all parameters are relaxed by ``relax_iterations`` L-BFGS iterations; the best of these
-    is kept if its relaxed loss is lower than the current loss. The relaxation is what lets a co-adapted group move: with
-    the others fixed, the mirrored axis of such a grain raises the loss (its neighbours
-    compensate the wrong axis); after the neighbours re-adapt, it lowers it.
-    Returns (u, loss, grains moved)."""
+    is kept if its relaxed loss is lower than the current loss. The relaxation is what
+    lets a co-adapted group move: with the others fixed, the mirrored axis of such a grain
+    raises the loss (its neighbours compensate the wrong axis); after the neighbours
+    re-adapt, it lowers it. Returns (u, loss, grains moved)."""
     u = jnp.asarray(u)
     accepted = []
     order = np.argsort(-problem.grain_voxels, kind="stable")
