@@ -47,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--lbfgs", type=int, default=60)
     ap.add_argument("--max-std-deg", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    ap.add_argument("--mirror-relax", type=int, default=10,
+                    help="L-BFGS iterations after each mirror move (0: no mirror moves)")
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -64,7 +66,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = fit_grain_orientations(problem, n_starts=args.starts, adam_iterations=args.adam,
                                     lbfgs_iterations=args.lbfgs, seed=args.seed, max_std_deg=args.max_std_deg,
-                                    truth=truth)
+                                    truth=truth, mirror_relax_iterations=args.mirror_relax)
     t_fit = time.perf_counter() - t0
 
     info = device_info()
@@ -83,7 +85,8 @@ def main(argv=None):
             "n_steps": setup.n_steps, "d1_true_m2_s": D1_TRUE, "d1_start_m2_s": 5e-15,
         },
         "optimizer": {"n_starts": args.starts, "adam_iterations": args.adam, "lbfgs_iterations": args.lbfgs,
-                      "seed": args.seed, "max_std_deg": args.max_std_deg},
+                      "seed": args.seed, "max_std_deg": args.max_std_deg,
+                      "mirror_relax_iterations": args.mirror_relax, "max_rounds": 3},
         "d1_fit_m2_s": result.d1_m2_s,
         "d1_std_m2_s": result.d1_std_m2_s,
         "d1_rel_error": result.d1_m2_s / D1_TRUE - 1,
@@ -91,6 +94,7 @@ def main(argv=None):
         "loss_at_truth": problem.loss(problem.pack(truth, D1_TRUE)),
         "start_losses": result.start_losses,
         "swept_grains": result.swept_grains,
+        "mirrored_grains": result.mirrored_grains,
         "recovery": recovery,
         "grains": result.table(),
         "seconds": {"setup_and_synthetic_data": t_setup, "fit_incl_compile_and_laplace": t_fit},

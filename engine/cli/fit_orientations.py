@@ -131,7 +131,8 @@ def run_orientations(cfg, args, out: Path, log) -> int:
         fit = fit_grain_orientations(problem, n_starts=o.n_starts, adam_iterations=o.adam_iterations,
                                      learning_rate=o.learning_rate, lbfgs_iterations=o.lbfgs_iterations,
                                      max_rounds=o.max_rounds, seed=o.seed, max_std_deg=o.max_std_deg, truth=truth,
-                                     callback=progress, start=start, continuation=o.continuation)
+                                     callback=progress, start=start, continuation=o.continuation,
+                                     mirror_relax_iterations=o.mirror_relax_iterations)
     except FloatingPointError as err:
         print(f"ssbx fit: {err}", file=sys.stderr)
         return 3

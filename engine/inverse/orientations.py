@@ -29,13 +29,13 @@ upper-hemisphere representative, so the antipodal singularity of the shortest-ar
 formula is never approached). D1 uses the log-sigmoid transform of a bounded
 FreeParameter (inverse/parameters.py).
 
-Optimisation: multi-start, per-grain candidate sweeps, polish
--------------------------------------------------------------
+Optimisation: multi-start, per-grain candidate sweeps, mirror moves, polish
+---------------------------------------------------------------------------
 The loss is not convex in the axes: a grain's axis can settle in a wrong basin, most
 often about 90° from the truth (with D3 ≈ 0 an axis perpendicular to the true one
 blocks a different in-plane direction, and the gradient towards the truth vanishes
 on the way). The sign ambiguity c ~ −c is removed by the parameterisation; the other
-basins are handled in three stages:
+basins are handled in four stages:
 
 1. *multi-start*: ``n_starts`` random starts (axes uniform on the sphere, D1 at its
    start value) advanced together by Adam (Kingma & Ba, ICLR 2015) as one batched
@@ -49,8 +49,17 @@ basins are handled in three stages:
    run (no gradient) and the best replaces the current axis if it lowers the loss — a
    greedy block-coordinate multi-start. With ``relax_iterations`` the two best trial
    axes are each followed by a short L-BFGS of all parameters before the comparison.
-   Sweeps alternate with polishes (2) until a sweep changes nothing or ``max_rounds``
-   is reached.
+4. *mirror moves* (:func:`_mirror_sweep`, ``mirror_relax_iterations`` > 0): for each grain,
+   largest first, its axis is replaced by each of its reflections across the coordinate
+   planes (:func:`mirror_axes`), all parameters are relaxed by a short L-BFGS, and the best
+   relaxed result is kept if it lowers the loss. A projection along e_a sums over x_a, so
+   a grain that is roughly symmetric along a contributes nearly the same image along a
+   for c and for its reflection across x_a = 0: these are wrong basins that projections
+   create (an exact symmetry for a mirror-symmetric particle, tested). The relaxation is
+   essential: with the other grains fixed the reflected (true) axis of a stuck grain
+   raises the loss, because its neighbours have co-adapted to the wrong one.
+   Sweeps (3, 4) alternate with polishes (2) until a round changes nothing or
+   ``max_rounds`` is reached.
 
 Optionally (``continuation=True``) the whole procedure first fits the maps of the
 first time alone, then of the first two times from that result, and so on — a
@@ -58,10 +67,11 @@ continuation in the observation horizon (early maps depend on each grain's own
 near-surface response, later maps couple neighbouring grains).
 
 What this achieves is measured, not assumed: benchmarks/orientation_inversion.py
-reports, for a 20-grain particle, how many grains end in a wrong basin. Groups of
-neighbouring grains can settle in a *co-adapted* wrong configuration that none of the
-single-grain moves above can leave (moving one grain of the group to its true axis
-raises the loss); more random starts are then the remedy that worked.
+reports, for a 20-grain particle, how many grains end in a wrong basin. Without the
+mirror moves, groups of neighbouring grains settled in a *co-adapted* wrong
+configuration that the trial-axis sweeps could not leave (one grain 82° from its truth
+but 5° from its z-mirror, its neighbours 20–40° off); with them the fit ends below the
+loss at the true parameters (docs/inverse_orientations.md).
 
 Identifiability
 ---------------
@@ -126,7 +136,8 @@ class OrientationsConfig:
         start: "random" (the prior: every start uniform on the sphere) or "scenario"
             (the first start is the scenario's orientation table, the others random).
         n_starts, adam_iterations, learning_rate, lbfgs_iterations, max_rounds, seed,
-            continuation: the stages of :func:`fit_grain_orientations`.
+            continuation, mirror_relax_iterations: the stages of :func:`fit_grain_orientations`
+            (mirror moves run in rounds 2.. only, so they need max_rounds ≥ 2).
         max_std_deg: a grain is determined when its marginal angular std ≤ this, degrees.
         truth_file: optional orientation table (.npy or .json; (n_grains, 3) axes or
             (n_grains, 4) quaternions) for the misorientation column; "" = none
@@ -144,6 +155,7 @@ class OrientationsConfig:
     max_rounds: int = 3
     seed: int = 0
     continuation: bool = False
+    mirror_relax_iterations: int = 10
     max_std_deg: float = 5.0
     truth_file: str = ""
     beam_axes: tuple = ("x", "z")
@@ -155,7 +167,7 @@ class OrientationsConfig:
         if self.start not in ORIENTATION_STARTS:
             raise ConfigError(f"{f}.start = {self.start!r}: valid values are {list(ORIENTATION_STARTS)}")
         for name, low in (("n_starts", 1), ("adam_iterations", 0), ("lbfgs_iterations", 0), ("max_rounds", 1),
-                          ("seed", 0)):
+                          ("seed", 0), ("mirror_relax_iterations", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{f}.{name} = {v!r}: must be an integer ≥ {low}")
@@ -245,6 +257,7 @@ class OrientationFit:
         loss: final loss ½ mean r².
         start_losses: loss of every start after the Adam stage.
         swept_grains: grains whose axis a candidate sweep replaced.
+        mirrored_grains: grains whose mirror move (:func:`_mirror_sweep`) was accepted.
         history: per iteration {"stage", "loss"}.
         max_std_deg: the threshold used for ``determined``.
         noise_std: per measurement, σ used (given or estimated).
@@ -268,6 +281,7 @@ class OrientationFit:
     max_std_deg: float
     noise_std: list
     u: np.ndarray | None = None
+    mirrored_grains: list = dataclasses.field(default_factory=list)
 
     @property
     def n_grains(self) -> int:
@@ -317,6 +331,7 @@ class OrientationFit:
             "loss": self.loss,
             "start_losses": self.start_losses,
             "swept_grains": self.swept_grains,
+            "mirrored_grains": self.mirrored_grains,
             "max_std_deg": self.max_std_deg,
             "noise_std": self.noise_std,
             "n_iterations": len(self.history),
@@ -575,6 +590,7 @@ def fit_grain_orientations(
     continuation: bool = False,
     identify: bool = True,
     relax_iterations: int = 0,
+    mirror_relax_iterations: int = 10,
 ) -> OrientationFit:
     """Fit every grain's c axis (and D1 when free) to the measurements of ``problem``.
 
@@ -602,9 +618,14 @@ def fit_grain_orientations(
             2 · n_grains · relax_iterations gradients per sweep.
         continuation: fit the maps of the first time alone, then of the first two, …,
             each stage starting from the previous one (module docstring).
+        mirror_relax_iterations: L-BFGS iterations after each mirror move of the sweeps
+            (:func:`_mirror_sweep`; 0: no mirror moves); costs up to
+            3 · n_grains · mirror_relax_iterations gradients per sweep.
     """
     for field, value, low in (("n_starts", n_starts, 1), ("adam_iterations", adam_iterations, 0),
-                              ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1)):
+                              ("lbfgs_iterations", lbfgs_iterations, 0), ("max_rounds", max_rounds, 1),
+                              ("relax_iterations", relax_iterations, 0),
+                              ("mirror_relax_iterations", mirror_relax_iterations, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{field} = {value!r}: must be an integer ≥ {low}")
     if not (isinstance(max_std_deg, (int, float)) and max_std_deg > 0):
@@ -643,7 +664,7 @@ def fit_grain_orientations(
                 sub, n_starts=n_starts if k == 1 else 1, adam_iterations=adam_iterations if k == 1 else 0,
                 learning_rate=learning_rate, lbfgs_iterations=lbfgs_iterations, max_rounds=max_rounds,
                 seed=seed, max_std_deg=max_std_deg, callback=callback, start=u_prev, identify=False,
-                relax_iterations=relax_iterations)
+                relax_iterations=relax_iterations, mirror_relax_iterations=mirror_relax_iterations)
             history += [dict(e, stage=f"t≤{problem.setup.t_s[k - 1]:g}s:{e['stage']}") for e in sub_fit.history]
             u_prev = sub_fit.u
         start = u_prev
@@ -681,12 +702,19 @@ def fit_grain_orientations(
     u_best = u[best]
     current_loss = start_losses[best]
     moved: list[int] = []
+    mirrored: list[int] = []
     for round_ in range(max_rounds):
         if round_ > 0 or lbfgs_iterations == 0:
             u_best, current_loss, accepted = _candidate_sweep(problem, u_best, current_loss,
                                                               relax_iterations=relax_iterations)
             log("sweep", current_loss)
             moved += accepted
+            if mirror_relax_iterations:
+                u_best, current_loss, flipped = _mirror_sweep(problem, u_best, current_loss,
+                                                              mirror_relax_iterations)
+                log("mirror", current_loss)
+                mirrored += flipped
+                accepted = accepted + flipped
             if round_ > 0 and not accepted:
                 break
         if lbfgs_iterations:
@@ -698,8 +726,10 @@ def fit_grain_orientations(
         v, d1 = problem.split(u_best)
         return OrientationFit(np.asarray(unit_axis(v)), float(d1), math.nan, None, None, None,
                               problem.grain_voxels, None, None, final_loss, start_losses, sorted(set(moved)),
-                              history, max_std_deg, [], np.asarray(u_best, np.float64))
-    return _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
+                              history, max_std_deg, [], np.asarray(u_best, np.float64), sorted(set(mirrored)))
+    fit = _finish(problem, u_best, final_loss, start_losses, sorted(set(moved)), history, max_std_deg, true_dirs)
+    fit.mirrored_grains = sorted(set(mirrored))
+    return fit
 
 
 def candidate_axes(n: int = 24) -> np.ndarray:
@@ -742,6 +772,48 @@ def _candidate_sweep(problem: OrientationProblem, u, loss, n_candidates: int = 2
                 u, loss = u_k, loss_k
                 accepted.append(g)
                 break
+    return u, loss, accepted
+
+
+def mirror_axes(c: np.ndarray) -> np.ndarray:
+    """(3, 3) reflections of the unit axis ``c`` across the planes x = 0, y = 0, z = 0.
+
+    Reflecting across the plane ⟂ e_a negates component a; as axes (c ~ −c) this is also
+    the rotation by 180° about e_a. A projection along e_a sums over a, so a grain's own
+    contribution to it is unchanged by the reflection when the grain is near-symmetric
+    along a: the reflected axis is the wrong basin that projections leave nearly
+    indistinguishable (e.g. a grain fitted 82° from the truth, 5° from its z-mirror)."""
+    c = np.asarray(c, np.float64)
+    return np.stack([c * np.where(np.arange(3) == a, -1.0, 1.0) for a in range(3)])
+
+
+def _mirror_sweep(problem: OrientationProblem, u, loss, relax_iterations: int, min_angle_deg: float = 15.0):
+    """Mirror moves: for each grain, largest first, each of its :func:`mirror_axes` that
+    differs from the current axis by ≥ ``min_angle_deg`` (as axes) replaces the axis and
+    all parameters are relaxed by ``relax_iterations`` L-BFGS iterations; the best of these
+    is kept if its relaxed loss is lower than the current loss. The relaxation is what
+    lets a co-adapted group move: with the others fixed, the mirrored axis of such a grain
+    raises the loss (its neighbours compensate the wrong axis); after the neighbours
+    re-adapt, it lowers it. Returns (u, loss, grains moved)."""
+    u = jnp.asarray(u)
+    accepted = []
+    order = np.argsort(-problem.grain_voxels, kind="stable")
+    for g in order:
+        g = int(g)
+        if problem.grain_voxels[g] == 0:
+            continue
+        c = np.asarray(unit_axis(u[3 * g: 3 * g + 3]), np.float64)
+        best = None
+        for m in mirror_axes(c):
+            if math.degrees(math.acos(min(abs(float(m @ c)), 1.0))) < min_angle_deg:
+                continue
+            trial = u.at[3 * g: 3 * g + 3].set(jnp.asarray(m, u.dtype))
+            u_k, loss_k = _lbfgs(problem, trial, relax_iterations, lambda *a: None)
+            if loss_k < loss and (best is None or loss_k < best[1]):
+                best = (u_k, loss_k)
+        if best is not None:
+            u, loss = best
+            accepted.append(g)
     return u, loss, accepted
 
 
