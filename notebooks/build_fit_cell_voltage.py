@@ -138,7 +138,7 @@ noise, and the errors of i0 and D are within their Laplace standard deviations.
 ## At GPU size (documented, not run in CI)
 
 The S2 cell of `examples/ncm111_llzo_single_particle.toml` (5 µm particle, 53 grains,
-0.295 mAh/cm², LLZO separator) at 0.5 µm voxels — a grid of about 32 × 32 × 42 — with a
+0.295 mAh/cm², LLZO separator) at 0.5 µm voxels — a 31 × 31 × 45 grid, 4189 active voxels — with a
 1C charge to 4.3 V and a 10 min rest sampled every 30 s:
 
 ```python
@@ -153,8 +153,8 @@ fit = fit_voltage_curve(resolved, T, measured, {"exchange_current": (0.5, 0.05, 
 ```
 
 Expected cost: the compile does not depend on the grid or the number of steps; each
-pass scales with voxels × steps × diffusion sub-steps (about 40× the CI cell's voxels,
-20× its steps). Its time on a GPU has not been measured yet."""),
+pass scales with voxels × steps × diffusion sub-steps (7.5× the CI cell's grid, about
+20× its steps, 2× its sub-steps per second for D up to 1.5e-14 m²/s). Its time on a GPU has not been measured yet."""),
 ]
 
 

@@ -231,7 +231,7 @@ print(f"notebook run time {time.perf_counter() - start_clock:.0f} s")"""),
 ## At GPU size (documented, not run in CI)
 
 The S2 debonding cell of `examples/s2_debonding.toml` (5 µm particle at 1 µm voxels, 53
-grains, LLZO separator, 1C) with 0.5 µm voxels — a grid of about 32 × 32 × 42 — and a
+grains, LLZO separator, 1C) with 0.5 µm voxels — a 31 × 31 × 45 grid, 4189 active voxels — and a
 charge sampled every 30 s. Before fitting at the S2 settings, check the sensitivity
 columns as above: with Gc = 1 J/m² and GPa misfit tractions every layer debonds early and
 σc barely reaches V(t) (docs/interfaces.md, "Identifiability").
@@ -250,8 +250,8 @@ fit = fit_voltage_curve(resolved, T, measured, [FreeParameter("interface_strengt
 ```
 
 Expected cost: the compile does not depend on the grid or the number of steps (the scan
-body is compiled once); each pass scales with voxels × steps, about 40× the CI cell's
-voxels and 16× its steps. Its time on a GPU has not been measured yet."""),
+body is compiled once); each pass scales with voxels × steps, 7.5× the CI cell's grid
+and 16× its steps. Its time on a GPU has not been measured yet."""),
 ]
 
 
