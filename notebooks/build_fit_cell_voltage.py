@@ -144,17 +144,18 @@ The S2 cell of `examples/ncm111_llzo_single_particle.toml` (5 µm particle, 53 g
 ```python
 data = read_toml("examples/ncm111_llzo_single_particle.toml")   # ssbx.engine.config.scenario.read_toml
 data["particle"]["voxel_size_m"] = 5e-7
+data["protocol"]["steps"] = ["charge at 1C until 4.3 V", "rest 10 min"]
 scenario = scenario_from_dict(data)
 resolved = resolve_cell(scenario, jnp.float32)
-T = np.arange(0.0, 4200.0, 30.0)
+T, measured = ...   # the measured curve: times (s, every 30 s, up to the end of the rest) and V
 fit = fit_voltage_curve(resolved, T, measured, {"exchange_current": (0.5, 0.05, 10.0),
                                                 "diffusivity_in_plane": (5e-15, 1e-15, 1.5e-14)},
-                        n_steps=150, sigma_V=5e-4)
+                        n_steps=int(T[-1] / 30.0) + 10, sigma_V=5e-4)
 ```
 
 Expected cost: the compile does not depend on the grid or the number of steps; each
 pass scales with voxels × steps × diffusion sub-steps (7.5× the CI cell's grid, about
-20× its steps, 2× its sub-steps per second for D up to 1.5e-14 m²/s). Its time on a GPU has not been measured yet."""),
+17× its steps, 2× its sub-steps per second for D up to 1.5e-14 m²/s). Its time on a GPU has not been measured yet."""),
 ]
 
 

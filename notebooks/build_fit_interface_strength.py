@@ -230,9 +230,9 @@ print(f"notebook run time {time.perf_counter() - start_clock:.0f} s")"""),
     new_markdown_cell("""\
 ## At GPU size (documented, not run in CI)
 
-The S2 debonding cell of `examples/s2_debonding.toml` (5 µm particle at 1 µm voxels, 53
-grains, LLZO separator, 1C) with 0.5 µm voxels — a 31 × 31 × 45 grid, 4189 active voxels — and a
-charge sampled every 30 s. Before fitting at the S2 settings, check the sensitivity
+The S2 debonding cell of `examples/s2_debonding.toml` (5 µm particle, 53
+grains, LLZO separator, 1C) with 0.5 µm voxels — a 31 × 31 × 45 grid, 4189 active voxels — and its
+1C charge to 4.3 V sampled every 60 s. Before fitting at the S2 settings, check the sensitivity
 columns as above: with Gc = 1 J/m² and GPa misfit tractions every layer debonds early and
 σc barely reaches V(t) (docs/interfaces.md, "Identifiability").
 
@@ -240,18 +240,20 @@ columns as above: with Gc = 1 J/m² and GPa misfit tractions every layer debonds
 data = read_toml("examples/s2_debonding.toml")   # ssbx.engine.config.scenario.read_toml
 data["particle"]["voxel_size_m"] = 5e-7
 data["interface"]["max_damage_increment"] = 1.0   # no step cut by the damage control: V(σc) smooth
+data["protocol"]["steps"] = ["charge at 1C until 4.3 V"]
 scenario = scenario_from_dict(data)
 resolved = resolve_cell(scenario, jnp.float64)
-T = np.linspace(0.0, 3600.0, 61)
-model = InterfaceCurve(resolved, T, n_steps=130, max_substeps=step_budget(resolved, 1.01))
+T, measured = ...   # the measured charge curve: times (s, every 60 s) and V
+n_steps = int(T[-1] / 30.0) + 10   # 30 s steps
+model = InterfaceCurve(resolved, T, n_steps, max_substeps=step_budget(resolved, 1.01))
 model.hold = 10e-9
 fit = fit_voltage_curve(resolved, T, measured, [FreeParameter("interface_strength", 80e6)],
-                        n_steps=130, sigma_V=5e-4, curve_model=model)
+                        n_steps=n_steps, sigma_V=5e-4, curve_model=model)
 ```
 
 Expected cost: the compile does not depend on the grid or the number of steps (the scan
 body is compiled once); each pass scales with voxels × steps, 7.5× the CI cell's grid
-and 16× its steps. Its time on a GPU has not been measured yet."""),
+and about 14× its steps. Its time on a GPU has not been measured yet."""),
 ]
 
 
