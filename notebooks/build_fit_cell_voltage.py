@@ -22,8 +22,9 @@ D1 = D2 to a synthetic V(t) with known values through the differentiable cell cy
 reports the Laplace uncertainty and correlation of the two, and shows the fitted curve
 and its residuals.
 
-It runs in CI at a small size (a 2 µm particle at 0.5 µm voxels, 19 × 19 × 16 voxels,
-7 steps of 40 s, float32).
+It runs in CI at a small size (a particle of radius 1.5 µm at 0.5 µm voxels, 136 active voxels in a
+13 × 13 × 14 cell, 7 steps of 40 s, float32): coarse, but the fit only needs the model to
+be the one that made the data.
 
 **Data term: V(t) only.** The cell fit (`fit_voltage_curve`) has no SOC-map term: maps
 enter only the particle fits (`fit_diffusivity.ipynb`, `ssbx fit`). A joint
@@ -51,7 +52,7 @@ scenario holds the true values: V at the truth is the synthetic measurement.""")
 TRUTH = {"exchange_current": 2.0, "diffusivity_in_plane": 5e-15}   # A/m², m²/s
 scenario = scenario_from_dict({
     "run": {"name": "cell_voltage_fit"},
-    "particle": {"radius_m": 2e-6, "voxel_size_m": 5e-7, "n_grains": 6},
+    "particle": {"radius_m": 1.5e-6, "voxel_size_m": 5e-7, "n_grains": 4},
     "material": {"name": "NCM111", "x_initial": 0.95, "diffusivity_m2_s": [5e-15, 5e-15, 1e-20]},
     "cell": {"enabled": True, "areal_capacity_mAh_cm2": 0.05, "separator_thickness_m": 2e-6},
     "mechanics": {"enabled": False},
@@ -154,7 +155,7 @@ fit = fit_voltage_curve(resolved, T, measured, {"exchange_current": (0.5, 0.05, 
 ```
 
 Expected cost: the compile does not depend on the grid or the number of steps; each
-pass scales with voxels × steps × diffusion sub-steps (7.5× the CI cell's grid, about
+pass scales with voxels × steps × diffusion sub-steps (18× the CI cell's grid, 30× its active voxels, about
 17× its steps, 2× its sub-steps per second for D up to 1.5e-14 m²/s). Its time on a GPU has not been measured yet."""),
 ]
 
