@@ -204,7 +204,9 @@ plt.show()"""),
 Each cohesive layer sits on a particle voxel facing the electrolyte; here at its
 longitude and latitude seen from the particle centre, at the end of the 7 min charge, for
 the start value (80 MPa: the interface opens earlier and wider), the fitted σc and the
-truth (the same model at 150 MPa: in a real study this panel is unknown)."""),
+truth (the same model at 150 MPa: in a real study this panel is unknown). By the end of
+the charge every layer is damaged (d > 1/2 here); σc shows in how far the layers have
+opened, and in the few that are not yet fully debonded."""),
     new_code_cell("""\
 host = np.stack([np.asarray(i) for i in layers.host_index], axis=1).astype(float)
 centre = np.argwhere(np.asarray(resolved.geometry.active)).mean(axis=0)
@@ -214,10 +216,11 @@ lat = np.degrees(np.arcsin(rel_pos[:, 2] / np.linalg.norm(rel_pos, axis=1)))
 panels = [("start, 80 MPa", model.layers[round(SIGMA_START)]), (f"fitted, {sigma / 1e6:.1f} MPa", model.layers[round(sigma)]),
           ("truth, 150 MPa", model.layers[round(SIGMA_TRUE)])]
 gap_max = max(1e9 * p[1][0].max() for p in panels)
+damage_min = min(p[1][1].min() for p in panels)   # the colour range where the damage differs
 fig, axes = plt.subplots(2, 3, figsize=(11, 5.2), sharex=True, sharey=True, constrained_layout=True)
 for col, (title, (gap, damage)) in enumerate(panels):
     a = axes[0, col].scatter(lon, lat, c=1e9 * gap, s=40, vmin=0, vmax=gap_max, cmap="viridis")
-    b = axes[1, col].scatter(lon, lat, c=damage, s=40, vmin=0, vmax=1, cmap="magma")
+    b = axes[1, col].scatter(lon, lat, c=damage, s=40, vmin=damage_min, vmax=1, cmap="magma")
     axes[0, col].set_title(f"{title}\\nmean gap {1e9 * gap.mean():.2f} nm, mean damage {damage.mean():.2f}",
                            fontsize=9)
     axes[1, col].set_xlabel("longitude (°)")
