@@ -149,12 +149,7 @@ SMALL = {
 SMALL_STRESS = dict(SMALL, mechanics={"enabled": True, "electrolyte_material": "LLZO"})
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """SMALL_STRESS cycled by the device-resident stepper (the default driver)."""
-    out = tmp_path_factory.mktemp("cell") / "cell.h5"
-    result = run_cell_device(scenario_from_dict(SMALL_STRESS), out, progress=False)
-    return result, load_run(out)
+# small_run (SMALL_STRESS cycled once per session by the device stepper): tests/conftest.py
 
 
 def test_charge_conservation(small_run):
