@@ -13,6 +13,7 @@ replaces an existing file unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -84,8 +85,20 @@ def run(scenario: Scenario | str | Path, out: str | Path, *, progress: bool = Fa
     for path in existing:  # overwrite=True: a sidecar ssbx did not write would otherwise stay
         if path.suffix == ".xdmf" and path.is_file() and not is_ssbx_sidecar(path):
             path.unlink()
-    if scenario.run.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    with x64_scope(scenario.run.dtype):
+        return _run(scenario, out, progress, summary_png)
+
+
+def x64_scope(dtype_name: str):
+    """The JAX precision a run of ``run.dtype = dtype_name`` executes in: 64-bit switched
+    on for "float64" (thread-locally, through ``jax.enable_x64``, and restored on exit,
+    also after an exception or a KeyboardInterrupt), the caller's setting left as it is
+    for "float32". Nothing flips ``jax_enable_x64`` process-wide, so a float64 run does
+    not turn later runs in the same process (a notebook, a test session) into float64."""
+    return jax.enable_x64(True) if dtype_name == "float64" else contextlib.nullcontext()
+
+
+def _run(scenario: Scenario, out: Path, progress: bool, summary_png: bool) -> Result:
     dtype = jnp_dtype(scenario.run.dtype)
     if scenario.sweep.parameter:
         from ssbx.engine.runs.sweep import run_sweep
@@ -131,8 +144,12 @@ def resume(path: str | Path, *, progress: bool = False, summary_png: bool = True
 
     path = Path(path)
     scenario, _ = resume_scenario(path)
-    if scenario.run.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    with x64_scope(scenario.run.dtype):
+        return _resume(path, scenario, progress, summary_png, overwrite_png, png)
+
+
+def _resume(path: Path, scenario: Scenario, progress: bool, summary_png: bool, overwrite_png: bool,
+            png: str | Path | None) -> Result:
     png = Path(png) if png is not None else path.with_suffix(".png")
     write_png = summary_png and scenario.output.summary_png
     if write_png and png.exists() and not overwrite_png:

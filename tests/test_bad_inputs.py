@@ -332,9 +332,13 @@ def shutil_usage(free):
 
 def test_float64_run_stores_fields_in_float64(tmp_path):
     out = tmp_path / "f64.h5"
+    import jax
+
+    assert not jax.config.jax_enable_x64
     assert run_cli("--float64", "--out", str(out), *TINY) == 0
     with h5py.File(out, "r") as f:
         assert f["fields/soc"].dtype == np.float64
+    assert not jax.config.jax_enable_x64  # 64-bit for that run only, not for the rest of the process
 
 
 def test_measurement_times_as_strings_refused(tmp_path):

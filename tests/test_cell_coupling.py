@@ -56,17 +56,19 @@ def test_cell_diffusion_with_stress_is_the_particle_runs_coupled_transport(x64):
     assert float(jnp.sum(x_cell)) == pytest.approx(float(jnp.sum(x0)), rel=1e-13)
 
 
-def test_coupled_cycle_conserves_charge_and_stress_changes_it(tmp_path):
+def test_coupled_cycle_conserves_charge_and_stress_changes_it(tmp_path, small_run):
     """The SMALL protocol (CC, CV, rest, CC) with stress-assisted transport: ∫ I dt =
     F ΔM_Li to 1e-5 of the charge passed (the drift is conservative), Li is constant in
-    the rest, and the coupling changes the voltage curve (by more than 1 mV)."""
-    runs = {}
-    for coupled in (False, True):
-        out = tmp_path / f"c{coupled}.h5"
-        result = run_cell_device(scenario_from_dict(dict(SMALL, mechanics=dict(COUPLED, couple_diffusion=coupled))),
-                                 out, progress=False)
-        assert result.status == "completed", result.message
-        runs[coupled] = load_run(out)
+    the rest, and the coupling changes the voltage curve (by more than 1 mV) from the
+    same cell's uncoupled run (``small_run``, conftest.py: SMALL with the same LLZO
+    mechanics, couple_diffusion off; shared with test_cell)."""
+    plain = small_run[1]
+    assert plain.config["mechanics"]["couple_diffusion"] is False
+    assert plain.config["mechanics"]["electrolyte_material"] == "LLZO"
+    out = tmp_path / "coupled.h5"
+    result = run_cell_device(scenario_from_dict(dict(SMALL, mechanics=COUPLED)), out, progress=False)
+    assert result.status == "completed", result.message
+    runs = {False: plain, True: load_run(out)}
     ts = runs[True].timeseries
     dt = np.diff(ts["t_s"])
     current = ts["current_A"][:-1]

@@ -91,7 +91,6 @@ def cmd_run(args) -> int:
     if args.resume:
         return cmd_resume(args)
     from ssbx.engine.config.scenario import Scenario, load_scenario
-    from ssbx.engine.errors import ConfigError, SimulationDiverged
 
     try:
         scenario = load_scenario(args.scenario) if args.scenario else Scenario()
@@ -100,55 +99,60 @@ def cmd_run(args) -> int:
             overrides.setdefault("run", {})["dtype"] = "float64"
         if overrides:
             scenario = scenario.replace(**overrides)
-        if scenario.run.dtype == "float64":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
         from ssbx.engine import api
-        from ssbx.engine.plots.summary import summary_figure
 
-        out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
-        from ssbx.engine.safe_files import check_resources, check_writable_folder
-
-        check_writable_folder(out, "--out")
-        check_resources(scenario, out)
-        existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
-        if existing and not args.overwrite:
-            names = ", ".join(str(p) for p in existing)
-            raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
-                              "another --out")
-        _drop_foreign_sidecars(existing)
-        print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
-        t0 = time.perf_counter()
-        try:
-            result = api.run(scenario, out, progress=not args.quiet, overwrite=args.overwrite, summary_png=False)
-        except SimulationDiverged as err:
-            print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
-            return 3
-        elapsed = time.perf_counter() - t0
-        write_png = not args.no_png and scenario.output.summary_png
-        if result.lanes:
-            print(f"ssbx run: sweep of {scenario.sweep.parameter} over {len(result.lanes)} lanes in "
-                  f"{elapsed:.1f} s wall time", file=sys.stderr)
-            for value, lane in zip(scenario.sweep.values, result.lanes):
-                print(f"ssbx run:   {scenario.sweep.parameter} = {value!r}: {lane.status}, {lane.n_steps} steps "
-                      f"(t = {lane.t_end_s:.6g} s) -> {lane.path}; {lane.message}", file=sys.stderr)
-                if write_png:
-                    summary_figure(lane.path, lane.path.with_suffix(".png"))
-            return 3 if result.status == "diverged" else 0
-        if result.status == "stopped":
-            print(f"ssbx run: {result.message}", file=sys.stderr)
-        print(
-            f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s) in "
-            f"{elapsed:.1f} s wall time; wrote {out}",
-            file=sys.stderr,
-        )
-        if write_png:
-            png = Path(args.png) if args.png else out.with_suffix(".png")
-            summary_figure(out, png)
-            print(f"ssbx run: summary figure {png}", file=sys.stderr)
+        with api.x64_scope(scenario.run.dtype):  # 64-bit for this run only, restored after
+            return _cmd_run(scenario, args)
     except (Exception, KeyboardInterrupt) as err:
         return _exit_code(err, "keeps what was written")
+
+
+def _cmd_run(scenario, args) -> int:
+    """The body of ``ssbx run`` once the scenario is known, inside its dtype's x64 scope."""
+    from ssbx.engine import api
+    from ssbx.engine.errors import ConfigError, SimulationDiverged
+    from ssbx.engine.plots.summary import summary_figure
+
+    out = Path(args.out) if args.out else Path(f"{scenario.run.name}.h5")
+    from ssbx.engine.safe_files import check_resources, check_writable_folder
+
+    check_writable_folder(out, "--out")
+    check_resources(scenario, out)
+    existing = [p for p in _output_paths(scenario, out, args) if p.exists()]
+    if existing and not args.overwrite:
+        names = ", ".join(str(p) for p in existing)
+        raise ConfigError(f"output {names} already exists; pass --overwrite to replace it, or choose "
+                          "another --out")
+    _drop_foreign_sidecars(existing)
+    print(f"ssbx run: {scenario.run.name} -> {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        result = api.run(scenario, out, progress=not args.quiet, overwrite=args.overwrite, summary_png=False)
+    except SimulationDiverged as err:
+        print(f"ssbx run: simulation diverged: {err}", file=sys.stderr)
+        return 3
+    elapsed = time.perf_counter() - t0
+    write_png = not args.no_png and scenario.output.summary_png
+    if result.lanes:
+        print(f"ssbx run: sweep of {scenario.sweep.parameter} over {len(result.lanes)} lanes in "
+              f"{elapsed:.1f} s wall time", file=sys.stderr)
+        for value, lane in zip(scenario.sweep.values, result.lanes):
+            print(f"ssbx run:   {scenario.sweep.parameter} = {value!r}: {lane.status}, {lane.n_steps} steps "
+                  f"(t = {lane.t_end_s:.6g} s) -> {lane.path}; {lane.message}", file=sys.stderr)
+            if write_png:
+                summary_figure(lane.path, lane.path.with_suffix(".png"))
+        return 3 if result.status == "diverged" else 0
+    if result.status == "stopped":
+        print(f"ssbx run: {result.message}", file=sys.stderr)
+    print(
+        f"ssbx run: {result.status}: {result.n_steps} steps (t = {result.t_end_s:.6g} s) in "
+        f"{elapsed:.1f} s wall time; wrote {out}",
+        file=sys.stderr,
+    )
+    if write_png:
+        png = Path(args.png) if args.png else out.with_suffix(".png")
+        summary_figure(out, png)
+        print(f"ssbx run: summary figure {png}", file=sys.stderr)
     return 0
 
 
