@@ -179,3 +179,23 @@ def test_api_run_refuses_to_overwrite(default_run, tmp_path):
     assert default_run.path.read_bytes() == before
     with pytest.raises(ConfigError, match="scenario = dict"):
         api.run({"particle": {}}, tmp_path / "x.h5")
+
+
+def test_compile_cache_is_filled_and_released(tmp_path, capsys):
+    """--compile-cache writes the run's compiled programs into the folder while the run
+    lasts, and gives back the process's own cache setting afterwards (main() may be called
+    in-process, as here). Reuse across processes is JAX's persistent cache itself."""
+    import jax
+
+    cache = tmp_path / "cache"
+    before = jax.config.jax_compilation_cache_dir
+    jax.clear_caches()  # nothing compiled by an earlier test may be served from memory
+    assert main(["run", "-q", "--no-png", "--set", "particle.radius_m=1.2e-6", "--set", "particle.n_grains=5",
+                 "--set", "particle.ndim=2", "--set", "protocol.duration_s=60.0", "--compile-cache", str(cache),
+                 "--out", str(tmp_path / "a.h5")]) == 0
+    assert any(cache.iterdir()), "no compiled program was cached"
+    assert jax.config.jax_compilation_cache_dir == before
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    assert main(["run", "-q", "--compile-cache", str(not_a_folder)]) == 2
+    assert "--compile-cache" in capsys.readouterr().err
