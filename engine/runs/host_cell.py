@@ -336,7 +336,6 @@ def run_cell(scenario: Scenario, out_path, progress: bool = True, dtype=jnp.floa
     mat = scenario.material
     h = micro.voxel_size_m
     active = micro.active
-    volume = micro.active_volume_m3()
     one_c = info["capacity_Ah"]  # 1C = capacity / 1 h: Ah -> A numerically
     dt_stable = kdiff.stable_time_step(max(mat.resolved_diffusivity()), h, micro.ndim,
                                        scenario.numerics.time_step_safety)
