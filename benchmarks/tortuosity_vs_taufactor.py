@@ -168,18 +168,14 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    try:
-        import IPython.display  # noqa: F401  (taufactor imports clear_output from it)
-    except ImportError:  # headless machine without IPython: the same stub as TAUFACTOR_RUNNER's
-        import types
+    from importlib.metadata import PackageNotFoundError, version
 
-        ipy, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
-        disp.clear_output = lambda *a, **k: None
-        ipy.display = disp
-        sys.modules.update({"IPython": ipy, "IPython.display": disp})
-    import taufactor  # noqa: F401  (fail early when the environment lacks it)
     import torch
-    from importlib.metadata import version
+
+    try:  # fail early when the environment lacks it (TauFactor itself runs in TAUFACTOR_RUNNER)
+        version("taufactor")
+    except PackageNotFoundError:
+        raise SystemExit("taufactor is not installed in this environment (see the module docstring)")
 
     info = device_info()
     info.update(torch_version=torch.__version__, taufactor_version=version("taufactor"),

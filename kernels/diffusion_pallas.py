@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from .diffusion_fused import _pair_offsets
+from .diffusion_fused import FaceCoefficients, _at, _pair_offsets, _rate_padded
 
 #: block edge (voxels) per axis; the last axis is the contiguous one on the device
 DEFAULT_BLOCK = (4, 8, 32)
@@ -187,18 +187,10 @@ def rollout(x, coeffs, dt, n_steps, source=None, block=DEFAULT_BLOCK, interpret=
 
 
 def _apply_operator(u, wp):
-    """Σ_q W_pq (u_q − u_p) on the padded grid (XLA), for the backward pass."""
-    up = jnp.pad(u, 1)
-    wpp = jnp.pad(wp, [(0, 0)] + [(1, 1)] * 3)
-
-    def sl(a, off):
-        return a[tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, u.shape))]
-
-    out = jnp.zeros_like(u)
-    for m, off in enumerate(_pair_offsets(3)):
-        back = tuple(-c for c in off)
-        out = out + wp[m] * (sl(up, off) - u) + sl(wpp[m], back) * (sl(up, back) - u)
-    return out
+    """Σ_q W_pq (u_q − u_p) on the whole padded grid (XLA), for the backward pass: the
+    fused kernel's rate with one more zero layer around u and the weights."""
+    coeffs = FaceCoefficients(weights=jnp.pad(wp, [(0, 0)] + [(1, 1)] * 3), active=None)
+    return _rate_padded(jnp.pad(u, 1), coeffs, None)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -218,11 +210,7 @@ def _core_bwd(block, interpret, res, g):
     ga = jnp.where(act, g, 0.0)
     x_bar = g + dt * _apply_operator(ga, wp)
     gpad, xpad = jnp.pad(ga, 1), jnp.pad(xp, 1)
-
-    def sl(a, off):
-        return a[tuple(slice(1 + o, 1 + o + n) for o, n in zip(off, xp.shape))]
-
-    w_bar = jnp.stack([dt * (ga - sl(gpad, off)) * (sl(xpad, off) - xp) for off in _pair_offsets(3)])
+    w_bar = jnp.stack([dt * (ga - _at(gpad, off)) * (_at(xpad, off) - xp) for off in _pair_offsets(3)])
     s_bar = dt * ga
     rate = jnp.where(act, _apply_operator(xp, wp) + sp, 0.0)
     dt_bar = jnp.sum(g * rate).astype(jnp.result_type(dt))

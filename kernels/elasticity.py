@@ -301,18 +301,6 @@ def _wavevector_from_factors(sins, coss):
     return xi
 
 
-def _modified_wavevector(shape, dtype):
-    """Real modified wave vector ξ (ndim, *rfft_shape) of the rotated scheme (numpy).
-
-    ξ_j = 2 sin(k_j/2) Π_{m≠j} cos(k_m/2) with cos set to exactly 0 at the Nyquist
-    frequency of even sizes. The last axis is the half spectrum of ``rfftn``.
-    """
-    ndim = len(shape)
-    full = [n if a < ndim - 1 else n // 2 + 1 for a, n in enumerate(shape)]
-    xi = _wavevector_from_factors(*_wavevector_factors(shape))
-    return np.stack([np.broadcast_to(v, full) for v in xi]).astype(dtype)
-
-
 def _reference_preconditioner(shape, lam0, mu0, dtype, transforms=None):
     """Returns apply(r) = K_ref⁺ r for nodal fields r (3, *grid).
 

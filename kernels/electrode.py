@@ -250,17 +250,25 @@ def solve_coupled(
     else:
         u0, (it0, rel0) = lin_solve(b_src, None if warm is None else warm[0])
         u1, (it1, rel1) = lin_solve(b_unit, None if warm is None else warm[1])
-        (p0s, p0e), (p1s, p1e) = (u0[0], u0[1]), (u1[0], u1[1])
         next_warm = jnp.stack([u0, u1])
-        zero = [jnp.zeros_like(c) for c in c_if]
-        i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
-        i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
-        v = (current - i0) / i1
-        phi_s, phi_e = p0s + v * p1s, p0e + v * p1e
+        phi_s, phi_e, v = _galvanostatic(u0, u1, g_if, c_if, faces, scale, current)
         iters, rel = it0 + it1, jnp.maximum(rel0, rel1)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
     return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel, jax.lax.stop_gradient(next_warm))
+
+
+def _galvanostatic(u0, u1, g_if, c_if, faces, scale, current):
+    """Potentials and collector potential V for the applied current: the solution is
+    φ = φ⁰ + V φ¹ (φ⁰: sources at V = 0, u0; φ¹: unit collector potential, u1), and the
+    interface current is affine in V, I(V) = I⁰ + V I¹, so V = (I − I⁰)/I¹.
+    Returns (φ_s, φ_e, V)."""
+    (p0s, p0e), (p1s, p1e) = (u0[0], u0[1]), (u1[0], u1[1])
+    zero = [jnp.zeros_like(c) for c in c_if]
+    i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
+    i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
+    v = (current - i0) / i1
+    return p0s + v * p1s, p0e + v * p1e, v
 
 
 def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
@@ -342,13 +350,8 @@ def _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, m
         next_warm = jnp.stack([u - v * unit, unit])
     else:
         u, iters = lin_solve(jnp.stack([b_src, b_unit]), warm)
-        (p0s, p0e), (p1s, p1e) = (u[0, 0], u[0, 1]), (u[1, 0], u[1, 1])
         next_warm = u
-        zero = [jnp.zeros_like(c) for c in c_if]
-        i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
-        i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
-        v = (current - i0) / i1
-        phi_s, phi_e = p0s + v * p1s, p0e + v * p1e
+        phi_s, phi_e, v = _galvanostatic(u[0], u[1], g_if, c_if, faces, scale, current)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
     rhs = jnp.stack([b_src, b_unit]) if voltage is None else (b_src + voltage * b_unit)[None]
