@@ -504,6 +504,40 @@ def _make_multigrid(g, gb, omega=0.6, nu=2):
     return lambda r: vcycle(0, r)
 
 
+def multigrid_setup(g, gb):
+    """The arrays of :func:`_make_multigrid`'s hierarchy as a pytree: per level
+    (g, gb, diag), and the coarsest level's dense inverse. With :func:`multigrid_vcycle`
+    it splits the preconditioner into a set-up and an application that ``jax.vmap``
+    can batch: several fields of the same grid shape (e.g. φ_s and φ_e of
+    kernels.electrode) then share one compiled V-cycle. The coarsening axes depend on
+    the shape only and are recomputed from it."""
+    levels = _build_hierarchy(g, gb)
+    return [lv[:3] for lv in levels], _dense_inverse(*levels[-1][:3])
+
+
+def multigrid_vcycle(setup, r, omega=0.6, nu=2):
+    """One symmetric V-cycle (the preconditioner of :func:`_make_multigrid`, same
+    operations) applied to ``r`` with the hierarchy ``setup`` of :func:`multigrid_setup`."""
+    levels, coarse_inv = setup
+
+    def vcycle(level, r):
+        lg, lgb, diag = levels[level]
+        if level == len(levels) - 1:
+            return jnp.matmul(coarse_inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
+        caxes = tuple(a for a, n in enumerate(lgb.shape) if n > 1)
+        dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
+
+        def sweep(_, x):
+            return x + omega * dinv * (r - apply_operator(x, lg, lgb))
+
+        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)  # a loop: see _make_multigrid
+        rc = _restrict(r - apply_operator(x, lg, lgb), caxes)
+        x = x + _prolong(vcycle(level + 1, rc), r.shape, caxes)
+        return jax.lax.fori_loop(0, nu, sweep, x)
+
+    return vcycle(0, r)
+
+
 # ----------------------------------------------------------------------------------
 # PCG
 # ----------------------------------------------------------------------------------

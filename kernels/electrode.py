@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .conduction import _diagonal, _make_multigrid, _pcg, apply_operator, face_conductances
+from .conduction import _diagonal, _pcg, apply_operator, face_conductances, multigrid_setup, multigrid_vcycle
 
 
 class InterfaceFaces(NamedTuple):
@@ -133,6 +133,7 @@ def solve_coupled(
     preconditioner="multigrid",
     warm_start=None,
     fused=False,
+    voltage_control=None,
 ):
     """Solve the linearised coupled potentials under current or voltage control.
 
@@ -158,12 +159,20 @@ def solve_coupled(
             (inexact Newton). Same
             system, same stopping rule per right-hand side: the results agree to the
             CG tolerance.
+        voltage_control: with ``fused=True`` only: a traced bool that chooses between
+            ``current`` and ``voltage`` (both given) inside one compiled solve, instead
+            of a ``lax.cond`` over two solves (which compiles the CG loop twice). Under
+            voltage control the second system's right-hand side is zero, so its CG
+            takes no iteration and its warm start is kept.
 
     Returns:
         :class:`CoupledSolution` (potentials, V, the total interface current, CG
         iterations and relative residual).
     """
-    if (current is None) == (voltage is None):
+    if voltage_control is not None:
+        if not fused or current is None or voltage is None:
+            raise ValueError("voltage_control needs fused=True and both current and voltage")
+    elif (current is None) == (voltage is None):
         raise ValueError("give exactly one of current (galvanostatic) or voltage (potentiostatic)")
     sigma_s = jnp.asarray(sigma_s)
     dtype = sigma_s.dtype
@@ -201,20 +210,23 @@ def solve_coupled(
             ye = ye - to_neighbour(flow, ax, d)
         return jnp.stack([ys, ye])
 
+    # one block per field; the two fields' blocks are applied as one batch (jax.vmap), so
+    # that a single V-cycle is compiled for both
+    g_both = jax.lax.stop_gradient(tuple(jnp.stack([a, b]) for a, b in zip(gs, ge)))
+    gb_both = jax.lax.stop_gradient(jnp.stack([gb_s + lump_s, gb_e + lump_e]))
     if preconditioner == "multigrid":
-        mg_s = _make_multigrid(jax.lax.stop_gradient(gs), jax.lax.stop_gradient(gb_s + lump_s))
-        mg_e = _make_multigrid(jax.lax.stop_gradient(ge), jax.lax.stop_gradient(gb_e + lump_e))
+        setup = jax.vmap(multigrid_setup)(g_both, gb_both)
+        block = lambda r: jax.vmap(multigrid_vcycle)(setup, r)  # noqa: E731
     elif preconditioner == "jacobi":
-        ds = jax.lax.stop_gradient(_diagonal(gs, gb_s + lump_s))
-        de = jax.lax.stop_gradient(_diagonal(ge, gb_e + lump_e))
-        mg_s = lambda r: r / jnp.where(ds > 0, ds, 1.0)  # noqa: E731
-        mg_e = lambda r: r / jnp.where(de > 0, de, 1.0)  # noqa: E731
+        diag = jax.vmap(_diagonal)(g_both, gb_both)
+        block = lambda r: r / jnp.where(diag > 0, diag, 1.0)  # noqa: E731
     else:
         raise ValueError(f"preconditioner = {preconditioner!r}: valid values are 'multigrid', 'jacobi'")
+    m_both = jnp.stack([ms, me])
+    id_both = 1.0 - m_both
 
     def precond(r):
-        rs, re = r[0], r[1]
-        return jnp.stack([ms * mg_s(ms * rs) + id_s * rs, me * mg_e(me * re) + id_e * re])
+        return m_both * block(m_both * r) + id_both * r
 
     # right-hand sides: sources (with V = 0) and the unit collector potential
     src_s = -sum(c_if)
@@ -234,7 +246,7 @@ def solve_coupled(
     warm = None if warm_start is None else jax.lax.stop_gradient(jnp.asarray(warm_start, dtype))
     if fused:
         return _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, me, warm,
-                            current, voltage, rtol, maxiter, dtype)
+                            current, voltage, rtol, maxiter, dtype, voltage_control)
     cold = make_solve(None)
 
     def lin_solve(rhs, guess):
@@ -267,7 +279,9 @@ def _galvanostatic(u0, u1, g_if, c_if, faces, scale, current):
     zero = [jnp.zeros_like(c) for c in c_if]
     i0 = total_interface_current(g_if, c_if, face_potential_drop(p0s, p0e, faces)) * scale
     i1 = total_interface_current(g_if, zero, face_potential_drop(p1s, p1e, faces)) * scale
-    v = (current - i0) / i1
+    # i1 > 0 in any solvable cell; the guard keeps the unused branch of a traced control
+    # choice (voltage control: u1 = 0) finite, so that its zero cotangent stays zero
+    v = (current - i0) / jnp.where(i1 != 0, i1, 1.0)
     return p0s + v * p1s, p0e + v * p1e, v
 
 
@@ -322,9 +336,15 @@ def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
 
 
 def _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, me, warm, current, voltage,
-                 rtol, maxiter, dtype):
+                 rtol, maxiter, dtype, voltage_control=None):
     """:func:`solve_coupled` with its right-hand sides in one :func:`_pcg_sequence`
-    (galvanostatic: φ⁰ and φ¹), differentiable through ``lax.custom_linear_solve``."""
+    (galvanostatic: φ⁰ and φ¹), differentiable through ``lax.custom_linear_solve``.
+
+    Both controls solve two stacked systems. Galvanostatic: (b⁰, b¹) → (φ⁰, φ¹), then V
+    from the applied current (:func:`_galvanostatic`). Potentiostatic: (b⁰ + V b¹, 0):
+    the first is the solution itself (warm-started from φ⁰ + V φ¹), the second takes no
+    iteration and φ¹ of the warm start is carried on. ``voltage_control`` (traced)
+    picks between them; ``None`` means the control given (``voltage`` or ``current``)."""
     def stacked_mv(u):
         return jnp.stack([matvec(u[j]) for j in range(u.shape[0])])
 
@@ -340,23 +360,33 @@ def _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, m
     def lin_solve(rhs, guess):
         return jax.lax.custom_linear_solve(stacked_mv, rhs, make_solve(guess), make_solve(None), symmetric=True,
                                            has_aux=True)
-    if voltage is not None:
-        v = jnp.asarray(voltage, dtype)
-        guess = None if warm is None else (warm[0] + v * warm[1])[None]
-        u, iters = lin_solve((b_src + voltage * b_unit)[None], guess)
-        u = u[0]
-        phi_s, phi_e = u[0], u[1]
-        unit = jnp.zeros_like(u) if warm is None else warm[1]
-        next_warm = jnp.stack([u - v * unit, unit])
+
+    if voltage_control is None:
+        by_voltage = voltage is not None
+        v = jnp.asarray(voltage if by_voltage else 0.0, dtype)
     else:
-        u, iters = lin_solve(jnp.stack([b_src, b_unit]), warm)
-        next_warm = u
-        phi_s, phi_e, v = _galvanostatic(u[0], u[1], g_if, c_if, faces, scale, current)
+        by_voltage = jnp.asarray(voltage_control)
+        v = jnp.asarray(voltage, dtype)
+    unit = jnp.zeros_like(b_src) if warm is None else warm[1]
+    if voltage_control is None and by_voltage:  # one system (the galvanostatic unit field is not needed)
+        guess = None if warm is None else (warm[0] + v * unit)[None]
+        rhs = (b_src + v * b_unit)[None]
+    else:
+        rhs = jnp.stack([jnp.where(by_voltage, b_src + v * b_unit, b_src), jnp.where(by_voltage, 0.0, b_unit)])
+        guess = None if warm is None else jnp.stack([jnp.where(by_voltage, warm[0] + v * unit, warm[0]), warm[1]])
+    u, iters = lin_solve(rhs, guess)
+    if voltage_control is None and by_voltage:
+        phi_s, phi_e = u[0, 0], u[0, 1]
+        next_warm = jnp.stack([u[0] - v * unit, unit])
+    else:
+        g_s, g_e, g_v = _galvanostatic(u[0], u[1], g_if, c_if, faces, scale, current)
+        phi_s = jnp.where(by_voltage, u[0, 0], g_s)
+        phi_e = jnp.where(by_voltage, u[0, 1], g_e)
+        v = jnp.where(by_voltage, v, g_v)
+        next_warm = jnp.where(by_voltage, jnp.stack([u[0] - v * unit, unit]), u)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
-    rhs = jnp.stack([b_src, b_unit]) if voltage is None else (b_src + voltage * b_unit)[None]
-    sol = u if voltage is None else u[None]
-    res = jax.lax.stop_gradient(rhs - stacked_mv(sol)).reshape(rhs.shape[0], -1)
+    res = jax.lax.stop_gradient(rhs - stacked_mv(u)).reshape(rhs.shape[0], -1)
     bn = jnp.sqrt(jnp.sum(jax.lax.stop_gradient(rhs).reshape(rhs.shape[0], -1) ** 2, axis=1))
     rel = jnp.max(jnp.where(bn > 0, jnp.sqrt(jnp.sum(res**2, axis=1)) / jnp.where(bn > 0, bn, 1.0), 0.0))
     return CoupledSolution(phi_s * ms, phi_e * me, v, total, iters, rel, jax.lax.stop_gradient(next_warm))
