@@ -1,11 +1,13 @@
 """Fitting cell parameters to a measured V(t) and SOC maps through the differentiable
 cycle (engine.inverse.voltage_fit, engine.inverse.cell_maps).
 
-One compiled float64 forward-mode pass of a tiny cell (a 2 µm particle, 19 × 19 × 16
-voxels, a 2C charge of 4 min and a 1 min rest) serves the checks: the maps' Li content
-against the charge passed, their Jacobian against central finite differences, and the
-recovery of i0 and D from a noisy V(t) plus maps, with the maps narrowing D's Laplace
-uncertainty. The observation operator itself is checked on hand-made fields.
+Two compiled forward-mode passes of a tiny cell (a 2 µm particle, 19 × 19 × 16 voxels,
+maps projected along x): in float64 with tightly solved potentials (a 2 min 2C charge
+and a 1 min rest) for the maps' Li against the charge passed and their Jacobian against
+central differences; in float32 (a 4 min 2C charge and a 1 min rest) for the recovery
+of i0 and D from a noisy V(t) plus maps, with the maps narrowing D's Laplace
+uncertainty. The observation operator and the time interpolation are checked on
+hand-made inputs.
 """
 
 import jax
