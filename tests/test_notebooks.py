@@ -31,20 +31,27 @@ def test_notebook_executes(name, tmp_path):
         last_row = [line for line in text.splitlines() if line.strip().startswith("6 ")][-1].split()
         assert last_row[1] == "1" and last_row[3] == "False", last_row
     elif name == "fit_cell_voltage.ipynb":
-        # i0 and D1 from V(t) of a synthetic 2C charge + rest: both within 3 Laplace std + 1 %
-        # of the truth, and within 5 %, and both determined
+        # i0 and D1 from V(t) plus four SOC maps of a synthetic 2C charge + rest: both within
+        # 3 Laplace std + 1 % of the truth, and within 5 %, and both determined; the maps
+        # narrow D's relative std against the fit to V(t) alone
         recovered = _recovered(text)
         assert set(recovered) == {"exchange_current", "diffusivity_in_plane"}, recovered
         for error, std in recovered.values():
             assert abs(error) < 3 * std + 1 and abs(error) < 5, recovered
         assert re.search(r"exchange_current .* True\n", text) and re.search(r"diffusivity_in_plane .* True\n", text)
+        found = re.search(r"σ\(ln D\) with maps ([.\d]+)% vs V\(t\) alone ([.\d]+)%", text)
+        with_maps, alone = float(found[1]), float(found[2])
+        assert with_maps < 0.8 * alone, (with_maps, alone)
     elif name == "fit_interface_strength.ipynb":
-        # σc from V(t): within 10 % and 3 Laplace std + 1 % of 150 MPa; σc and g0 nearly
-        # collinear in V(t) (|correlation| > 0.9), σc well determined once g0 is known
+        # σc from V(t) and maps: within 10 % and 3 Laplace std + 1 % of 150 MPa; σc and g0
+        # nearly collinear in V(t) (|correlation| > 0.9) and still with the maps, σc well
+        # determined once g0 is known
         error, std = _recovered(text)["interface_strength"]
         assert abs(error) < 10 and abs(error) < 3 * std + 1, (error, std)
         assert "determined: True" in text
         corr = float(re.search(r"correlation of ln σc and ln g0 \(Laplace, at the truth\): ([-+.\d]+)", text)[1])
+        corr_maps = float(re.search(r"correlation of ln σc and ln g0 with the maps: ([-+.\d]+)", text)[1])
+        assert corr_maps < -0.9, corr_maps
         alone = float(re.search(r"σ\(ln σc\) with g0 known: ([.\d]+)%", text)[1])
         assert corr < -0.9 and alone < 10, (corr, alone)
     else:

@@ -55,12 +55,16 @@ def step_budget(resolved: ResolvedCell, diffusivity_headroom: float = 4.0) -> in
 
 
 def rollout(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, protocol: ProtocolTable,
-            state: CellState, x_initial, n_steps: int, max_substeps: int, checkpoint_every: int = 0):
+            state: CellState, x_initial, n_steps: int, max_substeps: int, checkpoint_every: int = 0,
+            observe=None):
     """Run ``n_steps`` steps (a static budget). Returns ``(state, records, valid)``:
     ``records`` are (n_steps,) arrays with the names of cell_step's records (each row
     a potential solve at its time; ``dt_s`` is the time since the previous valid row),
     ``valid`` marks the rows that were recorded. ``checkpoint_every`` (0: ⌈√n⌉) must
     divide ``n_steps`` after rounding it up; the budget is rounded up to whole blocks.
+    ``observe`` (optional): a function of the state a row's solve sees (the state at the
+    row's time) returning a dict of arrays, added to that row's records (e.g. SOC maps,
+    engine.inverse.cell_maps).
     """
     numerics = dataclasses.replace(numerics, differentiable=True)  # the Newton loop's derivative
     k = checkpoint_every or max(1, math.isqrt(max(n_steps - 1, 0)) + 1)
@@ -71,6 +75,8 @@ def rollout(geometry: CellGeometry, params: CellParams, numerics: CellNumerics, 
     def one(st, _):
         new, record, recorded, _ = cell_step(geometry, params, numerics, protocol, derived, st, x_initial,
                                              max_substeps=max_substeps)
+        if observe is not None:
+            record = {**record, **observe(st)}
         running = st.status == RUNNING
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new, st)
         return new, (record, recorded & running)
