@@ -6,14 +6,15 @@
 # --quick runs every script at CPU size (a dry run of the suite on a machine without a GPU).
 # Without a flag: what the 2026-12-04 lease left unmeasured (the Pallas step, the stepper
 # again, roofline at 512³); --part2 the rest of that list (gradient at 128³, inverse costs
-# at 128³); --all every benchmark of the 2026-12-04 lease. Topics, most important first:
+# at 128³, the cell notebooks' GPU-size fits); --all every benchmark of the 2026-12-04 lease. Topics, most important first:
 #   1. the S2 cell at 100 nm through the device stepper (issue #11 item 9: ≤ 60 s on one
 #      H200; the host-loop reference of 2026-11-26 is s2_full_run_gpu_nvidia_h200.json);
 #   2. the Pallas diffusion step, then the roofline of the hot stencils at 64³–512³ (#14 items 1–2);
 #   3. the largest tortuosity volume that fits, and the cost per iteration (#14 item 3);
 #   4. tortuosity against TauFactor 2 on the same GPU (#14 item 3);
 #   5. gradient cost at 64³ and 128³ with 10³–10⁴ steps (#14 item 4);
-#   6. the inverse-microstructure gradients at 64³/128³ (#16 item 5).
+#   6. the inverse-microstructure gradients at 64³/128³ (#16 item 5);
+#   7. the two cell notebooks' "at GPU size" fits (#16 item 4).
 # Each script writes benchmarks/results/<name>_<device>.json when it finishes; a script cut
 # off by its limit writes nothing, but its log (in COPY_TO_DIR, if given) keeps what it
 # printed. At the end the device's JSON and PNG files are copied to COPY_TO_DIR as one tar.
@@ -49,6 +50,7 @@ if [[ "$quick" == "--quick" ]]; then
     step 300 tortuosity_vs_taufactor benchmarks/tortuosity_vs_taufactor.py --sizes 48 --tf-device cpu
     step 120 gradient_n64 benchmarks/gradient.py --n 16 --steps 64 256 --tag _quick
     step 120 inverse_cost benchmarks/inverse_cost.py --n 16 --repeats 1
+    step 300 cell_fit_gpu_size benchmarks/cell_fit_gpu_size.py --quick --max-iterations 4
 elif [[ "$quick" == "--rest" ]]; then
     # a second lease call: what the first one (2026-12-04) cut off or failed
     export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -80,6 +82,8 @@ else
     else
         step 160 gradient_n128 benchmarks/gradient.py --n 128 --steps 1024 10000 --time-unchecked-max 0 --repeats 1 --tag _n128
         step 110 inverse_cost benchmarks/inverse_cost.py --n 64 128 --repeats 2
+        # the two cell notebooks' "at GPU size" cells (#16 item 4)
+        step 200 cell_fit_gpu_size benchmarks/cell_fit_gpu_size.py --max-iterations 12
     fi
 fi
 
