@@ -206,7 +206,8 @@ Expected cost: the compile does not depend on the grid or the number of steps; e
 pass scales with voxels × steps × diffusion sub-steps (18× the CI cell's grid, 30× its active voxels, about
 17× its steps, 2× its sub-steps per second for D up to 1.5e-14 m²/s); the maps add one
 projection per step (a sum over the grid, small against the step). Its time on a GPU has not
-been measured yet."""),
+been measured yet: `python benchmarks/cell_fit_gpu_size.py` runs this cell's
+fit with synthetic data and times it (on the next GPU lease, `benchmarks/gpu_suite.sh --part2`)."""),
 ]
 
 

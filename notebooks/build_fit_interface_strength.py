@@ -277,7 +277,8 @@ fit = fit_voltage_curve(resolved, T, measured, [FreeParameter("interface_strengt
 
 Expected cost: the compile does not depend on the grid or the number of steps (the scan
 body is compiled once); each pass scales with voxels × steps, 7.5× the CI cell's grid
-and about 14× its steps; the maps add one projection per step. Its time on a GPU has not been measured yet."""),
+and about 14× its steps; the maps add one projection per step. Its time on a GPU has not been measured yet: `python benchmarks/cell_fit_gpu_size.py` runs this cell's
+fit with synthetic data and times it (on the next GPU lease, `benchmarks/gpu_suite.sh --part2`)."""),
 ]
 
 
