@@ -136,13 +136,4 @@ def thickness_image(operator: ObservationOperator, active) -> np.ndarray:
     """Voxels of active material behind each pixel of ``operator``'s map (projection: the
     summed ray lengths of the pixel's rays, in voxels; volume: the active voxels of the
     pixel's block), without registration shift: Σ_p P(p) T(p) = Σ_i a_i x_i."""
-    a = np.asarray(active, np.float64)
-    if operator.kind == "projection":
-        a = a.sum(axis=operator.beam_axis)
-    f = operator.factor
-    if f > 1:
-        split = []
-        for n in a.shape:
-            split += [n // f, f]
-        a = a.reshape(split).sum(axis=tuple(range(1, 2 * a.ndim, 2)))
-    return a
+    return operator.ray_sum(active)

@@ -491,20 +491,6 @@ class OrientationProblem:
         return [np.asarray(m) for m in self._maps_of(fields)]
 
 
-def _ray_sum(op: ObservationOperator, field: np.ndarray) -> np.ndarray:
-    """Σ of ``field`` over what one pixel of ``op`` sees (its rays and bin, or its block); numpy."""
-    f = np.asarray(field, np.float64)
-    if op.kind == "projection":
-        f = f.sum(axis=op.beam_axis)
-    k = op.factor
-    if k > 1:
-        split = []
-        for n in f.shape:
-            split += [n // k, k]
-        f = f.reshape(split).sum(axis=tuple(range(1, 2 * f.ndim, 2)))
-    return f
-
-
 # --------------------------------------------------------------------------- synthetic data
 
 
@@ -546,7 +532,7 @@ def synthetic_orientation_maps(setup: ForwardSetup, directions, d1_m2_s: float, 
         noisy = clean + noise_std * rng.standard_normal(clean.shape)
         usable = np.broadcast_to(op.mask(setup.active), noisy.shape).copy()
         if hide is not None:
-            usable &= ~(_ray_sum(op, np.asarray(hide, np.float64)) > 0)[None]
+            usable &= ~(op.ray_sum(hide) > 0)[None]
         out.append(MeasuredMaps(
             maps=np.where(usable, noisy, np.nan),
             t_s=np.asarray(setup.t_s),

@@ -239,6 +239,21 @@ class ObservationOperator:
         num, weight = self._numerator_and_weight(field, active)
         return _safe_divide(num, weight)
 
+    def ray_sum(self, field) -> np.ndarray:
+        """Σ of ``field`` over what one pixel sees (its rays and bin, or its block), in
+        numpy, without registration shift; for the active mask, the voxels of material
+        behind each pixel."""
+        f = np.asarray(field, np.float64)
+        if self.kind == "projection":
+            f = f.sum(axis=self.beam_axis)
+        k = self.factor
+        if k > 1:
+            split = []
+            for n in f.shape:
+                split += [n // k, k]
+            f = f.reshape(split).sum(axis=tuple(range(1, 2 * f.ndim, 2)))
+        return f
+
     def mask(self, active) -> np.ndarray:
         """Reliable pixels (bool numpy array of shape :meth:`image_shape`)."""
         active = np.asarray(active, np.float64)
