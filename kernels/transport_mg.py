@@ -13,30 +13,32 @@ arrays ``g[a][i]`` = conductance between i and i+1 along a, plus g_b and the dia
 * aggregates of 2×2×2 cells (2×2 in 2D; an odd length leaves a last aggregate of one
   layer; a periodic axis of odd length is not coarsened), piecewise-constant prolongation
   P and restriction R = Pᵀ (sum over the aggregate);
-* coarse face conductances by **series/parallel averaging** of the fine ones (the
-  resistor-network view of a 2×2×2 block: Alcouffe, Brandt, Dendy & Painter, SIAM J. Sci.
-  Stat. Comput. 2, 430 (1981), on coarsening high-contrast coefficients; the harmonic
-  average along the flow and the arithmetic one across it are the Wiener bounds).
-  Between coarse cells I and I+1 along a, each of the 2×2 fine "columns" joining them is a
-  chain of three resistors from the centre of I to the centre of I+1 — half the face
-  inside I, the face between the aggregates, half the face inside I+1::
-
-      1/G_col = 1/(2 g_in,I) + 1/g_cross + 1/(2 g_in,I+1),     G = Σ_columns G_col,
-
-  (the columns in parallel; G_col = 0 if any of its faces is 0). On a uniform grid this is
-  the coarse-grid discretisation (G = 2 g in 3D, = g in 2D), unlike the Galerkin product
-  PᵀAP of piecewise-constant aggregation, which is twice too stiff (Braess, Computing 37,
-  61 (1986) over-corrects for that); a conducting channel one voxel wide keeps its exact
-  series conductance. The Dirichlet conductance of a coarse boundary cell is the series
-  of g_b and half the fine face inside the aggregate, summed over the columns. A column
-  that bends inside a block is lost on the coarse grid; that only weakens the
-  preconditioner, never the answer (CG solves the fine system);
+* coarse operators (``coarsening="galerkin"``, used by the solver): the Galerkin product
+  PᵀAP, which on this stencil is again a face-conductance stencil whose coarse face
+  conductance is the sum of the fine faces crossing the coarse face and whose g_b is the
+  sum over the aggregate, so every conducting path and coefficient jump is inherited
+  exactly (Braess, Computing 37, 61 (1986); Notay, ETNA 37, 123 (2010)). On smooth
+  errors this operator is twice too stiff (a staircase carries twice the energy of the
+  smooth field), which Braess counters by over-weighting the coarse correction; the
+  solver uses a factor ``alpha`` = 1.5;
+* ``coarsening="series"``: series/parallel averaging of the fine faces (per 2×2 column
+  the three resistors from the centre of I to the centre of I+1 in series, the columns
+  in parallel; the coarse-grid discretisation on a uniform grid). Kept for comparison
+  only: with piecewise-constant P it over-corrects (measured spectrum of M A up to 4.5–9
+  on 8³ volumes against ≤ 1 for Galerkin), so PCG needs more iterations than Jacobi;
 * smoother: damped Jacobi (weight ω), ``nu`` sweeps before and after the coarse
   correction, the coarsest level (≤ ``coarsest`` cells) solved by a dense
-  pseudo-inverse (eigendecomposition; a singular floating cluster gets 0);
+  pseudo-inverse (eigendecomposition; a singular floating cluster gets 0); a grid with
+  no coarse level is solved by the dense pseudo-inverse of the whole operator;
 * the finest level's operator and diagonal come from the caller (the lean solver applies
   it on the fly from a 1-byte mask), the coarse levels are stored (Σ ≈ 1/7 of the fine
   grid, 16 B per coarse cell).
+
+XLA-CPU notes (measured at 64³, docs/tortuosity.md): the smoothing sweeps run in a while
+loop with a trip count XLA cannot see, which materialises each level's result (otherwise
+the coarse levels are fused into, and recomputed at, every neighbour read of the finer
+stencil: a V-cycle cost ~100 operator applications); the restriction is a sum of strided
+slices, not a reshape-sum (XLA-CPU hands reductions to its YNNPACK fusion, 3× slower).
 
 The V-cycle is symmetric (same smoother before and after, R = Pᵀ), so it is a valid PCG
 preconditioner. With a zero first guess the first pre-smoothing sweep needs no operator
@@ -243,7 +245,7 @@ def _coarsen_axes(shape, periodic):
     return tuple(a for a, n in enumerate(shape) if n > 1 and not (periodic[a] and n % 2))
 
 
-def build_levels(g, gb, periodic, coarsest=_COARSEST, coarsening="series"):
+def build_levels(g, gb, periodic, coarsest=_COARSEST, coarsening="galerkin"):
     """Coarse levels below a fine level given by its faces ``g`` and Dirichlet ``gb``.
 
     Returns (levels, axes): ``levels[0]`` is the first coarse level, ``axes[k]`` the axes
@@ -287,7 +289,7 @@ class Hierarchy(NamedTuple):
     pinv: object
 
 
-def build_hierarchy(g, gb, periodic, coarsest=_COARSEST, coarsening="series"):
+def build_hierarchy(g, gb, periodic, coarsest=_COARSEST, coarsening="galerkin"):
     """:class:`Hierarchy` below the fine level (faces ``g``, Dirichlet ``gb``)."""
     periodic = tuple(bool(p) for p in periodic)
     levels, axes = build_levels(g, gb, periodic, coarsest, coarsening)
