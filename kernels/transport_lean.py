@@ -35,12 +35,15 @@ two Dirichlet faces ``I'_lo = Σ 2 s (1 − φ_0)`` and ``I'_hi = Σ 2 s φ_{n�
 mean ``Ī'`` over these n + 1 planes, ``σ_eff / max σ = Ī' n₀ / N_lat`` (N_lat voxels per
 layer).
 
-Preconditioners (static): ``"jacobi"`` (diagonal) and ``"multigrid"`` (default): one
-symmetric V-cycle of a Galerkin aggregation multigrid — 2×2(×2) piecewise-constant
-aggregates whose coarse face conductance is the sum of the fine face conductances
-crossing the coarse face (Braess, Computing 37, 61 (1986); Notay, ETNA 37, 123 (2010)),
-damped-Jacobi smoothing, dense solve on the coarsest level — with the finest-level
-operator applied on the fly.
+Preconditioners (static): ``"jacobi"`` (diagonal) and ``"multigrid"`` (default of this
+kernel): one symmetric V-cycle of :mod:`ssbx.kernels.transport_mg` — 2×2(×2)
+piecewise-constant aggregates, Galerkin coarse operators (the coarse face conductance is
+the sum of the fine faces crossing the coarse face; Braess, Computing 37, 61 (1986)),
+coarse corrections over-weighted by 1.5, one damped-Jacobi sweep (ω = 0.6) before and
+after, dense pseudo-inverse on the coarsest level (≤ 512 cells) — with the finest-level
+operator applied on the fly. Measured on the anisotropic 30 % benchmark volumes (flux
+criterion 1e-2): 50 iterations at 64³, 128³ and 256³ against Jacobi's 620, 970 and 1520;
+one V-cycle costs about 4–5 Jacobi-PCG iterations on XLA-CPU (docs/tortuosity.md).
 """
 
 from __future__ import annotations
@@ -51,12 +54,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .conduction import _build_hierarchy, _dense_inverse, _prolong, _restrict, apply_operator
-from .rotations import HIGHEST
+from .transport_mg import build_hierarchy, make_vcycle
 
 __all__ = ["LeanSolution", "lean_transport_solve", "lean_operator", "lean_plane_currents"]
 
 _PRECONDITIONERS = ("jacobi", "multigrid")
+_MG_COARSENING = "galerkin"
+_MG_ALPHA = 1.5
 _CRITERIA = ("residual", "flux", "both")
 
 
@@ -200,45 +204,14 @@ def _jacobi(s, periodic, binary, dtype):
     return lambda r: dinv * r
 
 
-def _multigrid(s, periodic, binary, dtype, omega, nu):
+def _geometric_multigrid(s, matvec, diag, live_f, periodic, binary, dtype, omega, nu):
+    """V-cycle of :mod:`ssbx.kernels.transport_mg` (series/parallel coarsening), the finest
+    operator applied on the fly; coarse levels built from the finest faces."""
     sf = s.astype(dtype)
-    g0 = _stored_faces(sf, periodic, binary)
-    gb0 = _boundary(sf)
-    caxes = tuple(a for a, n in enumerate(s.shape) if n > 1)
-    # coarse levels only: level 1 from the fine faces, then the usual hierarchy
-    fine_levels = _build_hierarchy(g0, gb0)
-    if len(fine_levels) == 1:  # tiny grid: dense inverse of the whole operator
-        inv = _dense_inverse(*fine_levels[0][:3])
-        return lambda r: jnp.matmul(inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
-    coarse = fine_levels[1:]
-    del g0, fine_levels
-    coarse_inv = _dense_inverse(*coarse[-1][:3])
-    dinv0 = _jacobi(s, periodic, binary, dtype)
-
-    def vcycle(level, r):
-        lg, lgb, diag, cax = coarse[level]
-        if level == len(coarse) - 1:
-            return jnp.matmul(coarse_inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
-        dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
-
-        def sweep(_, x):
-            return x + omega * dinv * (r - apply_operator(x, lg, lgb))
-
-        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
-        rc = _restrict(r - apply_operator(x, lg, lgb), cax)
-        x = x + _prolong(vcycle(level + 1, rc), r.shape, cax)
-        return jax.lax.fori_loop(0, nu, sweep, x)
-
-    def fine(r):
-        def sweep(_, x):
-            return x + omega * dinv0(r - lean_operator(x, s, periodic, binary))
-
-        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv0(r))
-        rc = _restrict(r - lean_operator(x, s, periodic, binary), caxes)
-        x = x + _prolong(vcycle(0, rc), r.shape, caxes)
-        return jax.lax.fori_loop(0, nu, sweep, x)
-
-    return fine
+    per = (False,) + (bool(periodic),) * (s.ndim - 1)
+    hier = build_hierarchy(_stored_faces(sf, periodic, binary), _boundary(sf), per,
+                           coarsening=_MG_COARSENING)
+    return make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu, alpha=_MG_ALPHA)
 
 
 # ----------------------------------------------------------------------------------
@@ -302,9 +275,9 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
         if preconditioner == "jacobi":
             # 1/d inline (not stored): the diagonal is the only hoisted field
             precond = lambda r: jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)  # noqa: E731
-        else:  # keep z = 0 on dead voxels, as _binary_operator needs (M' = D M D, SPD)
-            mg = _multigrid(s, periodic, binary, dtype, omega, nu)
-            precond = lambda r: live_f * mg(r)  # noqa: E731
+        else:  # z = 0 on dead voxels, as _binary_operator needs (the V-cycle masks it)
+            precond = _geometric_multigrid(s, matvec, diag, live_f, periodic, binary, dtype,
+                                           omega, nu)
     else:
         def matvec(x):
             return lean_operator(x, s, periodic, binary)
@@ -312,7 +285,9 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
         if preconditioner == "jacobi":
             precond = _jacobi(s, periodic, binary, dtype)
         else:
-            precond = _multigrid(s, periodic, binary, dtype, omega, nu)
+            precond = _geometric_multigrid(s, matvec, _diagonal(s.astype(dtype), periodic, binary),
+                                           (s > 0).astype(dtype), periodic, binary, dtype,
+                                           omega, nu)
 
     live = (s > 0)
     b = 2.0 * s.astype(dtype) * _layer(s.shape, 0, dtype)

@@ -32,8 +32,9 @@ CLI (``ssbx tortuosity``)::
 
 The default (float32) solver is the low-memory one of :mod:`.tortuosity_lean`
 (float32, only a 1-byte mask and the diagonal stored for a binary volume; measured
-≈ 70 B/voxel peak RSS at 128³ against ≈ 120 for the reference solver; Jacobi-preconditioned
-CG stopped when the plane currents agree to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
+≈ 70 B/voxel peak RSS at 128³ against ≈ 120 for the reference solver; CG preconditioned by
+a multigrid V-cycle from 10⁶ voxels on and by Jacobi below, stopped when the plane currents
+agree to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
 the reference solver (FFT-preconditioned CG to ``--rtol``). See docs/tortuosity.md.
 
 FILE is a NumPy ``.npy`` label array (axes x, y, z as stored) or a TIFF stack
@@ -273,7 +274,8 @@ def effective_conductivity(labels, conductivity_by_label, voxel_size_m, axis=0, 
         voxel_size_m: voxel edge length (m, > 0). σ_eff does not depend on it.
         axis: 0/1/2 or "x"/"y"/"z".
         rtol, maxiter, preconditioner: passed to the conduction solver (preconditioner
-            default: "jacobi" for the lean solver, "fft" for the reference one).
+            default: "multigrid" for the lean solver from 10⁶ voxels on, "jacobi" below;
+            "fft" for the reference one).
         float64: solve in float64 (default float32).
         solver: "auto" (default: "lean" in float32, "reference" in float64), "lean"
             (:mod:`ssbx.kernels.transport_lean`, flux criterion, τ history) or
@@ -365,7 +367,7 @@ def _fill_parser(p):
     p.add_argument("--float64", action="store_true", help="solve in float64")
     p.add_argument("--rtol", type=float, default=1e-6, help="solver relative tolerance")
     p.add_argument("--solver", choices=["auto", "lean", "reference"], default="auto",
-                   help="lean: float32, Jacobi PCG, flux criterion (default unless "
+                   help="lean: float32, multigrid or Jacobi PCG, flux criterion (default unless "
                         "--float64); reference: the FFT-preconditioned conduction solver")
     p.add_argument("--criterion", choices=["flux", "residual", "both"], default="flux",
                    help="lean solver's stopping rule (default flux: plane-current spread and "
@@ -374,8 +376,8 @@ def _fill_parser(p):
                    help="flux criterion tolerance (default 1e-2, as TauFactor's conv_crit)")
     p.add_argument("--preconditioner", default=None,
                    choices=["jacobi", "multigrid", "fft", "none"],
-                   help="lean: jacobi (default) | multigrid; reference: fft (default) | "
-                        "multigrid | jacobi | none")
+                   help="lean: multigrid (default from 1e6 voxels) | jacobi (default below); "
+                        "reference: fft (default) | multigrid | jacobi | none")
     p.add_argument("--maxiter", type=int, default=20000, help="iteration cap (default 20000)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",
                    help="enable JAX's persistent compilation cache in DIR (later runs on the "
