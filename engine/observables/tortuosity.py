@@ -33,9 +33,10 @@ CLI (``ssbx tortuosity``)::
 The default (float32) solver is the low-memory one of :mod:`.tortuosity_lean`
 (float32, only a 1-byte mask and the diagonal stored for a binary volume; measured
 ≈ 70 B/voxel peak RSS at 128³ against ≈ 120 for the reference solver; CG preconditioned by
-a multigrid V-cycle from 10⁶ voxels on and by Jacobi below, stopped when the plane currents
-agree to ``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses
-the reference solver (FFT-preconditioned CG to ``--rtol``). See docs/tortuosity.md.
+a multigrid V-cycle from 10⁶ voxels on (on a CPU; Jacobi on a GPU, where multigrid is not
+yet measured) and by Jacobi below, stopped when the plane currents agree to
+``--flux-tol``); its JSON output carries τ's convergence history. ``--float64`` uses the
+reference solver (FFT-preconditioned CG to ``--rtol``). See docs/tortuosity.md.
 
 FILE is a NumPy ``.npy`` label array (axes x, y, z as stored) or a TIFF stack
 (``.tif``/``.tiff``, read with tifffile; a stack is stored page-major (z, y, x) and is
@@ -274,7 +275,7 @@ def effective_conductivity(labels, conductivity_by_label, voxel_size_m, axis=0, 
         voxel_size_m: voxel edge length (m, > 0). σ_eff does not depend on it.
         axis: 0/1/2 or "x"/"y"/"z".
         rtol, maxiter, preconditioner: passed to the conduction solver (preconditioner
-            default: "multigrid" for the lean solver from 10⁶ voxels on, "jacobi" below;
+            default: "multigrid" for the lean solver on a CPU from 10⁶ voxels on, "jacobi" below and on a GPU;
             "fft" for the reference one).
         float64: solve in float64 (default float32).
         solver: "auto" (default: "lean" in float32, "reference" in float64), "lean"
@@ -376,7 +377,7 @@ def _fill_parser(p):
                    help="flux criterion tolerance (default 1e-2, as TauFactor's conv_crit)")
     p.add_argument("--preconditioner", default=None,
                    choices=["jacobi", "multigrid", "fft", "none"],
-                   help="lean: multigrid (default from 1e6 voxels) | jacobi (default below); "
+                   help="lean: multigrid (CPU default from 1e6 voxels) | jacobi (default below and on a GPU); "
                         "reference: fft (default) | multigrid | jacobi | none")
     p.add_argument("--maxiter", type=int, default=20000, help="iteration cap (default 20000)")
     p.add_argument("--compile-cache", default=None, metavar="DIR",

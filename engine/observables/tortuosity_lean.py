@@ -24,11 +24,23 @@ import numpy as np
 from ssbx.engine.errors import ConfigError
 from ssbx.engine.geometry.volume import check_labels
 
-__all__ = ["lean_transport", "connected_mask", "MULTIGRID_MIN_VOXELS"]
+__all__ = ["lean_transport", "connected_mask", "MULTIGRID_MIN_VOXELS", "default_preconditioner"]
 
-# default preconditioner: multigrid PCG from this many voxels on (about 100³), Jacobi
-# below, where Jacobi's cheaper compilation outweighs its extra iterations
+# default preconditioner on a CPU: multigrid PCG from this many voxels on (about 100³),
+# Jacobi below, where Jacobi's cheaper compilation outweighs its extra iterations. On a GPU
+# the default stays Jacobi, the path measured there (21 B/voxel, docs/tortuosity.md);
+# multigrid has not run on a GPU yet and needs about 3× the memory on the CPU
 MULTIGRID_MIN_VOXELS = 1_000_000
+
+
+def default_preconditioner(n_voxels: int, platform: str | None = None) -> str:
+    """"multigrid" on a CPU for volumes of at least MULTIGRID_MIN_VOXELS, else "jacobi"
+    (``platform``: JAX's default backend when None)."""
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    return "multigrid" if platform == "cpu" and n_voxels >= MULTIGRID_MIN_VOXELS else "jacobi"
 
 
 def connected_mask(conducting, periodic=False):
@@ -89,7 +101,7 @@ def lean_transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_condu
     h = _check_voxel_size(voxel_size_m)
     ax = _check_axis(axis, lab.ndim)
     if preconditioner is None:  # measured crossover on the 2-core CPU: docs/tortuosity.md
-        preconditioner = "multigrid" if lab.size >= MULTIGRID_MIN_VOXELS else "jacobi"
+        preconditioner = default_preconditioner(lab.size)
     if preconditioner not in ("jacobi", "multigrid"):
         raise ConfigError(f"preconditioner = {preconditioner!r}; valid for the lean solver: "
                           "'jacobi', 'multigrid'")
