@@ -161,3 +161,13 @@ def test_iterations_grow_much_less_than_jacobi():
     assert jac_growth > 0.5 * counts["jacobi", 16], counts
     assert mg_growth < 0.25 * jac_growth, counts
     assert counts["multigrid", 32] * 5 < counts["jacobi", 32], counts
+
+
+def test_default_preconditioner_is_multigrid_only_for_large_cpu_volumes():
+    """The measured crossover on the CPU (docs/tortuosity.md); a GPU keeps the Jacobi path
+    measured there."""
+    from ssbx.engine.observables.tortuosity_lean import MULTIGRID_MIN_VOXELS, default_preconditioner
+
+    assert default_preconditioner(MULTIGRID_MIN_VOXELS, "cpu") == "multigrid"
+    assert default_preconditioner(MULTIGRID_MIN_VOXELS - 1, "cpu") == "jacobi"
+    assert default_preconditioner(10 * MULTIGRID_MIN_VOXELS, "gpu") == "jacobi"
