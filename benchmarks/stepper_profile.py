@@ -70,7 +70,7 @@ def main(argv=None):
 
     def pot(st):
         return cs.potentials(geo, par, num, derived, st.x, st.phi_s, st.phi_e, st.warm, st.v_ref, False,
-                             par.one_c_A, par.one_c_A, pro.controls)
+                             par.one_c_A, par.one_c_A)
 
     t_pot = _min_time(eqx.filter_jit(pot), state, repeats=args.repeats)
     sol = eqx.filter_jit(pot)(state)

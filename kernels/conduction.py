@@ -481,32 +481,15 @@ def _dense_inverse(g, gb, diag):
 
 
 def _make_multigrid(g, gb, omega=0.6, nu=2):
-    levels = _build_hierarchy(g, gb)
-    coarse_inv = _dense_inverse(*levels[-1][:3])
-
-    def vcycle(level, r):
-        lg, lgb, diag, caxes = levels[level]
-        if level == len(levels) - 1:
-            return jnp.matmul(coarse_inv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
-        dinv = jnp.where(diag > 0, 1.0 / jnp.where(diag > 0, diag, 1.0), 0.0)
-
-        def sweep(_, x):
-            return x + omega * dinv * (r - apply_operator(x, lg, lgb))
-
-        # the sweeps run in a loop, not unrolled: XLA's CPU backend fuses an unrolled chain
-        # of stencils into one kernel that recomputes every neighbour of every earlier
-        # sweep (measured 10x slower at 77x77x107)
-        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
-        rc = _restrict(r - apply_operator(x, lg, lgb), caxes)
-        x = x + _prolong(vcycle(level + 1, rc), r.shape, caxes)
-        return jax.lax.fori_loop(0, nu, sweep, x)
-
-    return lambda r: vcycle(0, r)
+    """The preconditioner r ↦ one symmetric V-cycle (:func:`multigrid_vcycle`) on the
+    hierarchy of (g, gb) (:func:`multigrid_setup`), built once."""
+    setup = multigrid_setup(g, gb)
+    return lambda r: multigrid_vcycle(setup, r, omega, nu)
 
 
 def multigrid_setup(g, gb):
-    """The arrays of :func:`_make_multigrid`'s hierarchy as a pytree: per level
-    (g, gb, diag), and the coarsest level's dense inverse. With :func:`multigrid_vcycle`
+    """The arrays of the aggregation hierarchy (:func:`_build_hierarchy`) as a pytree: per
+    level (g, gb, diag), and the coarsest level's dense inverse. With :func:`multigrid_vcycle`
     it splits the preconditioner into a set-up and an application that ``jax.vmap``
     can batch: several fields of the same grid shape (e.g. φ_s and φ_e of
     kernels.electrode) then share one compiled V-cycle. The coarsening axes depend on
@@ -516,8 +499,9 @@ def multigrid_setup(g, gb):
 
 
 def multigrid_vcycle(setup, r, omega=0.6, nu=2):
-    """One symmetric V-cycle (the preconditioner of :func:`_make_multigrid`, same
-    operations) applied to ``r`` with the hierarchy ``setup`` of :func:`multigrid_setup`."""
+    """One symmetric V-cycle applied to ``r`` with the hierarchy ``setup`` of
+    :func:`multigrid_setup`: ``nu`` damped-Jacobi sweeps (ω = ``omega``) before and after
+    the coarse correction, the dense inverse on the coarsest level."""
     levels, coarse_inv = setup
 
     def vcycle(level, r):
@@ -530,7 +514,10 @@ def multigrid_vcycle(setup, r, omega=0.6, nu=2):
         def sweep(_, x):
             return x + omega * dinv * (r - apply_operator(x, lg, lgb))
 
-        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)  # a loop: see _make_multigrid
+        # the sweeps run in a loop, not unrolled: XLA's CPU backend fuses an unrolled chain
+        # of stencils into one kernel that recomputes every neighbour of every earlier
+        # sweep (measured 10x slower at 77x77x107)
+        x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
         rc = _restrict(r - apply_operator(x, lg, lgb), caxes)
         x = x + _prolong(vcycle(level + 1, rc), r.shape, caxes)
         return jax.lax.fori_loop(0, nu, sweep, x)

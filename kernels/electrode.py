@@ -344,7 +344,8 @@ def _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, m
     from the applied current (:func:`_galvanostatic`). Potentiostatic: (b⁰ + V b¹, 0):
     the first is the solution itself (warm-started from φ⁰ + V φ¹), the second takes no
     iteration and φ¹ of the warm start is carried on. ``voltage_control`` (traced)
-    picks between them; ``None`` means the control given (``voltage`` or ``current``)."""
+    picks between them; ``None`` means the control given (``voltage`` or ``current``), so
+    every call compiles the same two-system solve."""
     def stacked_mv(u):
         return jnp.stack([matvec(u[j]) for j in range(u.shape[0])])
 
@@ -361,29 +362,17 @@ def _solve_fused(matvec, precond, b_src, b_unit, g_if, c_if, faces, scale, ms, m
         return jax.lax.custom_linear_solve(stacked_mv, rhs, make_solve(guess), make_solve(None), symmetric=True,
                                            has_aux=True)
 
-    if voltage_control is None:
-        by_voltage = voltage is not None
-        v = jnp.asarray(voltage if by_voltage else 0.0, dtype)
-    else:
-        by_voltage = jnp.asarray(voltage_control)
-        v = jnp.asarray(voltage, dtype)
+    by_voltage = jnp.asarray(voltage is not None if voltage_control is None else voltage_control)
+    v = jnp.asarray(0.0 if voltage is None else voltage, dtype)
     unit = jnp.zeros_like(b_src) if warm is None else warm[1]
-    if voltage_control is None and by_voltage:  # one system (the galvanostatic unit field is not needed)
-        guess = None if warm is None else (warm[0] + v * unit)[None]
-        rhs = (b_src + v * b_unit)[None]
-    else:
-        rhs = jnp.stack([jnp.where(by_voltage, b_src + v * b_unit, b_src), jnp.where(by_voltage, 0.0, b_unit)])
-        guess = None if warm is None else jnp.stack([jnp.where(by_voltage, warm[0] + v * unit, warm[0]), warm[1]])
+    rhs = jnp.stack([jnp.where(by_voltage, b_src + v * b_unit, b_src), jnp.where(by_voltage, 0.0, b_unit)])
+    guess = None if warm is None else jnp.stack([jnp.where(by_voltage, warm[0] + v * unit, warm[0]), warm[1]])
     u, iters = lin_solve(rhs, guess)
-    if voltage_control is None and by_voltage:
-        phi_s, phi_e = u[0, 0], u[0, 1]
-        next_warm = jnp.stack([u[0] - v * unit, unit])
-    else:
-        g_s, g_e, g_v = _galvanostatic(u[0], u[1], g_if, c_if, faces, scale, current)
-        phi_s = jnp.where(by_voltage, u[0, 0], g_s)
-        phi_e = jnp.where(by_voltage, u[0, 1], g_e)
-        v = jnp.where(by_voltage, v, g_v)
-        next_warm = jnp.where(by_voltage, jnp.stack([u[0] - v * unit, unit]), u)
+    g_s, g_e, g_v = _galvanostatic(u[0], u[1], g_if, c_if, faces, scale, 0.0 if current is None else current)
+    phi_s = jnp.where(by_voltage, u[0, 0], g_s)
+    phi_e = jnp.where(by_voltage, u[0, 1], g_e)
+    v = jnp.where(by_voltage, v, g_v)
+    next_warm = jnp.where(by_voltage, jnp.stack([u[0] - v * unit, unit]), u)
     drop = face_potential_drop(phi_s, phi_e, faces)
     total = total_interface_current(g_if, c_if, drop) * scale
     res = jax.lax.stop_gradient(rhs - stacked_mv(u)).reshape(rhs.shape[0], -1)

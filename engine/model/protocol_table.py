@@ -30,8 +30,6 @@ class ProtocolTable(eqx.Module):
         voltage_V: cut-off voltage of a CC step, held voltage of a CV step (V).
         max_duration_s: time cap (REST: its duration); +inf when the step has none.
         n_cycles: int32 scalar.
-        controls: static (has current-controlled steps, has voltage-controlled steps),
-            so that a protocol without CV steps compiles only the current-control solve.
     """
 
     mode: jax.Array
@@ -40,7 +38,6 @@ class ProtocolTable(eqx.Module):
     voltage_V: jax.Array
     max_duration_s: jax.Array
     n_cycles: jax.Array
-    controls: tuple = eqx.field(static=True, default=(True, True))
 
     @property
     def n_steps(self) -> int:
@@ -66,7 +63,6 @@ class ProtocolTable(eqx.Module):
             max_duration_s=jnp.asarray(
                 [np.inf if s.max_duration_s is None else s.max_duration_s for s in steps], dtype),
             n_cycles=jnp.asarray(int(cycles), jnp.int32),
-            controls=(any(s.mode != "cv" for s in steps), any(s.mode == "cv" for s in steps)),
         )
 
     @classmethod

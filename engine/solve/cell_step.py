@@ -302,11 +302,10 @@ def face_resistances(geometry, params, gap):
 
 
 def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref, voltage_control,
-               target, current_guess, controls=(True, True), r_int=None) -> Potentials:
+               target, current_guess, r_int=None) -> Potentials:
     """Newton iterations for the coupled potentials under current control (``target``
     in A) or voltage control (``target`` = absolute collector voltage), chosen by the
-    traced flag ``voltage_control``; ``controls`` (static: current, voltage) says which
-    of the two can occur. ``phi_s`` in and out is φ_s − v_ref. ``r_int``: per face
+    traced flag ``voltage_control``. ``phi_s`` in and out is φ_s − v_ref. ``r_int``: per face
     group, each face's interfacial resistance (debonding; :func:`face_resistances`).
 
     Inexact Newton (Dembo, Eisenstat & Steihaug, SIAM J. Numer. Anal. 19, 400 (1982)):
@@ -336,13 +335,9 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
         g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref, r_int)
         phi_anode = anode_potential(geometry, params, current)
         args = (sigma_s, sigma_e, geometry.voxel_size_m, faces, g, c, phi_anode)
-        if controls == (True, True):  # one compiled solve serves both controls
-            sol = solve_coupled(*args, current=target, voltage=target - v_ref, voltage_control=voltage_control,
-                                warm_start=warm, **solver)
-        elif controls[1]:  # compile only the control the protocol uses
-            sol = solve_coupled(*args, voltage=target - v_ref, warm_start=warm, **solver)
-        else:
-            sol = solve_coupled(*args, current=target, warm_start=warm, **solver)
+        # one compiled solve serves both controls (the traced flag picks)
+        sol = solve_coupled(*args, current=target, voltage=target - v_ref, voltage_control=voltage_control,
+                            warm_start=warm, **solver)
         new_drop = face_potential_drop(sol.phi_s, sol.phi_e, faces)
         change = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a - b), initial=0.0) for a, b in zip(new_drop, drop)])
         return (sol.phi_s, sol.phi_e, sol.voltage.astype(x.dtype), sol.current.astype(x.dtype),
@@ -478,7 +473,7 @@ def cell_step(geometry: CellGeometry, params: CellParams, numerics: CellNumerics
     deb = params.debonding
     extra = {} if deb is None else {"r_int": face_resistances(geometry, params, state.gap)}
     sol = solve(geometry, params, numerics, derived, state.x, state.phi_s, state.phi_e, state.warm,
-                state.v_ref, voltage_control, target, guess, protocol.controls, **extra)
+                state.v_ref, voltage_control, target, guess, **extra)
     solve_ok = jnp.isfinite(sol.voltage) & jnp.isfinite(sol.current)
     conducting = params.phase_sigma_s[geometry.labels] > 0
     # re-centre φ_s on the new voltage
