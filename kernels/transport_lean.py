@@ -293,6 +293,16 @@ def _mask_hierarchy(c, periodic, per, dtype):
     return hierarchy_below(first, axes, per, coarsening=_MG_COARSENING)
 
 
+def _count_inverse(c, dtype):
+    """1/c for the uint8 diagonal c ∈ {0, …, 10} (0 where c = 0) as a chain of selects:
+    XLA-CPU treats a division as expensive and stores its result as a full float32
+    field, whereas selects are fused into (and recomputed in) every consumer."""
+    out = jnp.zeros(c.shape, dtype)
+    for k in range(1, 11):
+        out = jnp.where(c == k, jnp.asarray(1.0 / k, dtype), out)
+    return out
+
+
 def _dot(a, b):
     return jnp.sum(a * b)
 
@@ -394,7 +404,8 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
                 return jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)
         else:  # z = 0 on dead voxels, as the operators need (the V-cycle masks it)
             precond = make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu,
-                                  alpha=_MG_ALPHA, fine_direct=True)
+                                  alpha=_MG_ALPHA, fine_direct=True,
+                                  fine_dinv=_count_inverse(c, dtype) if binary else None)
         return matvec, precond, mfield
 
     def next_tick(v):
@@ -429,8 +440,10 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
         alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
         x = x + alpha * p
         r = r - alpha * q
-        z = precond(r)
-        rz_new = _dot(r, z)
+        z = precond(r, q) if preconditioner == "multigrid" else precond(r)
+        # "+ 0·x[0]" makes the new p depend on the new x, so x is updated before p and
+        # XLA needs no copy of the old p (0·v is not folded for floats: NaN semantics)
+        rz_new = _dot(r, z) + 0.0 * x[(0,) * x.ndim]
         beta = jnp.where(rz != 0, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
         p = z + beta * p
         return x, r, p, rz_new, next_tick(rz_new)
@@ -450,18 +463,13 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
     zero0 = tick0.astype(jnp.int32)
     _, spread0, cond0 = measure(x0, mfield0, zero0)
 
-    # r0 = b − A x0, z0 = M r0 inside a loop of one (opaque) trip: fused as in the CG loop
-    # body instead of materialising the operator's and the V-cycle's intermediates
-    def start(_, st):
-        x, _, _, _, tick = st
-        matvec, precond, mfield = operators(tick)
-        r = b_of(mfield) - matvec(x)
-        z = precond(r)
-        return x, r, z, _dot(r, z), tick
-
-    zf = jnp.zeros(s.shape, dtype)
-    x0, r0, z0, rz0, tick0 = jax.lax.fori_loop(
-        0, zero0 + 1, start, (x0, zf, zf, jnp.zeros((), dtype), tick0))
+    # p0 = 0 and rz0 = 1: the loop's first CG step (one extra, not counted) then has α = 0
+    # and sets p = z0 = M r0, so no preconditioner application is needed out here, where
+    # XLA would materialise its intermediates as extra full-size fields
+    matvec0 = operators(tick0)[0]
+    r0 = b_of(mfield0) - matvec0(x0)
+    z0 = jnp.zeros(s.shape, dtype)
+    rz0 = jnp.ones((), dtype)
     nan = jnp.full((nchecks,), jnp.nan, dtype)
     hist = nan.at[0].set(cond0)
     shist = nan.at[0].set(spread0)
@@ -476,7 +484,9 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
 
     def body(st):
         x, r, p, rz, tick, k, c, hist, shist, rhist, cprev, _ = st
-        x, r, p, rz, tick = jax.lax.fori_loop(0, check_every, cg_step, (x, r, p, rz, tick))
+        extra = (k == 0).astype(jnp.int32)  # the set-up step p0 = 0 → p = M r0
+        x, r, p, rz, tick = jax.lax.fori_loop(0, check_every + extra, cg_step,
+                                              (x, r, p, rz, tick))
         _, _, mfield = operators(tick)
         _, spread, cnow = measure(x, mfield, tick.astype(jnp.int32))
         rn = jnp.sqrt(_dot(r, r))

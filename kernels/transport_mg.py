@@ -329,7 +329,7 @@ def _with_pinv(levels, axes, periodic, coarsest):
 
 
 def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=0.7, nu=1,
-                coarse_sweeps=8, alpha=1.0, fine_direct=False):
+                coarse_sweeps=8, alpha=1.0, fine_direct=False, fine_dinv=None):
     """Symmetric V-cycle z = M r (M ≈ A⁻¹) for PCG.
 
     Args:
@@ -347,12 +347,17 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
             iterate before the sweep (pre-smoothed + prolonged correction, elementwise in
             r and the coarse correction) is then fused into the sweep's stencil instead of
             being stored: one full-size float32 field less (measured in docs/tortuosity.md).
+            The returned function then takes an optional second argument, a dead field of
+            r's shape whose buffer the fine residual may take over.
+        fine_dinv: the finest 1/diagonal (0 where the diagonal is 0), if the caller has a
+            cheaper form than the division of ``fine_diag``.
     """
     periodic = tuple(bool(p) for p in periodic)
     levels, axes, pinv = hierarchy
-    fine_dinv = _inv_diag(fine_diag)
+    if fine_dinv is None:
+        fine_dinv = _inv_diag(fine_diag)
     if not levels:
-        def exact(r):
+        def exact(r, scratch=None):
             z = jnp.matmul(pinv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
             return z if live is None else live * z
         return exact
@@ -370,7 +375,7 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
             return x + omega * dinv * (r - apply(x))
         return jax.lax.fori_loop(0, zero + sweeps, sweep, x)
 
-    def cycle(k, r, apply, dinv, mask):
+    def cycle(k, r, apply, dinv, mask, scratch=None):
         # k: index of the level r lives on, −1 = finest
         ax = axes[k + 1]
         x = omega * dinv * r
@@ -380,7 +385,8 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
             # the residual is formed in a loop of one (opaque) trip, so it is materialised
             # once (4 B/voxel) and restricted from there: fused into the strided-slice
             # restriction, XLA-CPU materialises each of the stencil's six shifted copies
-            res = jax.lax.fori_loop(0, zero + 1, lambda _, v: r - apply(x), jnp.zeros_like(r))
+            res = jax.lax.fori_loop(0, zero + 1, lambda _, v: r - apply(x),
+                                    jnp.zeros_like(r) if scratch is None else scratch)
         else:
             res = r - apply(x)
         rc = _restrict(res, ax)
@@ -402,4 +408,4 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
             return x + omega * dinv * (r - apply(x))
         return smooth_solve(apply, dinv, r, x, nu)
 
-    return lambda r: cycle(-1, r, fine_apply, fine_dinv, live)
+    return lambda r, scratch=None: cycle(-1, r, fine_apply, fine_dinv, live, scratch)
