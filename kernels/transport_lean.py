@@ -293,16 +293,6 @@ def _mask_hierarchy(c, periodic, per, dtype):
     return hierarchy_below(first, axes, per, coarsening=_MG_COARSENING)
 
 
-def _count_inverse(c, dtype):
-    """1/c for the uint8 diagonal c ∈ {0, …, 10} (0 where c = 0) as a chain of selects:
-    XLA-CPU treats a division as expensive and stores its result as a full float32
-    field, whereas selects are fused into (and recomputed in) every consumer."""
-    out = jnp.zeros(c.shape, dtype)
-    for k in range(1, 11):
-        out = jnp.where(c == k, jnp.asarray(1.0 / k, dtype), out)
-    return out
-
-
 def _dot(a, b):
     return jnp.sum(a * b)
 
@@ -404,8 +394,7 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
                 return jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)
         else:  # z = 0 on dead voxels, as the operators need (the V-cycle masks it)
             precond = make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu,
-                                  alpha=_MG_ALPHA, fine_direct=True,
-                                  fine_dinv=_count_inverse(c, dtype) if binary else None)
+                                  alpha=_MG_ALPHA, fine_direct=True)
         return matvec, precond, mfield
 
     def next_tick(v):
