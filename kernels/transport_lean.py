@@ -18,12 +18,18 @@ with ``value_lo = 1``, ``value_hi = 0`` (its matrix A' = (h²/max σ) A), but:
 * the face conductances are written as functions of ``s`` inside the matrix-vector
   product, not passed in as stored arrays (for a binary volume ``s`` may be a uint8/bool
   mask, 1 byte per voxel, and g_f = s_i s_j);
-* for a 0/1 mask the operator is applied as ``A x = d ⊙ x − s ⊙ Σ_neighbours x`` (exact
-  because every CG vector is 0 where s = 0) with only the diagonal d stored, so CG needs
-  ≈ 25 bytes per voxel (x, r, z, p, A p, d, s); XLA-CPU allocates 40 B/voxel of
-  temporaries (``compiled.memory_analysis()`` at 64³; the flux check's reduction adds
-  fields while it runs). With several conductivities the harmonic faces are written from
-  s inside the product, but XLA hoists them out of the loop (60 B/voxel of temporaries);
+* for a 0/1 mask the operator is applied as ``A x = c ⊙ x − Σ_neighbours x`` on the live
+  voxels (exact because every CG vector is 0 where s = 0), with c the diagonal stored as
+  one uint8 field (:func:`_count_diagonal`: live neighbours + 2 per Dirichlet face, > 0
+  exactly on the live voxels, so it is the mask too). The CG loops carry x, r, p and
+  scalars only, every float derived from c is rebuilt inside the loop bodies (XLA cannot
+  hoist it, see :func:`lean_transport_solve`), the flux check sums plane by plane and the
+  multigrid's first coarse level is summed from 1-byte faces. XLA-CPU's own count
+  (``compiled.memory_analysis()``, temporaries + argument + output) at 128³/256³:
+  22 B/voxel with Jacobi, 38.6/38.1 B/voxel with multigrid (docs/tortuosity.md); the
+  minimum of this PCG is x, r, p, A p (or z) and c: 17 B/voxel. With several
+  conductivities the harmonic faces are written from s inside the product, but XLA
+  hoists them out of the loop (60 B/voxel of temporaries; not reworked);
 * a flux-uniformity stopping criterion (TauFactor's: the spread of the currents through
   the planes normal to axis 0) is available next to the residual one, and the
   effective conductance is recorded at every check, so the caller gets τ's convergence
@@ -381,7 +387,9 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
             live_f = (c > 0).astype(dtype)
             mfield = c
         else:
-            sv = field + tick.astype(field.dtype)
+            # the harmonic faces are hoisted out of the loop either way; rebuilding them
+            # from a runtime zero made XLA store more, not less (68 vs 60 B/voxel at 96³)
+            sv = field
 
             def matvec(x):
                 return lean_operator(x, sv, periodic, False)
