@@ -60,8 +60,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .transport_mg import (Level, build_hierarchy, coarsen_galerkin, first_level_axes,
-                           hierarchy_below, make_vcycle)
+from .transport_mg import (
+    Level,
+    build_hierarchy,
+    coarsen_galerkin,
+    first_level_axes,
+    hierarchy_below,
+    make_vcycle,
+)
 
 __all__ = ["LeanSolution", "lean_transport_solve", "lean_operator", "lean_plane_currents"]
 
@@ -198,27 +204,6 @@ def lean_plane_currents(x, s, periodic=False, binary=False):
     g = _face(s[:-1], s[1:], binary)
     inner = jnp.sum(g * (x[:-1] - x[1:]), axis=lat)
     return jnp.concatenate([i_lo, inner, i_hi])
-
-
-# ----------------------------------------------------------------------------------
-# Preconditioners
-# ----------------------------------------------------------------------------------
-
-
-def _jacobi(s, periodic, binary, dtype):
-    d = _diagonal(s.astype(dtype), periodic, binary)
-    dinv = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
-    return lambda r: dinv * r
-
-
-def _geometric_multigrid(s, matvec, diag, live_f, periodic, binary, dtype, omega, nu):
-    """V-cycle of :mod:`ssbx.kernels.transport_mg` (series/parallel coarsening), the finest
-    operator applied on the fly; coarse levels built from the finest faces."""
-    sf = s.astype(dtype)
-    per = (False,) + (bool(periodic),) * (s.ndim - 1)
-    hier = build_hierarchy(_stored_faces(sf, periodic, binary), _boundary(sf), per,
-                           coarsening=_MG_COARSENING)
-    return make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu, alpha=_MG_ALPHA)
 
 
 # ----------------------------------------------------------------------------------
@@ -407,7 +392,7 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
 
     def next_tick(v):
         """0 unless v is NaN: a value XLA cannot fold, of the field's dtype."""
-        return (v != v).astype(field.dtype)
+        return jnp.isnan(v).astype(field.dtype)
 
     mfield0 = operators(jnp.zeros((), field.dtype))[2]
 

@@ -80,10 +80,16 @@ def test_vcycle_is_symmetric_positive_definite_and_bounded(x64):
     assert len(hier.levels) >= 2
     live = np.flatnonzero(m.ravel())
     alpha = tl._MG_ALPHA
-    vc = mg.make_vcycle(lambda x: tl._binary_operator(x, s, d, False), d, hier, per, sf,
-                        alpha=alpha)
+    # the solver's form: the uint8 diagonal-and-mask field c (equal to the harmonic-face
+    # diagonal) and the finest post-smoothing written directly (fine_direct)
+    c = tl._count_diagonal(s, False)
+    np.testing.assert_array_equal(np.asarray(c, float), np.asarray(d))
+    vc = mg.make_vcycle(lambda x: tl._count_operator(x, c, False), d, hier, per, sf,
+                        alpha=alpha, fine_direct=True)
     big_m = _dense(vc, shape, live)[live]
     a = _dense(lambda x: tl._binary_operator(x * sf, s, d, False), shape, live)[live]
+    a_count = _dense(lambda x: tl._count_operator(x * sf, c, False), shape, live)[live]
+    np.testing.assert_allclose(a_count, a, atol=1e-14)
     assert np.abs(big_m - big_m.T).max() < 1e-12 * np.abs(big_m).max()
     assert np.linalg.eigvalsh(big_m).min() > 0
     ev = np.linalg.eigvals(big_m @ a).real
