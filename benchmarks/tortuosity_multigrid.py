@@ -8,6 +8,9 @@ and preconditioner, in a fresh Python process each (start-up included, as a user
   otherwise (float32 lean solver, flux criterion 1e-2): wall time of the first call
   (compilation included) and of a second call (compiled), iterations, τ;
 * the process's peak RSS (VmHWM) and bytes per voxel above the same process on 16³;
+* the peak RSS of the second call above the RSS just before it (VmHWM reset through
+  ``/proc/self/clear_refs``): the memory of one compiled ``tortuosity()`` call, host
+  arrays included, without the compiler's share;
 * XLA's own count for the compiled solver: ``lean_transport_solve.lower(...).compile()
   .memory_analysis()`` (temporaries + arguments + outputs) per voxel;
 * τ's relative difference to an over-converged reference (multigrid PCG, criterion
@@ -44,15 +47,32 @@ import numpy as np
 import jax, jax.numpy as jnp
 from ssbx.engine.observables.tortuosity import tortuosity
 vol = np.load(path)
+
+
+def status(key):
+    return int([ln for ln in open("/proc/self/status") if ln.startswith(key)][0].split()[1]) * 1024
+
+
 calls = []
+hwm = 0
+second_call = None
 for rep in range(2):
+    if rep == 1:  # peak of the second (compiled) call above the RSS just before it
+        hwm = status("VmHWM")
+        try:
+            open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to VmRSS
+            rss_before = status("VmRSS")
+        except OSError:
+            rss_before = None
     t = time.perf_counter()
     r = tortuosity(vol, {1: 1.0}, 1e-6, axis=0, preconditioner=pre, maxiter=100000)
     calls.append({"seconds": time.perf_counter() - t, "iterations": r.iterations,
                   "tau": r.tortuosity, "converged": r.converged,
                   "flux_imbalance": r.flux_imbalance})
+    if rep == 1 and rss_before is not None:
+        second_call = {"rss_before": rss_before, "peak": status("VmHWM")}
 wall = time.perf_counter() - t0
-hwm = int([ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")][0].split()[1]) * 1024
+hwm = max(hwm, status("VmHWM"))
 mem = None
 if measure_mem:
     from ssbx.kernels.transport_lean import lean_transport_solve
@@ -63,7 +83,8 @@ if measure_mem:
     mem = {"temp": ma.temp_size_in_bytes, "argument": ma.argument_size_in_bytes,
            "output": ma.output_size_in_bytes}
 print("RESULT" + json.dumps({"calls": calls, "process_seconds_two_calls": wall,
-                             "vm_hwm_bytes": hwm, "xla_memory": mem}))
+                             "vm_hwm_bytes": hwm, "second_call_rss": second_call,
+                             "xla_memory": mem}))
 """
 
 
@@ -149,6 +170,10 @@ def main(argv=None):
             "peak_rss_bytes": res["vm_hwm_bytes"],
             "peak_rss_bytes_per_voxel_above_16cubed": (res["vm_hwm_bytes"] - base[pre]) / nvox,
         }
+        if res.get("second_call_rss"):
+            sc = res["second_call_rss"]
+            row["second_call_peak_rss_bytes_per_voxel_above_rss_before"] = \
+                (sc["peak"] - sc["rss_before"]) / nvox
         if res["xla_memory"]:
             m = res["xla_memory"]
             row["xla_bytes_per_voxel"] = {k: v / nvox for k, v in m.items()}
@@ -156,7 +181,9 @@ def main(argv=None):
         print(json.dumps({k: row[k] for k in ("size", "preconditioner", "iterations",
                                                "first_call_seconds", "second_call_seconds",
                                                "tau_rel_diff",
-                                               "peak_rss_bytes_per_voxel_above_16cubed")}),
+                                               "peak_rss_bytes_per_voxel_above_16cubed",
+                                               "second_call_peak_rss_bytes_per_voxel_above_rss_before")
+                           if k in row}),
               flush=True)
         write()
     print(f"wrote {out}")

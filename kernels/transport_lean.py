@@ -18,12 +18,18 @@ with ``value_lo = 1``, ``value_hi = 0`` (its matrix A' = (h²/max σ) A), but:
 * the face conductances are written as functions of ``s`` inside the matrix-vector
   product, not passed in as stored arrays (for a binary volume ``s`` may be a uint8/bool
   mask, 1 byte per voxel, and g_f = s_i s_j);
-* for a 0/1 mask the operator is applied as ``A x = d ⊙ x − s ⊙ Σ_neighbours x`` (exact
-  because every CG vector is 0 where s = 0) with only the diagonal d stored, so CG needs
-  ≈ 25 bytes per voxel (x, r, z, p, A p, d, s); XLA-CPU allocates 40 B/voxel of
-  temporaries (``compiled.memory_analysis()`` at 64³; the flux check's reduction adds
-  fields while it runs). With several conductivities the harmonic faces are written from
-  s inside the product, but XLA hoists them out of the loop (60 B/voxel of temporaries);
+* for a 0/1 mask the operator is applied as ``A x = c ⊙ x − Σ_neighbours x`` on the live
+  voxels (exact because every CG vector is 0 where s = 0), with c the diagonal stored as
+  one uint8 field (:func:`_count_diagonal`: live neighbours + 2 per Dirichlet face, > 0
+  exactly on the live voxels, so it is the mask too). The CG loops carry x, r, p and
+  scalars only, every float derived from c is rebuilt inside the loop bodies (XLA cannot
+  hoist it, see :func:`lean_transport_solve`), the flux check sums plane by plane and the
+  multigrid's first coarse level is summed from 1-byte faces. XLA-CPU's own count
+  (``compiled.memory_analysis()``, temporaries + argument + output) at 128³/256³:
+  22 B/voxel with Jacobi, 38.6/38.1 B/voxel with multigrid (docs/tortuosity.md); the
+  minimum of this PCG is x, r, p, A p (or z) and c: 17 B/voxel. With several
+  conductivities the harmonic faces are written from s inside the product, but XLA
+  hoists them out of the loop (60 B/voxel of temporaries; not reworked);
 * a flux-uniformity stopping criterion (TauFactor's: the spread of the currents through
   the planes normal to axis 0) is available next to the residual one, and the
   effective conductance is recorded at every check, so the caller gets τ's convergence
@@ -54,7 +60,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .transport_mg import build_hierarchy, make_vcycle
+from .transport_mg import (
+    Level,
+    build_hierarchy,
+    coarsen_galerkin,
+    first_level_axes,
+    hierarchy_below,
+    make_vcycle,
+)
 
 __all__ = ["LeanSolution", "lean_transport_solve", "lean_operator", "lean_plane_currents"]
 
@@ -127,7 +140,7 @@ def _faces(s, a, periodic, binary):
 def _layer(shape, which, dtype):
     """1.0 on the first (which = 0) or last (1) layer along axis 0, broadcastable."""
     n = shape[0]
-    v = jnp.zeros((n,), dtype).at[0 if which == 0 else n - 1].set(1.0)
+    v = jnp.zeros((n,), dtype).at[0 if which == 0 else n - 1].set(1)
     return v.reshape((n,) + (1,) * (len(shape) - 1))
 
 
@@ -194,24 +207,85 @@ def lean_plane_currents(x, s, periodic=False, binary=False):
 
 
 # ----------------------------------------------------------------------------------
-# Preconditioners
+# Low-memory pieces: 1-byte diagonal, streamed plane currents
 # ----------------------------------------------------------------------------------
 
 
-def _jacobi(s, periodic, binary, dtype):
-    d = _diagonal(s.astype(dtype), periodic, binary)
-    dinv = jnp.where(d > 0, 1.0 / jnp.where(d > 0, d, 1.0), 0.0)
-    return lambda r: dinv * r
+def _count_diagonal(s, periodic):
+    """Diagonal of the 0/1-mask operator as uint8: ``c_i = m_i (Σ_j m_j + 2 [i on a
+    Dirichlet layer])`` (m = s > 0; j over the face neighbours), i.e. the number of live
+    neighbours plus 2 per Dirichlet face, at most 10. Every live voxel is connected to a
+    Dirichlet face, so it lies on a Dirichlet layer or has a live neighbour: ``c > 0``
+    exactly on the live voxels, and c holds both the mask and the diagonal in 1 byte."""
+    m = (s > 0).astype(jnp.uint8)
+    nb = 2 * (_layer(m.shape, 0, jnp.uint8) + _layer(m.shape, 1, jnp.uint8))
+    for a in range(m.ndim):
+        per = periodic and a > 0
+        nb = nb + _neighbour(m, a, 1, per) + _neighbour(m, a, -1, per)
+    return m * nb
 
 
-def _geometric_multigrid(s, matvec, diag, live_f, periodic, binary, dtype, omega, nu):
-    """V-cycle of :mod:`ssbx.kernels.transport_mg` (series/parallel coarsening), the finest
-    operator applied on the fly; coarse levels built from the finest faces."""
-    sf = s.astype(dtype)
-    per = (False,) + (bool(periodic),) * (s.ndim - 1)
-    hier = build_hierarchy(_stored_faces(sf, periodic, binary), _boundary(sf), per,
-                           coarsening=_MG_COARSENING)
-    return make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu, alpha=_MG_ALPHA)
+def _count_operator(x, c, periodic):
+    """A x for the 0/1-mask system from the uint8 diagonal c of :func:`_count_diagonal`:
+    ``(A x)_i = c_i x_i − Σ_j x_j`` on live voxels (c > 0), 0 elsewhere (exact when x = 0
+    off the live voxels, as every CG vector is)."""
+    nb = None
+    for a in range(x.ndim):
+        per = periodic and a > 0
+        t = _neighbour(x, a, 1, per) + _neighbour(x, a, -1, per)
+        nb = t if nb is None else nb + t
+    return jnp.where(c > 0, c.astype(x.dtype) * x - nb, 0.0)
+
+
+def _streamed_plane_currents(x, s, binary, zero):
+    """:func:`lean_plane_currents` computed one pair of planes at a time (a loop over the
+    n₀ − 1 interior planes), so no (n₀ − 1)-layer face or current field is materialised.
+    ``s``: the mask/diagonal c (binary) or the scaled conductivity; ``zero``: a runtime 0
+    (int32) in the trip count, so XLA keeps the loop (and its plane-sized temporaries)."""
+    dt = x.dtype
+    n = x.shape[0]
+
+    def sf(k):
+        v = jax.lax.dynamic_index_in_dim(s, k, 0, keepdims=False)
+        return (v > 0).astype(dt) if binary else v.astype(dt)
+
+    def xf(k):
+        return jax.lax.dynamic_index_in_dim(x, k, 0, keepdims=False)
+
+    i_lo = jnp.sum(2.0 * sf(0) * (1.0 - xf(0)))
+    i_hi = jnp.sum(2.0 * sf(n - 1) * xf(n - 1))
+    out = jnp.zeros((n + 1,), dt).at[0].set(i_lo).at[n].set(i_hi)
+
+    def plane(k, out):
+        g = _face(sf(k), sf(k + 1), binary)
+        return out.at[k + 1].set(jnp.sum(g * (xf(k) - xf(k + 1))))
+
+    return jax.lax.fori_loop(0, zero + (n - 1), plane, out)
+
+
+def _mask_hierarchy(c, periodic, per, dtype):
+    """Multigrid hierarchy of the 0/1-mask operator (mask c > 0), its first coarse level
+    summed from 1-byte fine faces: a Galerkin face of the first level sums at most 4 fine
+    faces of 0/1 (its diagonal ≤ 6·4 + 16), so uint8 is exact there; the level is then
+    converted to ``dtype`` and coarsened further as usual. Avoids the full-size float32
+    face and shift arrays of :func:`build_hierarchy` (measured: they set the solver's
+    peak memory, docs/tortuosity.md)."""
+    axes = first_level_axes(c.shape, per)
+    if not axes:
+        sf = (c > 0).astype(dtype)
+        return build_hierarchy(_stored_faces(sf, periodic, True), _boundary(sf), per,
+                               coarsening=_MG_COARSENING)
+    m = (c > 0).astype(jnp.uint8)
+    g = _stored_faces(m, periodic, True)
+    gb = 2 * m * (_layer(m.shape, 0, jnp.uint8) + _layer(m.shape, 1, jnp.uint8))
+    first = coarsen_galerkin(Level(g, gb, None), axes, per)
+    first = Level(tuple(v.astype(dtype) for v in first.g), first.gb.astype(dtype),
+                  first.diag.astype(dtype))
+    return hierarchy_below(first, axes, per, coarsening=_MG_COARSENING)
+
+
+def _dot(a, b):
+    return jnp.sum(a * b)
 
 
 # ----------------------------------------------------------------------------------
@@ -250,6 +324,13 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
 
     Returns:
         :class:`LeanSolution`.
+
+    Memory (binary): the loops carry x, r, p and scalars only; the mask and the diagonal
+    are one uint8 field c (:func:`_count_diagonal`), and every float derived from it is
+    rebuilt inside the loop bodies from ``c | tick`` with ``tick`` a loop-carried uint8
+    zero that XLA cannot prove constant (otherwise XLA's loop-invariant code motion hoists
+    float copies of the mask, the diagonal and 1/d into the loop carry: 4 B/voxel each).
+    The plane currents of the flux check are summed plane by plane.
     """
     if preconditioner not in _PRECONDITIONERS:
         raise ValueError(f"preconditioner = {preconditioner!r}; valid: {_PRECONDITIONERS}")
@@ -264,58 +345,90 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
     for n in s.shape[1:]:
         n_lat *= n
     nchecks = maxiter // check_every + 1
+    per = (False,) + (bool(periodic),) * (s.ndim - 1)
 
     if binary:
-        diag = _diagonal(s.astype(dtype), periodic, binary)
-        live_f = (s > 0).astype(dtype)
-
-        def matvec(x):
-            return _binary_operator(x, s, diag, periodic)
-
-        if preconditioner == "jacobi":
-            # 1/d inline (not stored): the diagonal is the only hoisted field
-            precond = lambda r: jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)  # noqa: E731
-        else:  # z = 0 on dead voxels, as _binary_operator needs (the V-cycle masks it)
-            precond = _geometric_multigrid(s, matvec, diag, live_f, periodic, binary, dtype,
-                                           omega, nu)
+        field = _count_diagonal(s, periodic)  # uint8: mask and diagonal
+        hier = None
+        if preconditioner == "multigrid":
+            hier = _mask_hierarchy(field, periodic, per, dtype)
     else:
-        def matvec(x):
-            return lean_operator(x, s, periodic, binary)
+        field = s
+        hier = None
+        if preconditioner == "multigrid":
+            sf = s.astype(dtype)
+            hier = build_hierarchy(_stored_faces(sf, periodic, False), _boundary(sf), per,
+                                   coarsening=_MG_COARSENING)
 
-        if preconditioner == "jacobi":
-            precond = _jacobi(s, periodic, binary, dtype)
+    def operators(tick):
+        """(matvec, precond, mask field) built from ``field | tick`` (see Memory)."""
+        if binary:
+            c = field | tick
+
+            def matvec(x):
+                return _count_operator(x, c, periodic)
+
+            diag = c.astype(dtype)
+            live_f = (c > 0).astype(dtype)
+            mfield = c
         else:
-            precond = _geometric_multigrid(s, matvec, _diagonal(s.astype(dtype), periodic, binary),
-                                           (s > 0).astype(dtype), periodic, binary, dtype,
-                                           omega, nu)
+            # the harmonic faces are hoisted out of the loop either way; rebuilding them
+            # from a runtime zero made XLA store more, not less (68 vs 60 B/voxel at 96³)
+            sv = field
 
-    live = (s > 0)
-    b = 2.0 * s.astype(dtype) * _layer(s.shape, 0, dtype)
-    # initial guess: the linear drop of a straight channel, on the live voxels
-    ramp = 1.0 - (jnp.arange(n0, dtype=dtype) + 0.5) / n0
-    x0 = jnp.where(live, ramp.reshape((n0,) + (1,) * (s.ndim - 1)), 0.0).astype(dtype)
-    bnorm = jnp.sqrt(jnp.sum(b * b))
-    safe_b = jnp.where(bnorm > 0, bnorm, 1.0)
+            def matvec(x):
+                return lean_operator(x, sv, periodic, False)
 
-    def measure(x):
-        cur = lean_plane_currents(x, s, periodic, binary)
+            diag = _diagonal(sv.astype(dtype), periodic, False)
+            live_f = (sv > 0).astype(dtype)
+            mfield = sv
+        if preconditioner == "jacobi":
+            def precond(r):
+                return jnp.where(diag > 0, r / jnp.where(diag > 0, diag, 1.0), 0.0)
+        else:  # z = 0 on dead voxels, as the operators need (the V-cycle masks it)
+            precond = make_vcycle(matvec, diag, hier, per, live_f, omega=omega, nu=nu,
+                                  alpha=_MG_ALPHA, fine_direct=True)
+        return matvec, precond, mfield
+
+    def next_tick(v):
+        """0 unless v is NaN: a value XLA cannot fold, of the field's dtype."""
+        return jnp.isnan(v).astype(field.dtype)
+
+    mfield0 = operators(jnp.zeros((), field.dtype))[2]
+
+    def b_of(mfield):
+        m = (mfield > 0).astype(dtype) if binary else mfield.astype(dtype)
+        return 2.0 * m * _layer(s.shape, 0, dtype)
+
+    def measure(x, mfield, zero):
+        cur = _streamed_plane_currents(x, mfield, binary, zero)
         top = jnp.max(cur)
         spread = jnp.where(top > 0, (top - jnp.min(cur)) / jnp.where(top > 0, top, 1.0), jnp.inf)
         return cur, spread, jnp.mean(cur) * n0 / n_lat
 
+    b0 = b_of(mfield0)
+    bnorm = jnp.sqrt(_dot(b0, b0))
+    safe_b = jnp.where(bnorm > 0, bnorm, 1.0)
+    # initial guess: the linear drop of a straight channel, on the live voxels
+    ramp = 1.0 - (jnp.arange(n0, dtype=dtype) + 0.5) / n0
+    x0 = jnp.where(mfield0 > 0, ramp.reshape((n0,) + (1,) * (s.ndim - 1)), 0.0).astype(dtype)
+
     # PCG carries x, r, p only: z = M r is used within the iteration that forms it
     def cg_step(_, st):
-        x, r, p, rz = st
+        x, r, p, rz, tick = st
+        matvec, precond, _ = operators(tick)
         q = matvec(p)
-        pq = jnp.sum(p * q)
+        pq = _dot(p, q)
         alpha = jnp.where(pq > 0, rz / jnp.where(pq > 0, pq, 1.0), 0.0)
         x = x + alpha * p
         r = r - alpha * q
-        z = precond(r)
-        rz_new = jnp.sum(r * z)
+        z = precond(r, q) if preconditioner == "multigrid" else precond(r)
+        # "+ 0·x[0]" makes the new p depend on the new x, so x is updated before p and
+        # XLA needs no copy of the old p (0·v is not folded for floats: NaN semantics)
+        rz_new = _dot(r, z) + 0.0 * x[(0,) * x.ndim]
         beta = jnp.where(rz != 0, rz_new / jnp.where(rz != 0, rz, 1.0), 0.0)
         p = z + beta * p
-        return x, r, p, rz_new
+        return x, r, p, rz_new, next_tick(rz_new)
 
     def done(rn, spread, cond, cond_prev):
         res_ok = rn <= rtol * bnorm
@@ -327,34 +440,48 @@ def lean_transport_solve(s, *, rtol=1e-6, flux_tol=1e-3, periodic=False, binary=
             return flux_ok | res_ok
         return res_ok & flux_ok
 
-    r0 = b - matvec(x0)
-    z0 = precond(r0)
-    _, spread0, cond0 = measure(x0)
+    # a runtime zero (0 unless ‖b‖ is NaN) for the first tick and the trip counts below
+    tick0 = next_tick(bnorm)
+    zero0 = tick0.astype(jnp.int32)
+    _, spread0, cond0 = measure(x0, mfield0, zero0)
+
+    # p0 = 0 and rz0 = 1: the loop's first CG step (one extra, not counted) then has α = 0
+    # and sets p = z0 = M r0, so no preconditioner application is needed out here, where
+    # XLA would materialise its intermediates as extra full-size fields
+    matvec0 = operators(tick0)[0]
+    r0 = b_of(mfield0) - matvec0(x0)
+    z0 = jnp.zeros(s.shape, dtype)
+    rz0 = jnp.ones((), dtype)
     nan = jnp.full((nchecks,), jnp.nan, dtype)
     hist = nan.at[0].set(cond0)
     shist = nan.at[0].set(spread0)
-    rn0 = jnp.sqrt(jnp.sum(r0 * r0))
+    rn0 = jnp.sqrt(_dot(r0, r0))
     rhist = nan.at[0].set(rn0 / safe_b)
-    init = (x0, r0, z0, jnp.sum(r0 * z0), jnp.array(0, jnp.int32), jnp.array(1, jnp.int32),
-            hist, shist, rhist, cond0, done(rn0, spread0, cond0, jnp.asarray(jnp.inf, dtype)))
+    init = (x0, r0, z0, rz0, tick0, jnp.array(0, jnp.int32),
+            jnp.array(1, jnp.int32), hist, shist, rhist, cond0,
+            done(rn0, spread0, cond0, jnp.asarray(jnp.inf, dtype)))
 
     def cond_fn(st):
-        return (~st[-1]) & (st[4] < maxiter) & (bnorm > 0)
+        return (~st[-1]) & (st[5] < maxiter) & (bnorm > 0)
 
     def body(st):
-        x, r, p, rz, k, c, hist, shist, rhist, cprev, _ = st
-        x, r, p, rz = jax.lax.fori_loop(0, check_every, cg_step, (x, r, p, rz))
-        _, spread, cnow = measure(x)
-        rn = jnp.sqrt(jnp.sum(r * r))
+        x, r, p, rz, tick, k, c, hist, shist, rhist, cprev, _ = st
+        extra = (k == 0).astype(jnp.int32)  # the set-up step p0 = 0 → p = M r0
+        x, r, p, rz, tick = jax.lax.fori_loop(0, check_every + extra, cg_step,
+                                              (x, r, p, rz, tick))
+        _, _, mfield = operators(tick)
+        _, spread, cnow = measure(x, mfield, tick.astype(jnp.int32))
+        rn = jnp.sqrt(_dot(r, r))
         hist = hist.at[c].set(cnow)
         shist = shist.at[c].set(spread)
         rhist = rhist.at[c].set(rn / safe_b)
-        return (x, r, p, rz, k + check_every, c + 1, hist, shist, rhist, cnow,
+        return (x, r, p, rz, tick, k + check_every, c + 1, hist, shist, rhist, cnow,
                 done(rn, spread, cnow, cprev))
 
-    x, r, _, _, k, _, hist, shist, rhist, _, ok = jax.lax.while_loop(cond_fn, body, init)
+    x, r, _, _, tick, k, _, hist, shist, rhist, _, ok = jax.lax.while_loop(cond_fn, body, init)
     del r
-    rtrue = b - matvec(x)
-    rel = jnp.sqrt(jnp.sum(rtrue * rtrue)) / safe_b
-    cur, spread, _ = measure(x)
+    matvec, _, mfield = operators(tick)
+    rtrue = b_of(mfield) - matvec(x)
+    rel = jnp.sqrt(_dot(rtrue, rtrue)) / safe_b
+    cur, spread, _ = measure(x, mfield, tick.astype(jnp.int32))
     return LeanSolution(x, k, rel, ok | (bnorm == 0), cur, spread, hist, shist, rhist)

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from .rotations import HIGHEST
 
 __all__ = ["Level", "Hierarchy", "coarsen", "build_levels", "build_hierarchy", "make_vcycle",
-           "level_operator"]
+           "level_operator", "first_level_axes", "hierarchy_below"]
 
 _COARSEST = 512
 
@@ -297,13 +297,39 @@ def build_hierarchy(g, gb, periodic, coarsest=_COARSEST, coarsening="galerkin"):
         g = tuple(g)
         return Hierarchy((), (), _dense_pinv(Level(g, gb, _diagonal(g, gb, periodic)),
                                              periodic))
+    return _with_pinv(levels, axes, periodic, coarsest)
+
+
+def first_level_axes(shape, periodic):
+    """Axes coarsened from a fine grid of ``shape`` to the first coarse level (empty: the
+    grid is small enough for the dense solve, or has no axis to coarsen)."""
+    size = 1
+    for n in shape:
+        size *= n
+    if size <= _COARSEST:
+        return ()
+    return _coarsen_axes(tuple(shape), tuple(bool(p) for p in periodic))
+
+
+def hierarchy_below(first, first_axes, periodic, coarsest=_COARSEST, coarsening="galerkin"):
+    """:class:`Hierarchy` whose first coarse level ``first`` (coarsened along
+    ``first_axes`` from the fine grid) the caller built; the rest as :func:`build_hierarchy`.
+    Lets the caller form the first level without full-size float face arrays (the lean
+    solver sums 1-byte faces of its mask)."""
+    periodic = tuple(bool(p) for p in periodic)
+    levels, axes = build_levels(first.g, first.gb, periodic, coarsest, coarsening)
+    return _with_pinv([first] + list(levels), [tuple(first_axes)] + list(axes), periodic,
+                      coarsest)
+
+
+def _with_pinv(levels, axes, periodic, coarsest):
     last = levels[-1]
     pinv = _dense_pinv(last, periodic) if last.gb.size <= 4 * coarsest else None
     return Hierarchy(tuple(levels), tuple(axes), pinv)
 
 
 def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=0.7, nu=1,
-                coarse_sweeps=8, alpha=1.0):
+                coarse_sweeps=8, alpha=1.0, fine_direct=False, fine_dinv=None):
     """Symmetric V-cycle z = M r (M ≈ A⁻¹) for PCG.
 
     Args:
@@ -315,12 +341,23 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
         omega, nu: damped-Jacobi weight and sweeps per side.
         coarse_sweeps: Jacobi sweeps per side on the last level when it has no dense
             pseudo-inverse (no axis left to coarsen).
+        fine_direct: with ``nu = 1``, write the finest level's post-smoothing sweep as a
+            plain expression instead of a one-sweep loop (same arithmetic). The coarse
+            levels keep their loops, so their results are materialised once; the finest
+            iterate before the sweep (pre-smoothed + prolonged correction, elementwise in
+            r and the coarse correction) is then fused into the sweep's stencil instead of
+            being stored: one full-size float32 field less (measured in docs/tortuosity.md).
+            The returned function then takes an optional second argument, a dead field of
+            r's shape whose buffer the fine residual may take over.
+        fine_dinv: the finest 1/diagonal (0 where the diagonal is 0), if the caller has a
+            cheaper form than the division of ``fine_diag``.
     """
     periodic = tuple(bool(p) for p in periodic)
     levels, axes, pinv = hierarchy
-    fine_dinv = _inv_diag(fine_diag)
+    if fine_dinv is None:
+        fine_dinv = _inv_diag(fine_diag)
     if not levels:
-        def exact(r):
+        def exact(r, scratch=None):
             z = jnp.matmul(pinv, r.reshape(-1), precision=HIGHEST).reshape(r.shape)
             return z if live is None else live * z
         return exact
@@ -338,13 +375,21 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
             return x + omega * dinv * (r - apply(x))
         return jax.lax.fori_loop(0, zero + sweeps, sweep, x)
 
-    def cycle(k, r, apply, dinv, mask):
+    def cycle(k, r, apply, dinv, mask, scratch=None):
         # k: index of the level r lives on, −1 = finest
         ax = axes[k + 1]
         x = omega * dinv * r
         if nu > 1:
             x = smooth_solve(apply, dinv, r, x, nu - 1)
-        rc = _restrict(r - apply(x), ax)
+        if fine_direct and k == -1:
+            # the residual is formed in a loop of one (opaque) trip, so it is materialised
+            # once (4 B/voxel) and restricted from there: fused into the strided-slice
+            # restriction, XLA-CPU materialises each of the stencil's six shifted copies
+            res = jax.lax.fori_loop(0, zero + 1, lambda _, v: r - apply(x),
+                                    jnp.zeros_like(r) if scratch is None else scratch)
+        else:
+            res = r - apply(x)
+        rc = _restrict(res, ax)
         lev = levels[k + 1]
         capply = lambda v: level_operator(v, lev, periodic)  # noqa: E731
         if k + 1 == len(levels) - 1:
@@ -359,6 +404,8 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
         if mask is not None:
             e = mask * e
         x = x + e
+        if fine_direct and nu == 1 and k == -1:
+            return x + omega * dinv * (r - apply(x))
         return smooth_solve(apply, dinv, r, x, nu)
 
-    return lambda r: cycle(-1, r, fine_apply, fine_dinv, live)
+    return lambda r, scratch=None: cycle(-1, r, fine_apply, fine_dinv, live, scratch)

@@ -29,7 +29,8 @@ __all__ = ["lean_transport", "connected_mask", "MULTIGRID_MIN_VOXELS", "default_
 # default preconditioner on a CPU: multigrid PCG from this many voxels on (about 100³),
 # Jacobi below, where Jacobi's cheaper compilation outweighs its extra iterations. On a GPU
 # the default stays Jacobi, the path measured there (21 B/voxel, docs/tortuosity.md);
-# multigrid has not run on a GPU yet and needs about 3× the memory on the CPU
+# multigrid has not run on a GPU yet and needs about 1.7× the memory on the CPU (XLA's
+# count: 38 against 22 B/voxel)
 MULTIGRID_MIN_VOXELS = 1_000_000
 
 
@@ -96,7 +97,9 @@ def lean_transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_condu
     )
     from ssbx.kernels.transport_lean import lean_transport_solve
 
-    lab = check_labels(labels)
+    # labels are 0..MAX_LABEL (< 256): keep them as 1 byte, not check_labels' int64 copy
+    # (8 B/voxel held through the solve; measured in docs/tortuosity.md)
+    lab = check_labels(labels).astype(np.uint8)
     table = _check_conductivities(conductivity_by_label)
     h = _check_voxel_size(voxel_size_m)
     ax = _check_axis(axis, lab.ndim)
@@ -143,18 +146,21 @@ def lean_transport(labels, conductivity_by_label, voxel_size_m, axis, bulk_condu
         s = live.astype(np.uint8)
     else:
         s = np.where(live, (table / smax).astype(np.float32)[moved], np.float32(0))
-    del moved, live
-    sol = lean_transport_solve(jnp.asarray(s), rtol=float(rtol), flux_tol=float(flux_tol),
+    ndim = lab.ndim
+    del moved, live, lab
+    s_dev = jnp.asarray(s)
+    del s
+    sol = lean_transport_solve(s_dev, rtol=float(rtol), flux_tol=float(flux_tol),
                                periodic=periodic, binary=binary,
                                preconditioner=preconditioner, criterion=criterion,
                                check_every=check_every, maxiter=maxiter)
-    del s
+    del s_dev
     currents = np.asarray(sol.currents, float)
     i_mean_s = float(currents.mean())
     # physical current: I = h · max σ · I' (A in 3D, A/m in 2D)
     i_mean = i_mean_s * h * smax
     imbalance = float(np.max(np.abs(currents - i_mean_s)) / abs(i_mean_s)) if i_mean_s else 0.0
-    area = n_lat * h ** (lab.ndim - 1)
+    area = n_lat * h ** (ndim - 1)
     sigma_eff = max(i_mean, 0.0) * n * h / area
     tau = eps * sigma_bulk / sigma_eff if sigma_eff > 0 else math.inf
     hist = np.asarray(sol.history, float)
