@@ -129,6 +129,7 @@ def solve_coupled(
     current=None,
     voltage=None,
     rtol=1e-6,
+    rtol_unit=None,
     maxiter=500,
     preconditioner="multigrid",
     warm_start=None,
@@ -164,6 +165,10 @@ def solve_coupled(
             of a ``lax.cond`` over two solves (which compiles the CG loop twice). Under
             voltage control the second system's right-hand side is zero, so its CG
             takes no iteration and its warm start is kept.
+        rtol_unit: the CG tolerance of the lifted unit-potential system (galvanostatic
+            control); default :func:`unit_rtol` of ``rtol``. A Newton iteration before
+            the last may pass 1.0, which keeps the warm start's φ¹ (the last iteration
+            solves it): I¹ then lags one linearisation.
 
     Returns:
         :class:`CoupledSolution` (potentials, V, the total interface current, CG
@@ -255,7 +260,7 @@ def solve_coupled(
     warm = None if warm_start is None else jax.lax.stop_gradient(jnp.asarray(warm_start, dtype))
     if fused:
         return _solve_fused(matvec, precond, b_src, b_unit, lift, g_if, c_if, faces, scale, ms, me, warm,
-                            current, voltage, rtol, maxiter, dtype, voltage_control)
+                            current, voltage, rtol, maxiter, dtype, voltage_control, rtol_unit)
     cold = make_solve(None)
 
     def lin_solve(rhs, guess, tol=rtol):
@@ -272,7 +277,8 @@ def solve_coupled(
         next_warm = jnp.stack([u - v * unit, unit])
     else:
         u0, (it0, rel0) = lin_solve(b_src, None if warm is None else warm[0])
-        w, (it1, rel1) = lin_solve(b_unit, None if warm is None else warm[1] - lift, unit_rtol(rtol))
+        w, (it1, rel1) = lin_solve(b_unit, None if warm is None else warm[1] - lift,
+                                   unit_rtol(rtol) if rtol_unit is None else rtol_unit)
         u1 = lift + w
         next_warm = jnp.stack([u0, u1])
         phi_s, phi_e, v = _galvanostatic(u0, u1, g_if, c_if, faces, scale, current)
@@ -327,26 +333,24 @@ def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
 
     Returns ``(x, iterations)``: iterations summed over the systems.
     """
-    shape = b.shape[1:]
-    flat_mv = lambda v: matvec(v.reshape(shape)).reshape(-1)  # noqa: E731
-    flat_pc = lambda v: precond(v.reshape(shape)).reshape(-1)  # noqa: E731
-
+    # the vectors keep their grid shape: flattened, XLA-CPU computed the operator twice
+    # per iteration (once for p·Ap, once for r − α Ap)
     def one(count, triple):
-        bj, xj, rtol_j = triple[0].reshape(-1), triple[1].reshape(-1), triple[2]
+        bj, xj, rtol_j = triple
         bnorm = jnp.sqrt(jnp.sum(bj * bj))
         tol = rtol_j * bnorm
-        r = bj - flat_mv(xj)
+        r = bj - matvec(xj)
 
         def cond(s):
             return (s[5] > tol) & (s[4] < maxiter) & (bnorm > 0)
 
         def body(s):
             x, r, p, rz_old, k, _ = s
-            z = flat_pc(r)
+            z = precond(r)
             rz = jnp.sum(r * z)
             beta = jnp.where((k > 0) & (rz_old != 0), rz / jnp.where(rz_old != 0, rz_old, 1.0), 0.0)
             p = z + beta * p
-            ap = flat_mv(p)
+            ap = matvec(p)
             pap = jnp.sum(p * ap)
             alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
             x = x + alpha * p
@@ -356,7 +360,7 @@ def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
         init = (xj, r, jnp.zeros_like(r), jnp.asarray(0.0, bj.dtype), jnp.asarray(0, jnp.int32),
                 jnp.sqrt(jnp.sum(r * r)))
         x, _, _, _, k, _ = jax.lax.while_loop(cond, body, init)
-        return count + k, jnp.where(bnorm > 0, x, 0.0).reshape(shape)
+        return count + k, jnp.where(bnorm > 0, x, 0.0)
 
     rtols = jnp.broadcast_to(jnp.asarray(rtol, b.dtype), b.shape[:1])
     count, x = jax.lax.scan(one, jnp.asarray(0, jnp.int32), (b, x0, rtols))
@@ -364,7 +368,7 @@ def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
 
 
 def _solve_fused(matvec, precond, b_src, b_unit, lift, g_if, c_if, faces, scale, ms, me, warm, current, voltage,
-                 rtol, maxiter, dtype, voltage_control=None):
+                 rtol, maxiter, dtype, voltage_control=None, rtol_unit=None):
     """:func:`solve_coupled` with its right-hand sides in one :func:`_pcg_sequence`
     (galvanostatic: φ⁰ and φ¹), differentiable through ``lax.custom_linear_solve``.
 
@@ -378,7 +382,7 @@ def _solve_fused(matvec, precond, b_src, b_unit, lift, g_if, c_if, faces, scale,
         return jnp.stack([matvec(u[j]) for j in range(u.shape[0])])
 
     rtol = jnp.asarray(rtol, dtype)
-    rtols = jnp.stack([rtol, unit_rtol(rtol).astype(dtype)])
+    rtols = jnp.stack([rtol, jnp.asarray(unit_rtol(rtol) if rtol_unit is None else rtol_unit, dtype)])
 
     def make_solve(guess):
         def solve(_mv, rhs):

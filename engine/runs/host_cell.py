@@ -254,7 +254,7 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
     """
     faces = model.interface()
 
-    def newton(carry):
+    def newton(carry, final=True):
         phi_s, phi_e, _v, current, iters, _g, _c, warm, k, _change = carry
         drop = face_potential_drop(phi_s, phi_e, faces)
         g, c, _ = _linearised_kinetics(model, x, drop, v_ref)
@@ -262,7 +262,8 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
         sol = solve_coupled(
             model.electronic_conductivity(x), model.sigma_e, model.voxel_size_m, faces, g, c,
             model.anode_potential(current), stack_axis=model.stack_axis, rtol=model.rtol,
-            preconditioner=model.preconditioner, maxiter=5000, warm_start=warm, **kwargs,
+            preconditioner=model.preconditioner, maxiter=5000, warm_start=warm,
+            rtol_unit=None if final else 1.0, **kwargs,
         )
         new_drop = face_potential_drop(sol.phi_s, sol.phi_e, faces)
         change = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a - b), initial=0.0) for a, b in zip(new_drop, drop)])
@@ -270,12 +271,14 @@ def electrochemical_solve(model: CellModel, x, phi_s, phi_e, warm, v_ref, target
                 iters + sol.iterations, g, c, sol.warm, k + 1, change.astype(x.dtype))
 
     # the device stepper's rule (solve/cell_step.potentials): iterate until no face
-    # drop changes by more than newton_tolerance_V, then one more iteration
+    # drop changes by more than newton_tolerance_V, then one more iteration; only that
+    # one solves the unit-potential system (the others keep its warm start)
     zeros = tuple(jnp.zeros_like(x) for _ in model.faces)
     init = (phi_s, phi_e, jnp.asarray(0.0, x.dtype), jnp.asarray(current_guess, x.dtype),
             jnp.asarray(0, jnp.int32), zeros, zeros, warm, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, x.dtype))
     carry = jax.lax.while_loop(
-        lambda cr: (cr[-2] < model.newton_iterations - 1) & (cr[-1] > model.newton_tolerance_V), newton, init)
+        lambda cr: (cr[-2] < model.newton_iterations - 1) & (cr[-1] > model.newton_tolerance_V),
+        lambda cr: newton(cr, False), init)
     phi_s, phi_e, voltage, _, iters, g, c, warm, _, _ = newton(carry)
     voltage = voltage + v_ref
     # currents of the last linear solve: they meet the applied current exactly

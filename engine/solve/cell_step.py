@@ -49,7 +49,7 @@ from ssbx.kernels import butler_volmer as kbv
 from ssbx.kernels import diffusion as kdiff
 from ssbx.kernels.constants import FARADAY, GAS_CONSTANT
 from ssbx.kernels.conduction import log_interpolated_conductivity
-from ssbx.kernels.electrode import face_potential_drop, neighbour, solve_coupled
+from ssbx.kernels.electrode import face_potential_drop, neighbour, solve_coupled, unit_rtol
 from ssbx.kernels.ocv import get_ocv
 from ssbx.kernels.rotations import quaternion_to_matrix
 
@@ -332,6 +332,14 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
         # ≤ 10 tolerances (never the first iteration of a step)
         near = (k > 0) & (_change <= 10.0 * numerics.newton_tolerance_V)
         solver["rtol"] = jnp.where(final | ~near, numerics.rtol, max(INEXACT_RTOL, numerics.rtol))
+        # forward only: I¹ = ∂I/∂V is needed accurately in the last iteration only; before
+        # it, the unit system keeps its warm start (tolerance 1; kernels.electrode.
+        # solve_coupled). The differentiable path solves it in every iteration: its last
+        # iteration is differentiated as if it started from the converged fields, and a
+        # stale I¹ would move the loop's fixed point off them (measured: the map
+        # Jacobian of tests/test_fit_voltage.py then misses central differences)
+        solver["rtol_unit"] = (unit_rtol(numerics.rtol) if numerics.differentiable
+                               else jnp.where(final, unit_rtol(numerics.rtol), 1.0))
         g, c, _ = _linearised_kinetics(geometry, params, derived, x, inv_s, inv_e, drop, v_ref, r_int)
         phi_anode = anode_potential(geometry, params, current)
         args = (sigma_s, sigma_e, geometry.voxel_size_m, faces, g, c, phi_anode)
