@@ -141,7 +141,8 @@ def rollout(
     per rollout;
     ``"autodiff"`` lets JAX transpose the step, which also supports forward mode
     (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical. The
-    symmetric path keeps the six tensor components per voxel for the whole rollout;
+    symmetric path keeps the six tensor components per voxel (nine pair weights in
+    the fused case) for the whole rollout;
     ``"autodiff"`` reads only the grain id and gathers from the per-grain table every
     step, so forward-only runs (``ssbx run``) use it to keep memory at one int per voxel.
 
@@ -231,7 +232,8 @@ def _rollout_fused(geometry, table, source, active, n_active, x0, n_steps, dt_s,
     block plus the states of one block during the reverse pass. The pair weights are
     built once per rollout from the per-grain table (kernels.diffusion_fused.prepare),
     so the per-grain cotangent is one transpose of that map. Values equal the reference
-    operator's to float32 round-off (tests/test_gradient_cost.py).
+    operator's to float32 round-off (tests/test_gradient_cost.py). Non-active voxels keep
+    their x0 (every weight touching them is zero), as in the reference path.
     """
     weights = kfused.prepare(geometry.grain_id, table, geometry.voxel_size_m).weights
     source = jnp.where(active, source, 0.0)
@@ -241,7 +243,7 @@ def _rollout_fused(geometry, table, source, active, n_active, x0, n_steps, dt_s,
         xp_new, sums = kfused.symmetric_block(xp, weights, source, mask, dt_s, checkpoint_every)
         return xp_new, sums / n_active
 
-    xp_final, mean_x = jax.lax.scan(block, kfused.pad_state(jnp.where(active, x0, 0.0)), None,
+    xp_final, mean_x = jax.lax.scan(block, kfused.pad_state(x0), None,
                                     length=n_steps // checkpoint_every)
     status = jnp.full((n_steps,), STATUS_RUNNING, jnp.int32)
     return kfused.interior(xp_final), {"mean_x": mean_x.reshape(n_steps), "status": status}
