@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssbx.kernels import diffusion as kdiff
+from ssbx.kernels import diffusion_fused as kfused
 from ssbx.kernels.rotations import quaternion_to_matrix
 
 from ssbx.engine.geometry.microstructure import Microstructure
@@ -132,11 +133,16 @@ def rollout(
     """Advance ``n_steps`` explicit steps; returns ``(x_final, per_step)``.
 
     ``adjoint`` chooses how reverse mode goes through a step: ``"symmetric"`` (default)
-    uses kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the
-    symmetry of the operator and gathers the per-grain tensor once per rollout;
+    runs the fused pair stencil of kernels.diffusion_fused in blocks of
+    ``checkpoint_every`` steps (kernels.diffusion_fused.symmetric_block, a hand-written
+    block adjoint by the operator's symmetry; docs/gradients.md) when there is no stress
+    coupling and no guard, and otherwise kernels.diffusion.symmetric_operator, whose
+    hand-written VJP also exploits the symmetry; both gather the per-grain tensor once
+    per rollout;
     ``"autodiff"`` lets JAX transpose the step, which also supports forward mode
     (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical. The
-    symmetric path keeps the six tensor components per voxel for the whole rollout;
+    symmetric path keeps the six tensor components per voxel (nine pair weights in
+    the fused case) for the whole rollout;
     ``"autodiff"`` reads only the grain id and gathers from the per-grain table every
     step, so forward-only runs (``ssbx run``) use it to keep memory at one int per voxel.
 
@@ -172,6 +178,9 @@ def rollout(
     n_active = jnp.maximum(jnp.sum(active), 1)
     symmetric = adjoint == "symmetric"
     inv_h = 1.0 / geometry.voxel_size_m
+    if symmetric and coupling is None and not guard:
+        return _rollout_fused(geometry, table, source, active, n_active, x0, n_steps, dt_s,
+                              checkpoint_every)
     comps = kdiff.voxel_components(table, geometry.grain_id) if (symmetric or coupling is not None) else None
     if symmetric:
         source = jnp.where(active, source, 0.0)
@@ -211,6 +220,33 @@ def rollout(
     (x_final, _), per_block = jax.lax.scan(block, init, None, length=n_steps // checkpoint_every)
     per_step = jax.tree_util.tree_map(lambda a: a.reshape((n_steps,) + a.shape[2:]), per_block)
     return x_final, per_step
+
+
+def _rollout_fused(geometry, table, source, active, n_active, x0, n_steps, dt_s, checkpoint_every):
+    """The symmetric adjoint without stress coupling or guard: the fused pair stencil.
+
+    Blocks of ``checkpoint_every`` steps are kernels.diffusion_fused.symmetric_block,
+    whose reverse pass recomputes the block from its first state and applies the same
+    stencil to the cotangent (the operator is symmetric), summing one product of
+    neighbour differences per pair weight (d² fields). Memory: one padded state per
+    block plus the states of one block during the reverse pass. The pair weights are
+    built once per rollout from the per-grain table (kernels.diffusion_fused.prepare),
+    so the per-grain cotangent is one transpose of that map. Values equal the reference
+    operator's to float32 round-off (tests/test_gradient_cost.py). Non-active voxels keep
+    their x0 (every weight touching them is zero), as in the reference path.
+    """
+    weights = kfused.prepare(geometry.grain_id, table, geometry.voxel_size_m).weights
+    source = jnp.where(active, source, 0.0)
+    mask = active.astype(weights.dtype)
+
+    def block(xp, _):
+        xp_new, sums = kfused.symmetric_block(xp, weights, source, mask, dt_s, checkpoint_every)
+        return xp_new, sums / n_active
+
+    xp_final, mean_x = jax.lax.scan(block, kfused.pad_state(x0), None,
+                                    length=n_steps // checkpoint_every)
+    status = jnp.full((n_steps,), STATUS_RUNNING, jnp.int32)
+    return kfused.interior(xp_final), {"mean_x": mean_x.reshape(n_steps), "status": status}
 
 
 def initial_state(geometry: ParticleGeometry, x_initial: float, dtype=jnp.float32) -> jax.Array:
