@@ -44,12 +44,14 @@ memory O(r · n^{1/r}) for r-fold recomputation — binomial "revolve" checkpoin
 optimal for a fixed number of stored states). ``checkpoint_every`` may also be
 given as an integer. benchmarks/gradient.py measures both cost and memory: on a
 24³ grid (2-core CPU, float32) the gradient's temporary memory at 4108 steps is 341
-states with the automatic k (379 with k = 16, 24 598 unchecked). The steps use
-kernels.diffusion.symmetric_operator, whose hand-written VJP exploits the symmetry of
-the operator: a gradient with respect to diffusivities and flux costs ≈ 4.5 forward
-runs (≈ 6.7 when JAX transposes the step itself, ``adjoint="autodiff"``; see the
-benchmark's JSON). Forward-mode derivatives (the Laplace step) use the autodiff
-variant, since a custom VJP has no JVP.
+states with the automatic k (379 with k = 16, 24 598 unchecked). Without stress
+coupling the blocks are kernels.diffusion_fused.symmetric_block, a hand-written block
+adjoint by the operator's symmetry: at 64³ and 1024 steps a gradient with respect to
+diffusivities and flux costs about 2 runs of the reference forward (about 10 of the
+fused forward; docs/gradients.md); with coupling, the per-step VJP of
+kernels.diffusion.symmetric_operator (≈ 4.5 forward runs at 24³, ≈ 6.7 when JAX
+transposes the step itself, ``adjoint="autodiff"``). Forward-mode derivatives (the
+Laplace step) use the autodiff variant, since a custom VJP has no JVP.
 
 Identifiability
 ---------------
