@@ -243,8 +243,8 @@ def solve_coupled(
     # conductances, so w's right-hand side has the scale of the interface currents that
     # I¹ = ∂I/∂V is read from. Solved for φ¹ directly, the relative residual is measured
     # against the collector term g_b, which is larger by about σ_s h / G_f: at rtol 1e-6
-    # the S2 example's V then erred by up to 2.4e-4 V (8.5e-5 V past the first step;
-    # float64 at 1e-6 alike), with the lift by < 1e-6 V (docs/numerics.md).
+    # the S2 example's V then erred by up to 2.4e-4 V (float64 at 1e-6 alike), with the
+    # lift by ≤ 1.4e-5 V at 1 µm and 7e-7 V at 400 nm (docs/numerics.md).
     lift = jnp.stack([ms, jnp.zeros(shape, dtype)])
     b_unit = jnp.stack([gb_s, jnp.zeros(shape, dtype)]) - matvec(lift)
 
@@ -295,10 +295,10 @@ def unit_rtol(rtol):
     """CG tolerance of the lifted unit-potential system w = φ¹ − lift (:func:`solve_coupled`):
     ``min(1e5 rtol, 0.1)``, never below ``rtol``. Its right-hand side has the scale of the
     interface currents, and V depends on it only through I¹ = ∂I/∂V, so it may stop
-    earlier than φ⁰. Measured on the S2 example (1 µm, 60 steps of the 1C charge, float32,
-    against float64 at rtol 1e-11; docs/numerics.md): rtol 1e-6 (w at 0.1) — V within
-    4e-5 V at 11 CG iterations per step; rtol 1e-7 (w at 1e-2) — within 7e-7 V at 28;
-    before the lift (φ¹ solved at 1e-6 against the collector term) 2.4e-4 V at 11."""
+    earlier than φ⁰. Measured on the S2 example against float64 at rtol 1e-11
+    (benchmarks/cell_voltage_accuracy.py, docs/numerics.md): at the default rtol 1e-6
+    (w at 0.1) V is within 1.4e-5 V at 1 µm and 7e-7 V at 400 nm, where the unlifted φ¹
+    solved at 1e-6 erred by 2.4e-4 V at the same CG cost."""
     rtol = jnp.asarray(rtol)
     return jnp.maximum(rtol, jnp.minimum(UNIT_RTOL_FACTOR * rtol, 0.1))
 
@@ -320,8 +320,8 @@ def _galvanostatic(u0, u1, g_if, c_if, faces, scale, current):
 
 def _pcg_sequence(matvec, b, x0, precond, rtol, maxiter):
     """Preconditioned CG on m systems A x_j = b_j (b, x0: (m, ...); ``rtol`` a scalar or
-    one per system), one after the other in a ``lax.scan``, so that one compiled CG loop (and one compiled V-cycle)
-    serves them all.
+    one per system), one after the other in a ``lax.scan``, so that one compiled CG loop
+    (and one compiled V-cycle) serves them all.
 
     Each CG is ordered "precondition first" (z = M r, β = (r·z)/(r·z)_old, p = z + β p,
     α = (r·z)/(p·Ap)): the loop body holds the only call of ``precond`` and of
