@@ -110,6 +110,7 @@ import jax.numpy as jnp
 from jax.scipy import fft as jfft
 
 from .rotations import HIGHEST
+from .transport_mg import restrict
 
 __all__ = [
     "PotentialSolution",
@@ -402,21 +403,6 @@ def _make_fft_preconditioner(shape, dtype, axis, lo, hi, lateral, sigma_mean):
     return apply
 
 
-def _pair_sum(x, a):
-    """Sum consecutive pairs along axis a (zero-padding an odd length).
-
-    The even and odd members are strided slices added, not a reshape and a sum: XLA's
-    CPU backend hands the reduction to a library fusion that is slower and makes it
-    duplicate the producer of its operand (measured on the S2 cell's V-cycle at 400 nm)."""
-    n = x.shape[a]
-    if n % 2:
-        pad = [(0, 0)] * x.ndim
-        pad[a] = (0, 1)
-        x = jnp.pad(x, pad)
-        n += 1
-    return jax.lax.slice_in_dim(x, 0, n, 2, axis=a) + jax.lax.slice_in_dim(x, 1, n, 2, axis=a)
-
-
 def _coarsen_face(ga, a):
     """Coarse face conductance along a: the fine face leaving each aggregate."""
     n = ga.shape[a]
@@ -426,14 +412,8 @@ def _coarsen_face(ga, a):
     return out
 
 
-def _restrict(r, coarsen_axes):
-    for a in coarsen_axes:
-        r = _pair_sum(r, a)
-    return r
-
-
 def _prolong(xc, fine_shape, coarsen_axes):
-    """Piecewise-constant prolongation (transpose of :func:`_restrict`)."""
+    """Piecewise-constant prolongation (transpose of :func:`ssbx.kernels.transport_mg.restrict`)."""
     for a in coarsen_axes:
         shape = xc.shape
         xc = jnp.expand_dims(xc, a + 1)
@@ -463,10 +443,10 @@ def _build_hierarchy(g, gb):
             gc = _coarsen_face(ga, a) if a in coarsen_axes else ga
             for b in coarsen_axes:
                 if b != a:
-                    gc = _pair_sum(gc, b)
+                    gc = restrict(gc, (b,))
             new_g.append(gc)
         g = tuple(new_g)
-        gb = _restrict(gb, coarsen_axes)
+        gb = restrict(gb, coarsen_axes)
 
 
 def _dense_inverse(g, gb, diag):
@@ -521,7 +501,7 @@ def multigrid_vcycle(setup, r, omega=0.6, nu=2):
         # of stencils into one kernel that recomputes every neighbour of every earlier
         # sweep (measured 10x slower at 77x77x107)
         x = jax.lax.fori_loop(0, nu - 1, sweep, omega * dinv * r)
-        rc = _restrict(r - apply_operator(x, lg, lgb), caxes)
+        rc = restrict(r - apply_operator(x, lg, lgb), caxes)
         x = x + _prolong(vcycle(level + 1, rc), r.shape, caxes)
         return jax.lax.fori_loop(0, nu, sweep, x)
 

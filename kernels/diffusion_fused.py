@@ -218,13 +218,7 @@ def interior(xp):
 
 
 def _rate_padded(xp, coeffs, source):
-    ndim = xp.ndim
-    x = interior(xp)
-    w = coeffs.weights
-    out = jnp.zeros_like(x)
-    for m, off in enumerate(_pair_offsets(ndim)):
-        back = tuple(-c for c in off)
-        out = out + _at(w[m], (0,) * ndim) * (_at(xp, off) - x) + _at(w[m], back) * (_at(xp, back) - x)
+    out = _pair_rate(xp, coeffs.weights)
     if source is not None:
         out = jnp.where(coeffs.active, out + source, 0.0)
     return out
@@ -298,7 +292,6 @@ class FusedDiffusion:
     step_padded = staticmethod(step_padded)
     step_jit = staticmethod(step_jit)
     rollout = staticmethod(rollout)
-
 
 
 # ---------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 
 from .rotations import HIGHEST
 
-__all__ = ["Level", "Hierarchy", "coarsen", "build_levels", "build_hierarchy", "make_vcycle",
+__all__ = ["Level", "Hierarchy", "coarsen", "restrict", "build_levels", "build_hierarchy", "make_vcycle",
            "level_operator", "first_level_axes", "hierarchy_below"]
 
 _COARSEST = 512
@@ -126,7 +126,7 @@ def _pad_even(x, axes, value=0.0):
     return jnp.pad(x, cfg, constant_values=value)
 
 
-def _restrict(r, axes):
+def restrict(r, axes):
     """Sum over the aggregates (R = Pᵀ): pad odd axes, add the even and odd members.
 
     Strided slices, not a reshape-sum: XLA-CPU hands reductions to its YNNPACK fusion,
@@ -181,10 +181,10 @@ def coarsen_galerkin(level, axes, periodic):
         gc = _pairs(_pad_even(ga, (a,)), a)[1] if a in axes else ga
         for b in axes:
             if b != a:
-                gc = _restrict(gc, (b,))
+                gc = restrict(gc, (b,))
         new_g.append(gc)
     g = tuple(new_g)
-    gb = _restrict(level.gb, axes)
+    gb = restrict(level.gb, axes)
     return Level(g, gb, _diagonal(g, gb, periodic))
 
 
@@ -216,7 +216,7 @@ def coarsen(level, axes, periodic):
             gc = ga
         for b in axes:
             if b != a:
-                gc = _restrict(gc, (b,))
+                gc = restrict(gc, (b,))
         new_g.append(gc)
     gb = level.gb
     if 0 in axes:
@@ -236,7 +236,7 @@ def coarsen(level, axes, periodic):
     else:
         rest = axes
     for b in rest:
-        gb = _restrict(gb, (b,))
+        gb = restrict(gb, (b,))
     g = tuple(new_g)
     return Level(g, gb, _diagonal(g, gb, periodic))
 
@@ -389,7 +389,7 @@ def make_vcycle(fine_apply, fine_diag, hierarchy, periodic, live=None, *, omega=
                                     jnp.zeros_like(r) if scratch is None else scratch)
         else:
             res = r - apply(x)
-        rc = _restrict(res, ax)
+        rc = restrict(res, ax)
         lev = levels[k + 1]
         capply = lambda v: level_operator(v, lev, periodic)  # noqa: E731
         if k + 1 == len(levels) - 1:

@@ -57,7 +57,7 @@ def test_coarse_levels_are_galerkin_products(x64, shape, periodic):
     a_lean = _dense(lambda x: tl.lean_operator(x, s, periodic, False), shape)
     np.testing.assert_allclose(a_fine, a_lean, atol=1e-13)
     p = _dense(lambda xc: mg._prolong(xc, shape, axes), coarse.gb.shape)
-    r = _dense(lambda x: mg._restrict(x, axes), shape)
+    r = _dense(lambda x: mg.restrict(x, axes), shape)
     np.testing.assert_array_equal(r, p.T)  # R = Pᵀ
     a_coarse = _dense(lambda x: mg.level_operator(x, coarse, per), coarse.gb.shape)
     np.testing.assert_allclose(a_coarse, p.T @ a_fine @ p, atol=1e-12)
