@@ -145,8 +145,10 @@ def rollout(
     (jvp/jacfwd, as the Laplace uncertainty needs). Values are identical. The
     symmetric path keeps the six tensor components per voxel (nine pair weights in
     the fused case) for the whole rollout;
-    ``"autodiff"`` reads only the grain id and gathers from the per-grain table every
-    step, so forward-only runs (``ssbx run``) use it to keep memory at one int per voxel.
+    ``"autodiff"`` on the reference operator reads only the grain id and gathers from
+    the per-grain table every step (one int per voxel of parameters; XLA's estimate of a
+    whole guarded chunk is nevertheless about the same as the fused one's, ~100 B per
+    voxel, docs/particle_runs.md).
 
     ``coupling`` (an engine.physics.mechanics.StressCoupling) turns on stress-assisted
     transport. The stress potential χ is solved at the start of every block of
@@ -168,8 +170,9 @@ def rollout(
     reference operator otherwise); ``"fused"`` forces the fused pair stencil of
     kernels.diffusion_fused whenever there is no stress coupling, also with the guard or
     ``adjoint="autodiff"`` (:func:`_rollout_fused_stepwise`: one fused elementwise pass
-    per step, 4–6× faster than the reference operator on a CPU, same values to float32
-    round-off, d² pair weights per voxel instead of one grain id; reverse and forward
+    per step; a guarded chunk 2.6–3.4× faster than the reference operator's at
+    128³–64³ on a 2-core CPU, benchmarks/particle_run_speed.py; same values to float32
+    round-off; d² pair weights per voxel instead of one grain id; reverse and forward
     mode by JAX's own transpose of the step); ``"reference"`` forces
     kernels.diffusion. Production particle runs (engine.solve.particle_step) ask for
     ``"fused"``. With ``coupling`` only the reference operator exists: ``"fused"`` is
