@@ -98,7 +98,7 @@ def bench_size(n: int, chunk: int, block: int, repeats: int, grains_per_64: int 
     results = {}
     for name, (fn,) in calls.items():
         load_before = _load()
-        seconds = _best(lambda: fn(geometry, params, state), repeats)
+        seconds = _best(lambda fn=fn: fn(geometry, params, state), repeats)
         x = fn(geometry, params, state)[0]
         results[name] = jnp.asarray(x.x if hasattr(x, "x") else x)
         memory = _memory(fn, geometry, params, state)

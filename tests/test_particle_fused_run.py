@@ -141,12 +141,11 @@ def test_fused_run_conserves_li(x64):
     """Li balance of the guarded fused rollout: c_max h³ Δ(Σ x) equals the prescribed
     flux × reactive area × time (float64 to 1e-10; the operator exchanges Li only
     between active voxels), and in float32, the run dtype, to 1e-5 relative."""
+    flux, n = -5e-5, 64
     for dtype, rtol in ((jnp.float64, 1e-10), (jnp.float32, 1e-5)):
-        flux = -5e-5
         geometry, params, x0, dt, active = _setup(3, flux, 0.5, dtype)
-        n = 64
-        x, rec = jax.jit(lambda x: rollout(geometry, params, x, n, dt, checkpoint_every=BLOCK, guard=True,
-                                           adjoint="autodiff", stencil="fused"))(x0)
+        x, rec = jax.jit(lambda x, g=geometry, p=params, dt=dt: rollout(
+            g, p, x, n, dt, checkpoint_every=BLOCK, guard=True, adjoint="autodiff", stencil="fused"))(x0)
         assert np.all(np.asarray(rec["status"]) == STATUS_RUNNING)
         removed = C_MAX * H**3 * (np.sum(np.asarray(x0, np.float64)) - np.sum(np.asarray(x, np.float64)))
         area = float(np.sum(np.asarray(geometry.face_count, np.float64))) * H**2
@@ -161,7 +160,7 @@ def test_guarded_fused_rollout_keeps_autodiff_gradients(x64):
     """adjoint="autodiff" through the guarded fused path: reverse-mode gradient w.r.t.
     the diffusivities, orientations and flux equals the reference guarded path's (float64,
     to 1e-9), and forward mode (jvp) runs and agrees."""
-    geometry, params, x0, dt, active = _setup(2, flux=-2e-4, x_start=0.5, dtype=jnp.float64)
+    geometry, params, x0, dt, _ = _setup(2, flux=-2e-4, x_start=0.5, dtype=jnp.float64)
     weights = jnp.asarray(np.random.default_rng(1).random(x0.shape))
 
     def loss(p, stencil):
