@@ -47,6 +47,21 @@ def particle_state_at_start(x0: jax.Array) -> ParticleState:
     return ParticleState(x=x0, n_steps=jnp.asarray(0, jnp.int32), status=jnp.asarray(STATUS_RUNNING, jnp.int32))
 
 
+def particle_stencil(coupling=None) -> str:
+    """The diffusion operator of a particle run's steps (engine.model.particle.rollout's
+    ``stencil``): the fused pair stencil (kernels.diffusion_fused; one elementwise pass per
+    step, d² pair weights per voxel built once per chunk; same values and guard as the
+    reference operator to float32 round-off) on CPUs, where a guarded chunk runs 2.6–3.4×
+    faster at 128³–64³ (benchmarks/particle_run_speed.py). On a GPU the reference
+    operator: there the fused XLA step measured 0.74× the reference's speed at 256³
+    (benchmarks/roofline.py on an H200, docs/performance.md), since it moves 49 B per voxel
+    against 16 and arithmetic is cheap. With stress coupling always the reference operator
+    (the stress drift exists only there)."""
+    if coupling is not None or jax.default_backend() != "cpu":
+        return "reference"
+    return "fused"
+
+
 @eqx.filter_jit
 def advance_particle(geometry: ParticleGeometry, params: TransportParams, state: ParticleState, chunk: int,
                      dt_s: float, block: int, coupling=None):
@@ -55,13 +70,8 @@ def advance_particle(geometry: ParticleGeometry, params: TransportParams, state:
     ``status`` per step (engine.model.particle.rollout with ``guard=True``), ``n_taken``
     the steps accepted before a stop. With stress-assisted transport (``coupling``) the
     stress is re-solved every ``block`` steps (``block`` must divide ``chunk``)."""
-    # Without coupling: the fused pair stencil (kernels.diffusion_fused; one elementwise pass
-    # per step, d² pair weights per voxel built once per chunk), same values as the reference
-    # operator to float32 round-off and the same guard. With coupling: the reference operator
-    # (the stress drift exists only there), adjoint="autodiff" reading one grain id per voxel.
     x, records = rollout(geometry, params, state.x, chunk, dt_s, checkpoint_every=block, guard=True,
-                         coupling=coupling, adjoint="autodiff",
-                         stencil="reference" if coupling is not None else "fused")
+                         coupling=coupling, adjoint="autodiff", stencil=particle_stencil(coupling))
     n_taken = jnp.sum(records["status"] == STATUS_RUNNING).astype(jnp.int32)
     status = jnp.where(n_taken < chunk, records["status"][jnp.minimum(n_taken, chunk - 1)], STATUS_RUNNING)
     return ParticleState(x=x, n_steps=state.n_steps + n_taken, status=status.astype(jnp.int32)), n_taken, records
