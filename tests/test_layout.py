@@ -98,3 +98,23 @@ def test_every_engine_import_resolves():
                     except ImportError:
                         missing.append(f"{where} from {module} import {name}")
     assert not missing, "imports that do not resolve:\n" + "\n".join(missing)
+
+
+def test_the_package_list_installs_each_room_at_its_import_path():
+    """pyproject's setuptools section maps ssbx.engine / ssbx.kernels to their folders and
+    lists every subpackage under its own dotted name, so a wheel (a non-editable install)
+    puts engine/config/scenario.py at ssbx/engine/config/scenario.py. (A mapping of
+    "ssbx.engine.config.scenario" to engine/config once built ssbx/engine/config/scenario/
+    scenario.py: editable installs worked, wheels did not.)"""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the tomli backport (a dependency there)
+        import tomli as tomllib
+
+    root = ENGINE.parent
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["package-dir"] == {"ssbx.engine": "engine", "ssbx.kernels": "kernels"}
+    on_disk = {"ssbx.kernels"} | {
+        "ssbx.engine" + "".join("." + p for p in init.parent.relative_to(ENGINE).parts)
+        for init in ENGINE.rglob("__init__.py") if "__pycache__" not in init.parts}
+    assert sorted(setup["packages"]) == sorted(on_disk)
