@@ -314,9 +314,11 @@ def potentials(geometry, params, numerics, derived, x, phi_s, phi_e, warm, v_ref
     once Newton has settled (the previous iteration moved the drops by ≤ 10
     ``newton_tolerance_V``) and, in a forward run, in the first iteration of a step.
     Measured on the S2 example (benchmarks/cell_voltage_accuracy.py, 60 steps): the
-    loose first iteration cuts the CG iterations per step from 15.3 to 8.8 at 400 nm and
-    from 11.2 to 7.4 at 1 µm, and V stays within 7e-7 V / 1.4e-5 V of float64 at rtol
-    1e-11 as before. (Before the unit system was lifted, the same cut moved V by 1e-4 V:
+    loose first iteration cut the CG iterations per step from 15.3 to 8.8 at 400 nm and
+    from 11.2 to 7.4 at 1 µm, with V within 7e-7 V / 1.4e-5 V of float64 at rtol 1e-11 as
+    before; a forward run's Newton stop on the update size (below) and the unit system at
+    0.2 (kernels.electrode.unit_rtol) then 7.15 CG and 2 Newton iterations per step on
+    both grids, V within 6.8e-6 V / 1.5e-5 V. (Before the unit system was lifted, the same cut moved V by 1e-4 V:
     that was the unlifted solve's own error.) The differentiable path keeps its first
     iteration exact, so that its loop ends as close to the converged fields as before."""
     faces = geometry.interface()
