@@ -104,10 +104,12 @@ def exception_status(err: BaseException, t_s: float | None) -> tuple[str, str]:
 
 
 # working arrays per grid voxel (state, geometry, orientations, gradients and the stress
-# solver's fields), counted generously; used only to refuse runs that cannot fit.
+# solver's fields), counted generously; used only to refuse runs that cannot fit. A
+# particle run's chunk without mechanics measured 25–27 words per voxel by XLA's count
+# (arguments, outputs, temporaries at 64³–512³; docs/particle_runs.md), hence 32.
 # Cell runs add the two potentials, the conductivities, the coupled solve's warm-start
 # and PCG vectors (two fields each) and the face groups' conductances.
-_ARRAYS_PER_VOXEL = {False: 24, True: 96}
+_ARRAYS_PER_VOXEL = {False: 32, True: 96}
 _CELL_ARRAYS_PER_VOXEL = {False: 64, True: 136}
 # fields written per snapshot: soc, plus the stress components and invariants; cell runs
 # add φ_s, φ_e, the interface current and σ_s
