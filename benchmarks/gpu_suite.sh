@@ -84,6 +84,9 @@ else
         step 110 inverse_cost benchmarks/inverse_cost.py --n 64 128 --repeats 2
         # the two cell notebooks' "at GPU size" cells (#16 item 4)
         step 200 cell_fit_gpu_size benchmarks/cell_fit_gpu_size.py --max-iterations 12
+        # particle runs keep the reference operator on GPUs (the fused XLA step was 0.74x
+        # at 256^3 alone); measure the guarded chunk both ways before changing that
+        step 60 particle_run_speed benchmarks/particle_run_speed.py --sizes 128 256 --chunk 128 --repeats 2 --memory-sizes
     fi
 fi
 

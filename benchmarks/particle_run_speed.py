@@ -8,8 +8,9 @@ For each cubic grid n³ (a polycrystalline NCM622 particle filling the box, radi
 n/2 − 2.5 voxels, 1C delithiation, benchmarks/common.benchmark_particle) it times one
 chunk of ``--chunk`` guarded explicit steps, as engine.runs.particle_run calls it:
 
-* ``fused``: engine.solve.particle_step.advance_particle as it is now (rollout with
-  ``stencil="fused"``: kernels.diffusion_fused, d² pair weights per voxel built once per
+* ``fused``: advance_particle's rollout with ``stencil="fused"`` (what a particle run
+  uses on a CPU; on a GPU it keeps the reference, see particle_step.particle_stencil;
+  kernels.diffusion_fused, d² pair weights per voxel built once per
   chunk, one elementwise pass per step and one reduction for the guard);
 * ``reference``: the same call with ``stencil="reference"`` (kernels.diffusion, the
   per-grain tensor gathered from the grain id every step), i.e. advance_particle
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import benchmark_particle, device_info, write_result  # noqa: E402
 
 from ssbx.engine.model.particle import STATUS_RUNNING, rollout  # noqa: E402
-from ssbx.engine.solve.particle_step import advance_particle, particle_state_at_start  # noqa: E402
+from ssbx.engine.solve.particle_step import particle_state_at_start  # noqa: E402
 from ssbx.kernels.diffusion import stable_time_step  # noqa: E402
 
 
@@ -56,12 +57,24 @@ def _load():
 
 
 @eqx.filter_jit
-def _advance_reference(geometry, params, state, chunk: int, dt_s: float, block: int):
-    """advance_particle before the change: the reference operator, guarded."""
+def _advance_with(geometry, params, state, chunk: int, dt_s: float, block: int, stencil: str):
+    """advance_particle's rollout (guarded, adjoint="autodiff") on the given stencil,
+    whatever advance_particle picks on this backend (engine.solve.particle_step.
+    particle_stencil: the fused one only on CPUs)."""
     x, records = rollout(geometry, params, state.x, chunk, dt_s, checkpoint_every=block, guard=True,
-                         adjoint="autodiff", stencil="reference")
+                         adjoint="autodiff", stencil=stencil)
     n_taken = jnp.sum(records["status"] == STATUS_RUNNING).astype(jnp.int32)
     return x, n_taken, records
+
+
+def _advance_reference(geometry, params, state, chunk: int, dt_s: float, block: int):
+    """advance_particle before the change: the reference operator, guarded."""
+    return _advance_with(geometry, params, state, chunk, dt_s, block, "reference")
+
+
+def _advance_fused(geometry, params, state, chunk: int, dt_s: float, block: int):
+    """The fused pair stencil, guarded (advance_particle on a CPU)."""
+    return _advance_with(geometry, params, state, chunk, dt_s, block, "fused")
 
 
 def _best(fn, repeats):
@@ -92,7 +105,7 @@ def bench_size(n: int, chunk: int, block: int, repeats: int, grains_per_64: int 
     out = {"n": n, "voxels": n**3, "active_fraction": float(micro.active.mean()), "n_grains": micro.n_grains,
            "chunk_steps": chunk, "block": block}
     calls = {
-        "fused": (jax.jit(lambda g, p, s: advance_particle(g, p, s, chunk, dt, block)), ),
+        "fused": (jax.jit(lambda g, p, s: _advance_fused(g, p, s, chunk, dt, block)), ),
         "reference": (jax.jit(lambda g, p, s: _advance_reference(g, p, s, chunk, dt, block)), ),
     }
     results = {}
@@ -170,7 +183,7 @@ def memory_only(n: int, chunk: int, block: int, n_grains: int = 1000) -> dict:
     state = ParticleState(x=spec((n, n, n), f32), n_steps=spec((), i32), status=spec((), i32))
     dt = stable_time_step(5e-15, 1e-7, 3, 0.9)
     out = {"n": n, "voxels": n**3, "chunk_steps": chunk, "block": block, "n_grains": n_grains}
-    for name, fn in (("fused", jax.jit(lambda g, p, s: advance_particle(g, p, s, chunk, dt, block))),
+    for name, fn in (("fused", jax.jit(lambda g, p, s: _advance_fused(g, p, s, chunk, dt, block))),
                      ("reference", jax.jit(lambda g, p, s: _advance_reference(g, p, s, chunk, dt, block)))):
         memory = _memory(fn, geometry, params, state)
         total = (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"] + memory["temp_size_in_bytes"]
