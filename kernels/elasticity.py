@@ -148,6 +148,7 @@ __all__ = [
     "von_mises",
     "hydrostatic",
     "principal_stresses",
+    "max_principal_stress",
     "volumetric_strain",
     "deviatoric_norm",
     "MACRO_COMPONENTS_2D",
@@ -722,3 +723,34 @@ def principal_stresses(stress):
     )
     return jnp.moveaxis(jnp.linalg.eigvalsh(t), -1, 0)
 
+
+
+def max_principal_stress(stress):
+    """Largest principal stress, shape (*grid), unit and dtype of input, in closed form.
+
+    For the deviator s = σ − m I (m = tr σ / 3) with p = √(s:s / 6) the eigenvalues of
+    σ are m + 2 p cos(φ − 2πk/3), φ = ⅓ arccos(det(s/p) / 2), and k = 0 gives the
+    largest (Smith, Commun. ACM 4, 168 (1961): the trigonometric solution of the
+    characteristic cubic of a symmetric 3 × 3 matrix). ``det(s/p)/2`` is clipped to
+    [−1, 1] against rounding; p = 0 (hydrostatic σ) gives m.
+
+    Precision: where the two largest eigenvalues (nearly) coincide, the arccos loses
+    half the digits (error ~ √eps · p: ~1e-8 p in float64, ~1e-4 p in float32), so
+    the snapshot output (engine.physics.mechanics.stress_outputs) evaluates it in
+    float64. A NumPy array is evaluated with NumPy (on the host, its own dtype), any
+    other input with jax.numpy. Elementwise, no batched eigen-solver: at 157 464 voxels
+    this is ~10x cheaper than ``principal_stresses`` (LAPACK/XLA eigvalsh, ~0.1 s on a
+    2-core CPU).
+    """
+    xp = np if isinstance(stress, np.ndarray) else jnp
+    s = stress if xp is np else jnp.asarray(stress)
+    xx, yy, zz, yz, xz, xy = (s[k] for k in range(6))
+    m = (xx + yy + zz) / 3.0
+    dx, dy, dz = xx - m, yy - m, zz - m
+    p2 = (dx * dx + dy * dy + dz * dz + 2.0 * (yz * yz + xz * xz + xy * xy)) / 6.0
+    live = p2 > 0
+    p = xp.sqrt(xp.where(live, p2, 1.0))
+    bx, by, bz, byz, bxz, bxy = dx / p, dy / p, dz / p, yz / p, xz / p, xy / p
+    det = bx * (by * bz - byz * byz) - bxy * (bxy * bz - byz * bxz) + bxz * (bxy * byz - by * bxz)
+    phi = xp.arccos(xp.clip(det / 2.0, -1.0, 1.0)) / 3.0
+    return xp.where(live, m + 2.0 * p * xp.cos(phi), m)

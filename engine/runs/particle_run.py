@@ -115,6 +115,7 @@ class _ParticleRun:
         self.stress_solver = None
         if scenario.mechanics.enabled:
             self.stress_solver = StressSolver.build(micro, scenario.mechanics, stress_free_x(scenario), dtype)
+            self.stress_solver.warm_up(dtype)  # compiles while the first chunks run
         self.writer = None
         self.n_steps = self.n_rows = self.n_snapshots = 0
         self.status, self.message, self.at_snapshot = "running", "", False
