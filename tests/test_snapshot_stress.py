@@ -141,3 +141,37 @@ def test_warm_up_compiles_what_the_snapshots_use(caplog):
     assert stats == stats_cold
     for name in fields:
         np.testing.assert_array_equal(fields[name], fields_cold[name])
+
+
+def test_warm_started_solve_equals_the_cold_one_to_tolerance(x64):
+    """``initial_guess`` (kernels.elasticity): started from the previous state's solution,
+    CG stops by the cold solve's rule and lands as close to a tight (tol 1e-10) reference
+    as the cold solve does, in fewer iterations; started from the reference itself it
+    takes none. 2D polycrystal, float64."""
+    from ssbx.kernels.elasticity import solve_elasticity
+
+    micro = polycrystalline_particle(1.0e-6, 1e-7, n_grains=5, margin_voxels=2, ndim=2, seed=1)
+    solver = StressSolver.build(micro, MechanicsConfig(), x_ref=0.9, dtype=jnp.float64)
+    active = jnp.asarray(micro.active)
+    ramp = jnp.asarray(np.linspace(0.0, 1.0, micro.labels.shape[0]))[:, None]
+
+    def solve(x, tol, guess=None):
+        return solve_elasticity(solver.table0, solver.table1, solver.phase_index, x,
+                                expansion_table=solver.expansion, x_ref=0.9, macro_stress=jnp.zeros(3),
+                                stress_mask=jnp.ones(3, bool), tol=tol, maxiter=2000, initial_guess=guess)
+
+    x_prev = jnp.where(active, 0.85 - 0.05 * ramp, 0.0)
+    x_now = jnp.where(active, 0.80 - 0.06 * ramp, 0.0)
+    tol = 1e-4
+    ref = solve(x_now, 1e-10)
+    cold = solve(x_now, tol)
+    warm = solve(x_now, tol, solve(x_prev, tol).cg_solution)
+    scale = float(jnp.abs(ref.stress).max())
+    err_cold = float(jnp.abs(cold.stress - ref.stress).max()) / scale
+    err_warm = float(jnp.abs(warm.stress - ref.stress).max()) / scale
+    assert float(warm.residual) <= tol and bool(warm.converged)
+    assert int(warm.iterations) < int(cold.iterations)
+    assert err_warm < 3 * max(err_cold, tol) and err_warm < 1e-2, (err_warm, err_cold)
+    exact = solve(x_now, tol, ref.cg_solution)
+    assert int(exact.iterations) == 0
+    np.testing.assert_allclose(np.asarray(exact.stress), np.asarray(ref.stress), atol=1e-9 * scale)
