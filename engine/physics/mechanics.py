@@ -102,6 +102,10 @@ class StressSolver:
         warm = self.__dict__.get("_warm_up")
         if warm is not None:  # the programs compiled in the background are ready after this
             warm.join()
+        return self._cg(x)
+
+    def _cg(self, x) -> kel.ElasticityResult:
+        """The CG solve of ``x`` (what :meth:`solve` runs unless the field is stress-free)."""
         stress = _macro_stress(self.ndim, self.stack_pressure_Pa)
         return _solve_jit(
             self.table0, self.table1, self.phase_index, jnp.nan_to_num(x),
@@ -121,18 +125,15 @@ class StressSolver:
         return not expanding[np.asarray(self.phase_index)[moved]].any()
 
     def warm_up(self, dtype) -> threading.Thread:
-        """Compile the solve and the snapshot fields for this grid in a background thread
-        (returned, started), so that the compilation overlaps the run's first chunks;
-        :meth:`solve` waits for it before its first solve and reuses the compiled programs. The warm-up solves a
-        field at x_ref (zero right-hand side: CG stops at once). Errors are left to the
-        real solve to raise."""
+        """Compile the solve for this grid in a background thread (returned, started),
+        so that the compilation (~2-3 s at 157 464 voxels on a 2-core CPU) overlaps the
+        run's first chunks; :meth:`solve` waits for it before its first solve and reuses
+        the compiled program. The warm-up solves a field at x_ref (zero right-hand side
+        unless a stack pressure is applied: CG stops at once or soon). Errors are left to
+        the real solve to raise."""
         def work():
             try:
-                x = jnp.full(self.phase_index.shape, self.x_ref, dtype)
-                stress = jnp.asarray(_macro_stress(self.ndim, 0.0), dtype)
-                result = _solve_jit(self.table0, self.table1, self.phase_index, x, self.expansion,
-                                    jnp.asarray(self.x_ref, dtype), stress, self.tol, self.maxiter)
-                jax.block_until_ready(_derived_fields(result.stress, result.strain))
+                jax.block_until_ready(self._cg(jnp.full(self.phase_index.shape, self.x_ref, dtype)))
             except Exception:  # noqa: BLE001 - the run's own solve reports it
                 pass
 
@@ -319,22 +320,18 @@ def _solve_jit(t0, t1, idx, x, expansion, x_ref, stress, tol, maxiter):
     )
 
 
-@jax.jit
-def _derived_fields(stress, strain):
-    """Von Mises and hydrostatic stress and volumetric strain of a solution, one compiled
-    program (as eager operations they compiled one by one, ~1 s at a run's first
-    snapshot)."""
-    return kel.von_mises(stress), kel.hydrostatic(stress), kel.volumetric_strain(strain)
-
-
 def stress_outputs(result: kel.ElasticityResult, active: np.ndarray, region: np.ndarray | None = None):
     """Snapshot fields (Pa, NaN outside ``region``, by default the active phase) and
     per-snapshot statistics of the active phase."""
     region = active if region is None else region
-    vm, sh, ev = (np.asarray(a, np.float64) for a in _derived_fields(result.stress, result.strain))
-    # the largest principal stress in closed form and float64 on the host: the batched
-    # eigvalsh it replaces took 0.1-0.15 s per snapshot at 157 464 voxels (2-core CPU)
-    top = kel.max_principal_stress(np.asarray(result.stress, np.float64))
+    # on the host in float64 (NumPy: nothing to compile), the largest principal stress in
+    # closed form: as eager JAX operations these compiled one by one at the first snapshot
+    # (~0.7 s) and the batched eigvalsh took 0.1-0.15 s per snapshot at 157 464 voxels
+    stress = np.asarray(result.stress, np.float64)
+    vm = kel.von_mises(stress)
+    sh = kel.hydrostatic(stress)
+    top = kel.max_principal_stress(stress)
+    ev = kel.volumetric_strain(np.asarray(result.strain)[:3].astype(np.float64))
     fields = {
         "von_mises_Pa": np.where(region, vm, np.nan),
         "hydrostatic_Pa": np.where(region, sh, np.nan),
