@@ -167,3 +167,40 @@ def test_warm_started_solve_equals_the_cold_one_to_tolerance(x64):
     exact = solve(x_now, tol, ref.cg_solution)
     assert int(exact.iterations) == 0
     np.testing.assert_allclose(np.asarray(exact.stress), np.asarray(ref.stress), atol=1e-9 * scale)
+
+
+def test_warm_started_snapshots_resume_bit_for_bit(tmp_path, monkeypatch):
+    """Particle runs warm-start each snapshot's stress from the previous two. A run
+    stopped after four snapshots (three solved, the first stress-free) and resumed
+    rebuilds that history from the file, so the file ends equal to an uninterrupted
+    run's, bit for bit; the warm starts took fewer CG iterations than the first solve."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_particle_resume import SMALL_PARTICLE
+    from test_resume import assert_same_contents
+
+    from ssbx.engine.config.scenario import scenario_from_dict
+    from ssbx.engine.io.run_file import load_run
+    from ssbx.engine.runs import particle_run
+
+    scenario = scenario_from_dict(SMALL_PARTICLE)  # 2D, snapshots every 60 steps, chunks of 16
+    whole, cut = tmp_path / "whole.h5", tmp_path / "cut.h5"
+    with jax.enable_x64(False):
+        assert particle_run.run_scenario(scenario, whole, progress=False).status == "completed"
+        after_chunk = particle_run._ParticleRun.after_chunk
+
+        def stop_late(self, *args):
+            if self.n_snapshots >= 4:
+                raise RuntimeError("stopped by the test")
+            return after_chunk(self, *args)
+
+        monkeypatch.setattr(particle_run._ParticleRun, "after_chunk", stop_late)
+        with pytest.raises(RuntimeError, match="stopped by the test"):
+            particle_run.run_scenario(scenario, cut, progress=False, checkpoint_wall_s=0.0)
+        monkeypatch.setattr(particle_run._ParticleRun, "after_chunk", after_chunk)
+        assert particle_run.resume_particle(cut, scenario, progress=False).status == "completed"
+    iterations = load_run(whole).snapshots["cg_iterations"]
+    assert iterations[0] == 0 and np.all(iterations[2:] < iterations[1]), iterations
+    assert_same_contents(cut, whole)
