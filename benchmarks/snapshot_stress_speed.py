@@ -55,8 +55,8 @@ def _child(out: str):
         log[name].append(time.perf_counter() - t0)
         return out
 
-    def timed_solve(self, x, **kwargs):
-        result = timed("solve_s", solve, self, x, **kwargs)
+    def timed_solve(self, x):
+        result = timed("solve_s", solve, self, x)
         log["cg_iterations"].append(int(result.iterations))
         log["cg_residual"].append(float(result.residual))
         return result

@@ -84,12 +84,8 @@ class StressSolver:
             ndim=micro.ndim,
         )
 
-    def solve(self, x, initial_guess=None) -> kel.ElasticityResult:
+    def solve(self, x) -> kel.ElasticityResult:
         """Stress for the Li field ``x`` (non-active voxels may hold anything finite).
-
-        ``initial_guess``: the ``cg_solution`` of an earlier result on this grid (or a
-        combination of such), where CG starts (kernels.elasticity.solve_elasticity); by
-        default zero, which gives the cold solve's numbers.
 
         A field without eigenstrain (every voxel whose x differs from x_ref has a zero
         expansion row, e.g. the uniform x = x_ref of a run's first snapshot) under zero
@@ -106,22 +102,15 @@ class StressSolver:
         warm = self.__dict__.get("_warm_up")
         if warm is not None:  # the programs compiled in the background are ready after this
             warm.join()
-        return self._cg(x, initial_guess)
+        return self._cg(x)
 
-    def zero_solution(self, dtype):
-        """The CG unknowns (u, e) of the zero solution (the shortcut's), for guesses."""
-        return jnp.zeros((3,) + tuple(self.phase_index.shape), dtype), jnp.zeros((6,), dtype)
-
-    def _cg(self, x, initial_guess=None) -> kel.ElasticityResult:
-        """The CG solve of ``x`` (what :meth:`solve` runs unless the field is stress-free).
-        Always with a guess (zero by default: CG then computes exactly what it computes
-        from its own zero start), so cold and warm solves share one compiled program."""
+    def _cg(self, x) -> kel.ElasticityResult:
+        """The CG solve of ``x`` (what :meth:`solve` runs unless the field is stress-free)."""
         stress = _macro_stress(self.ndim, self.stack_pressure_Pa)
-        guess = self.zero_solution(x.dtype) if initial_guess is None else initial_guess
         return _solve_jit(
             self.table0, self.table1, self.phase_index, jnp.nan_to_num(x),
             self.expansion, jnp.asarray(self.x_ref, x.dtype), jnp.asarray(stress, x.dtype),
-            self.tol, self.maxiter, guess,
+            self.tol, self.maxiter,
         )
 
     def _is_stress_free(self, x) -> bool:
@@ -322,12 +311,12 @@ def scenario_stress_coupling(scenario, micro: Microstructure, dtype, cell: bool 
 
 
 @eqx.filter_jit
-def _solve_jit(t0, t1, idx, x, expansion, x_ref, stress, tol, maxiter, guess=None):
+def _solve_jit(t0, t1, idx, x, expansion, x_ref, stress, tol, maxiter):
     return kel.solve_elasticity(
         t0, t1, idx, x,
         expansion_table=expansion, x_ref=x_ref,
         macro_stress=stress, stress_mask=jnp.ones(stress.shape, bool),
-        tol=tol, maxiter=maxiter, initial_guess=guess,
+        tol=tol, maxiter=maxiter,
     )
 
 

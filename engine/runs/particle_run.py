@@ -18,7 +18,6 @@ import math
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -114,7 +113,6 @@ class _ParticleRun:
         self.grain_id = np.asarray(micro.grain_id)
         self.active = self.grain_id >= 0
         self.stress_solver = None
-        self.stress_solutions = []  # CG solutions of the last two stress snapshots (warm start)
         if scenario.mechanics.enabled:
             self.stress_solver = StressSolver.build(micro, scenario.mechanics, stress_free_x(scenario), dtype)
             self.stress_solver.warm_up(dtype)  # compiles while the first chunks run
@@ -134,43 +132,11 @@ class _ParticleRun:
         fields = {"soc": np.where(active, x_np, np.nan)}
         stats = {"mean_soc": float(x_np[active].mean())}
         if self.stress_solver is not None and np.all(np.isfinite(x_np)):
-            stress_fields, stress_stats = stress_outputs(self.solve_stress(x_now), active)
+            stress_fields, stress_stats = stress_outputs(self.stress_solver.solve(x_now), active)
             fields.update(stress_fields)
             stats.update(stress_stats)
         self.writer.append_snapshot(t_s, fields, {"mean_soc": grain_mean / np.maximum(counts, 1)}, stats)
         self.n_snapshots += 1
-
-    def solve_stress(self, x):
-        """The stress of snapshot field ``x``, CG warm-started from the linear
-        extrapolation 2 u₋₁ − u₋₂ of the two previous snapshots' solutions (equal time
-        steps; the previous one alone after the first). It stops by the cold solve's rule
-        (‖r‖_M ≤ tol ‖b‖_M) in about half the iterations (docs/particle_runs.md)."""
-        history = self.stress_solutions
-        guess = None
-        if len(history) == 1:
-            guess = history[-1]
-        elif len(history) == 2:
-            guess = jax.tree_util.tree_map(lambda a, b: 2 * a - b, history[-1], history[-2])
-        result = self.stress_solver.solve(x, initial_guess=guess)
-        solution = result.cg_solution
-        if solution is None:  # the exact stress-free shortcut: the zero solution
-            solution = self.stress_solver.zero_solution(x.dtype)
-        self.stress_solutions = (history + [solution])[-2:]
-        return result
-
-    def replay_stress(self, fields):
-        """On resume: rebuild the warm-start history from the snapshots already in the
-        file (``fields``: its /fields group), solving them again in order exactly as the
-        uninterrupted run did (same x, same guesses), so that the resumed run's later
-        snapshots equal an uninterrupted run's bit for bit."""
-        if self.stress_solver is None or "soc" not in fields:
-            return
-        self.stress_solutions = []
-        for k in range(self.n_snapshots):
-            soc = np.asarray(fields["soc"][k])
-            x = np.where(self.active, soc, 0.0)  # 0 outside the particle, as the State holds it
-            if np.all(np.isfinite(x)):
-                self.solve_stress(jnp.asarray(x, self.dtype))
 
     def rows(self, t_s, mean_x, li_mol=None):
         self.writer.append_timeseries(_timeseries_rows(t_s, mean_x, li_mol, self.li0, self.current_A,
@@ -306,7 +272,6 @@ def resume_particle(path: str | Path, scenario: Scenario, progress: bool = True,
     run.writer = writer
     run.n_steps, run.n_rows = int(bookkeeping["n_steps"]), int(bookkeeping["n_rows"])
     run.n_snapshots = int(bookkeeping["n_snapshots"])
-    run.replay_stress(writer._file["fields"])
     return run.drive(state, progress, checkpoint_wall_s)
 
 
