@@ -137,7 +137,10 @@ class StressSolver:
             except Exception:  # noqa: BLE001 - the run's own solve reports it
                 pass
 
-        thread = threading.Thread(target=work, name="ssbx-stress-warm-up", daemon=True)
+        # not a daemon: the interpreter waits for it at exit (at most the compile time) rather
+        # than finalising while XLA is still compiling in it (a run stopped before its first
+        # stressed snapshot)
+        thread = threading.Thread(target=work, name="ssbx-stress-warm-up", daemon=False)
         object.__setattr__(self, "_warm_up", thread)  # frozen dataclass: joined by solve()
         thread.start()
         return thread
