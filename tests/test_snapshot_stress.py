@@ -11,7 +11,6 @@ import pytest
 
 from ssbx.engine.config.scenario import MechanicsConfig
 from ssbx.engine.geometry.microstructure import polycrystalline_particle
-from ssbx.engine.physics import mechanics
 from ssbx.engine.physics.mechanics import StressSolver, stress_outputs
 from ssbx.kernels.elasticity import max_principal_stress
 
