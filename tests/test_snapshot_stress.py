@@ -2,6 +2,7 @@
 largest principal stress against a reference eigen-solver, the exact stress-free shortcut
 of StressSolver.solve against the CG solve it skips, and the background warm-up."""
 
+import contextlib
 import logging
 
 import jax
@@ -102,13 +103,21 @@ def test_shortcut_refuses_eigenstrain_and_applied_pressure(particle):
     np.testing.assert_allclose(np.asarray(pressed.solve(x0).mean_stress), [0, 0, -5e6, 0, 0, 0], atol=5e6 * 1e-3)
 
 
-def test_warm_up_compiles_what_the_snapshots_use(caplog):
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_warm_up_compiles_what_the_snapshots_use(caplog, dtype_name):
     """The background warm-up compiles the solve for its grid; a snapshot after it
     compiles nothing (its fields are NumPy), and gives what a solver without warm-up
-    gives (bit for bit). Its own grid (16³), so that no other test compiled it before."""
+    gives (bit for bit). Its own grid (16³), so that no other test compiled it before.
+    float64: the run's jax.enable_x64 is thread-local, so the warm-up thread must turn it
+    on itself (without, it compiled the float32 program and the snapshot compiled again)."""
+    with (jax.enable_x64(True) if dtype_name == "float64" else contextlib.nullcontext()):
+        _warm_up_then_snapshot(caplog, jnp.dtype(dtype_name))
+
+
+def _warm_up_then_snapshot(caplog, dtype):
     micro = polycrystalline_particle(0.45e-6, 1e-7, n_grains=4, margin_voxels=3, seed=3)
-    solver = StressSolver.build(micro, MechanicsConfig(), x_ref=0.7, dtype=jnp.float32)
-    x = _field(micro, 0.6)
+    solver = StressSolver.build(micro, MechanicsConfig(), x_ref=0.7, dtype=dtype)
+    x = _field(micro, 0.6).astype(dtype)  # a run's field has the run's dtype
 
     def compiled_during(fn):
         caplog.clear()
@@ -122,12 +131,12 @@ def test_warm_up_compiles_what_the_snapshots_use(caplog):
         return out, [m for m in (r.getMessage() for r in caplog.records)
                      if "Finished XLA compilation" in m]
 
-    _, warm = compiled_during(lambda: solver.warm_up(jnp.float32).join())
+    _, warm = compiled_during(lambda: solver.warm_up(dtype).join())
     assert any("_solve_jit" in m for m in warm), warm
     (fields, stats), later = compiled_during(lambda: stress_outputs(solver.solve(x), micro.active))
     assert later == []
     assert stats["cg_iterations"] > 0
-    cold = StressSolver.build(micro, MechanicsConfig(), x_ref=0.7, dtype=jnp.float32)
+    cold = StressSolver.build(micro, MechanicsConfig(), x_ref=0.7, dtype=dtype)
     fields_cold, stats_cold = stress_outputs(cold.solve(x), micro.active)
     assert stats == stats_cold
     for name in fields:

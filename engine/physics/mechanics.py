@@ -131,9 +131,12 @@ class StressSolver:
         the compiled program. The warm-up solves a field at x_ref (zero right-hand side
         unless a stack pressure is applied: CG stops at once or soon). Errors are left to
         the real solve to raise."""
+        x64 = bool(jax.config.jax_enable_x64)  # a float64 run's jax.enable_x64 is thread-local
+
         def work():
             try:
-                jax.block_until_ready(self._cg(jnp.full(self.phase_index.shape, self.x_ref, dtype)))
+                with jax.enable_x64(x64):
+                    jax.block_until_ready(self._cg(jnp.full(self.phase_index.shape, self.x_ref, dtype)))
             except Exception:  # noqa: BLE001 - the run's own solve reports it
                 pass
 
