@@ -198,7 +198,7 @@ KEY_DOCS: dict[str, dict[str, tuple]] = {
         "time_step_s": ("s", "Electrochemical step Δt (upper bound; shortened near x = 0 or 1 and at "
                              "cut-offs)."),
         "newton_iterations": ("—", "Most Newton iterations on the linearised Butler–Volmer coupling of one potential solve."),
-        "newton_tolerance_V": ("V", "Newton stops once an iteration changes no face potential drop by more than this, after one more iteration (error about 216 tol⁴ V from quadratic convergence); 0: always `newton_iterations`."),
+        "newton_tolerance_V": ("V", "Newton stops once an iteration solved to `solver_rtol` changes no face potential drop by more than this (runs; error about 6 tol² V from quadratic convergence), or, when differentiating, after one more iteration past that (about 216 tol⁴ V); 0: always `newton_iterations`."),
         "solver_rtol": ("—", "Relative tolerance of the potential (PCG) solves."),
         "preconditioner": ("—", "PCG preconditioner of the potential solves."),
     },

@@ -410,10 +410,11 @@ class ElectrochemistryConfig:
     ecbd_ionic_S_m: float = 0.02
     separator_ionic_S_m: float = 0.04
     time_step_s: float = 10.0
-    # Newton on the Butler–Volmer coupling: iterate until an iteration changes no face
-    # potential drop by more than newton_tolerance_V, then once more (Newton converges
-    # quadratically: about 6 tol² V after that, 216 tol⁴ V after the extra one; 0 runs
-    # newton_iterations every time), at most newton_iterations
+    # Newton on the Butler–Volmer coupling: a run stops once an iteration solved tightly
+    # changes no face potential drop by more than newton_tolerance_V (Newton converges
+    # quadratically: about 6 tol² V left); the differentiable path iterates until an
+    # iteration changes none by more, then once more (216 tol⁴ V); 0 runs
+    # newton_iterations every time; at most newton_iterations
     newton_iterations: int = 10
     newton_tolerance_V: float = 1e-3
     solver_rtol: float = 1e-6
