@@ -720,30 +720,30 @@ def solve_elasticity(
 # ----------------------------------------------------------------------------------
 
 
-def _module_of(a):
-    """NumPy for a NumPy array (evaluated on the host in its own dtype, e.g. float64 for
-    run output), jax.numpy otherwise."""
-    return np if isinstance(a, np.ndarray) else jnp
+def _on_host_or_device(a):
+    """``(a, numpy)`` for a NumPy array (evaluated on the host in its own dtype, e.g.
+    float64 for run output), ``(jnp.asarray(a), jax.numpy)`` otherwise."""
+    return (a, np) if isinstance(a, np.ndarray) else (jnp.asarray(a), jnp)
 
 
 def hydrostatic(stress):
     """Hydrostatic (mean) stress σ_h = (σ_xx + σ_yy + σ_zz)/3, shape (*grid), unit of input.
     A NumPy input is evaluated with NumPy."""
-    stress = stress if isinstance(stress, np.ndarray) else jnp.asarray(stress)
+    stress, _ = _on_host_or_device(stress)
     return (stress[0] + stress[1] + stress[2]) / 3.0
 
 
 def volumetric_strain(strain):
     """Volumetric strain ε_V = tr ε = ε_xx + ε_yy + ε_zz (small strain), shape (*grid).
     A NumPy input is evaluated with NumPy."""
-    strain = strain if isinstance(strain, np.ndarray) else jnp.asarray(strain)
+    strain, _ = _on_host_or_device(strain)
     return strain[0] + strain[1] + strain[2]
 
 
 def deviatoric_norm(stress):
     """J2 = ½ s:s of the deviator s = σ − σ_h I, shape (*grid). A NumPy input is
     evaluated with NumPy."""
-    s = stress if isinstance(stress, np.ndarray) else jnp.asarray(stress)
+    s, _ = _on_host_or_device(stress)
     h = hydrostatic(s)
     d = [s[0] - h, s[1] - h, s[2] - h]
     return 0.5 * (d[0] ** 2 + d[1] ** 2 + d[2] ** 2) + s[3] ** 2 + s[4] ** 2 + s[5] ** 2
@@ -756,7 +756,7 @@ def von_mises(stress):
     The square root is made differentiable at J2 = 0 (gradient 0 there). A NumPy input
     is evaluated with NumPy.
     """
-    xp = _module_of(stress)
+    _, xp = _on_host_or_device(stress)
     j2 = 3.0 * deviatoric_norm(stress)
     pos = j2 > 0
     return xp.where(pos, xp.sqrt(xp.where(pos, j2, 1.0)), 0.0)
@@ -777,7 +777,6 @@ def principal_stresses(stress):
     return jnp.moveaxis(jnp.linalg.eigvalsh(t), -1, 0)
 
 
-
 def max_principal_stress(stress):
     """Largest principal stress, shape (*grid), unit and dtype of input, in closed form.
 
@@ -795,8 +794,7 @@ def max_principal_stress(stress):
     this is ~10x cheaper than ``principal_stresses`` (LAPACK/XLA eigvalsh, ~0.1 s on a
     2-core CPU).
     """
-    xp = _module_of(stress)
-    s = stress if xp is np else jnp.asarray(stress)
+    s, xp = _on_host_or_device(stress)
     xx, yy, zz, yz, xz, xy = (s[k] for k in range(6))
     m = (xx + yy + zz) / 3.0
     dx, dy, dz = xx - m, yy - m, zz - m
