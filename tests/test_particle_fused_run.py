@@ -22,6 +22,7 @@ from ssbx.engine.model.particle import (
     TransportParams,
     _status_by_rank,
     _status_of,
+    fused_stencil_coefficients,
     rollout,
 )
 from ssbx.engine.solve.particle_step import advance_particle, particle_state_at_start
@@ -97,6 +98,18 @@ def test_guard_fires_on_the_same_step_with_the_same_status(ndim, flux, x_start, 
     np.testing.assert_allclose(np.asarray(state.x), x_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(rec["mean_x"]), rec_ref["mean_x"], rtol=0, atol=1e-6)
     assert np.all(np.asarray(rec["mean_x"])[stop:] == np.asarray(rec["mean_x"])[stop - 1])
+    # a particle run passes the pair weights built once per run: the same chunk to round-off
+    # (the weights built outside the jitted chunk, XLA fuses their arithmetic differently)
+    weights = fused_stencil_coefficients(geometry, params)
+    state_w, n_w, rec_w = jax.jit(lambda s: advance_particle(geometry, params, s, n, dt, BLOCK,
+                                                             coefficients=weights))(particle_state_at_start(x0))
+    assert int(n_w) == stop and int(state_w.status) == code
+    np.testing.assert_array_equal(np.asarray(rec_w["status"]), np.asarray(rec["status"]))
+    np.testing.assert_allclose(np.asarray(state_w.x), np.asarray(state.x), rtol=0, atol=2e-7)
+    np.testing.assert_allclose(np.asarray(rec_w["mean_x"]), np.asarray(rec["mean_x"]), rtol=0, atol=2e-7)
+    with pytest.raises(ValueError, match="fused_coefficients"):  # only the step-by-step fused path takes them
+        rollout(geometry, params, x0, n, dt, checkpoint_every=BLOCK, stencil="reference", guard=True,
+                fused_coefficients=weights)
     x_good = np.asarray(state.x)[active]
     assert x_good.min() >= 0 and x_good.max() <= 1
     # the frozen state is the unguarded fused state after `stop` steps (to round-off; one

@@ -131,6 +131,7 @@ def rollout(
     adjoint: str = "symmetric",
     coupling=None,
     stencil: str = "auto",
+    fused_coefficients=None,
 ):
     """Advance ``n_steps`` explicit steps; returns ``(x_final, per_step)``.
 
@@ -178,6 +179,12 @@ def rollout(
     ``"fused"``. With ``coupling`` only the reference operator exists: ``"fused"`` is
     refused.
 
+    ``fused_coefficients`` (with ``stencil="fused"`` only): the fused stencil's pair
+    weights from :func:`fused_stencil_coefficients` of the same ``geometry`` and ``params``, built
+    once by a caller that runs many rollouts with fixed parameters (a particle run's
+    chunks), instead of once per rollout. Derivatives w.r.t. ``params`` then do not reach
+    the weights (they are the caller's constant).
+
     ``n_steps`` must be a multiple of ``checkpoint_every`` (the block length of the
     checkpointed scan; see the module docstring for the memory trade-off).
     """
@@ -192,6 +199,9 @@ def rollout(
     if stencil == "fused" and coupling is not None:
         raise ConfigError("stencil = 'fused' with stress coupling: the fused pair stencil has no stress "
                           "drift; valid with coupling: stencil = 'auto' or 'reference'")
+    if fused_coefficients is not None and (stencil != "fused" or (adjoint == "symmetric" and not guard)):
+        raise ValueError("fused_coefficients are used by stencil = 'fused' with guard = True or "
+                         "adjoint = 'autodiff' only (the step-by-step fused path)")
     table = component_table(params, geometry.ndim)
     source = kdiff.surface_flux_rate(
         params.flux_mol_m2_s, geometry.face_count, params.c_max_mol_m3, geometry.voxel_size_m
@@ -206,7 +216,7 @@ def rollout(
                                   checkpoint_every)
         if stencil == "fused":
             return _rollout_fused_stepwise(geometry, table, source, active, n_active, x0, n_steps, dt_s,
-                                           checkpoint_every, guard)
+                                           checkpoint_every, guard, fused_coefficients)
     comps = kdiff.voxel_components(table, geometry.grain_id) if (symmetric or coupling is not None) else None
     if symmetric:
         source = jnp.where(active, source, 0.0)
@@ -295,7 +305,7 @@ def _status_by_rank(x, active):
 
 
 def _rollout_fused_stepwise(geometry, table, source, active, n_active, x0, n_steps, dt_s, checkpoint_every,
-                            guard):
+                            guard, coeffs=None):
     """The fused pair stencil one step at a time, with the guard (``stencil="fused"``).
 
     Each step is kernels.diffusion_fused.step_padded on the padded state (one elementwise
@@ -312,9 +322,11 @@ def _rollout_fused_stepwise(geometry, table, source, active, n_active, x0, n_ste
     static slices), so ``adjoint="autodiff"`` semantics hold. Memory: the d² pair
     weights (9 in 3D, 4 in 2D) padded by one voxel, the padded state, the mask and the
     source, i.e. about d² + 5 words per voxel against one grain id and about five words
-    for the reference operator.
+    for the reference operator. ``coeffs``: the pair weights if the caller built them
+    (:func:`fused_stencil_coefficients`), else built here.
     """
-    coeffs = kfused.prepare(geometry.grain_id, table, geometry.voxel_size_m)
+    if coeffs is None:
+        coeffs = kfused.prepare(geometry.grain_id, table, geometry.voxel_size_m)
     source = jnp.where(active, source, 0.0)
     mask = active.astype(coeffs.weights.dtype)
 
@@ -340,6 +352,13 @@ def _rollout_fused_stepwise(geometry, table, source, active, n_active, x0, n_ste
     (xp_final, _, _), per_block = jax.lax.scan(block, init, None, length=n_steps // checkpoint_every)
     per_step = jax.tree_util.tree_map(lambda a: a.reshape((n_steps,) + a.shape[2:]), per_block)
     return kfused.interior(xp_final), per_step
+
+
+def fused_stencil_coefficients(geometry: ParticleGeometry, params: TransportParams):
+    """The fused pair stencil's weights for ``geometry`` and ``params``
+    (kernels.diffusion_fused.prepare of :func:`component_table`), for
+    ``rollout(..., stencil="fused", fused_coefficients=...)``."""
+    return kfused.prepare(geometry.grain_id, component_table(params, geometry.ndim), geometry.voxel_size_m)
 
 
 def initial_state(geometry: ParticleGeometry, x_initial: float, dtype=jnp.float32) -> jax.Array:

@@ -34,11 +34,12 @@ from ssbx.engine.model.particle import (
     STATUS_TEXT,
     ParticleGeometry,
     TransportParams,
+    fused_stencil_coefficients,
     galvanostatic_flux,
     initial_state,
     li_amount_mol,
 )
-from ssbx.engine.solve.particle_step import ParticleState, advance_particle, particle_state_at_start
+from ssbx.engine.solve.particle_step import ParticleState, advance_particle, particle_stencil, particle_state_at_start
 
 
 @dataclasses.dataclass
@@ -107,6 +108,9 @@ class _ParticleRun:
         # interval and is ≤ numerics.chunk_steps (same Δt and steps whatever the chunk)
         self.chunk = max(c for c in range(block, max(block, scenario.numerics.chunk_steps) + 1, block)
                          if self.steps_per_interval % c == 0)
+        # the fused stencil's pair weights once per run, not once per chunk
+        self.fused_weights = (fused_stencil_coefficients(geometry, self.params)
+                              if particle_stencil(self.coupling) == "fused" else None)
         x0 = initial_state(geometry, mat.x_initial, dtype)
         self.li0 = li_amount_mol(geometry, x0, c_max)
         self.initial = particle_state_at_start(x0)
@@ -205,7 +209,7 @@ class _ParticleRun:
         try:
             while not done:
                 state, n_taken, per_step = advance_particle(self.geometry, self.params, state, self.chunk, self.dt,
-                                                            self.block, self.coupling)
+                                                            self.block, self.coupling, self.fused_weights)
                 before = self.n_steps
                 done = self.after_chunk(state.x, n_taken, np.asarray(per_step["status"]),
                                         np.asarray(per_step["mean_x"], dtype=np.float64))

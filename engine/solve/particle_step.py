@@ -64,14 +64,18 @@ def particle_stencil(coupling=None) -> str:
 
 @eqx.filter_jit
 def advance_particle(geometry: ParticleGeometry, params: TransportParams, state: ParticleState, chunk: int,
-                     dt_s: float, block: int, coupling=None):
+                     dt_s: float, block: int, coupling=None, coefficients=None):
     """Run ``chunk`` explicit steps of Δt = ``dt_s`` from ``state``. Returns
     ``(state, n_taken, records)``: ``records`` are (chunk,) arrays ``mean_x`` and
     ``status`` per step (engine.model.particle.rollout with ``guard=True``), ``n_taken``
     the steps accepted before a stop. With stress-assisted transport (``coupling``) the
-    stress is re-solved every ``block`` steps (``block`` must divide ``chunk``)."""
+    stress is re-solved every ``block`` steps (``block`` must divide ``chunk``).
+    ``coefficients``: the fused stencil's pair weights built once per run
+    (engine.model.particle.fused_stencil_coefficients), when :func:`particle_stencil` is
+    ``"fused"``; without them every chunk rebuilds them (8 % of a chunk at 128³)."""
     x, records = rollout(geometry, params, state.x, chunk, dt_s, checkpoint_every=block, guard=True,
-                         coupling=coupling, adjoint="autodiff", stencil=particle_stencil(coupling))
+                         coupling=coupling, adjoint="autodiff", stencil=particle_stencil(coupling),
+                         fused_coefficients=coefficients)
     n_taken = jnp.sum(records["status"] == STATUS_RUNNING).astype(jnp.int32)
     status = jnp.where(n_taken < chunk, records["status"][jnp.minimum(n_taken, chunk - 1)], STATUS_RUNNING)
     return ParticleState(x=x, n_steps=state.n_steps + n_taken, status=status.astype(jnp.int32)), n_taken, records
