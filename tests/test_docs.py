@@ -6,6 +6,7 @@ compare. Regenerate after a schema change with ``python -m ssbx.engine.cli.scena
 """
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,7 @@ def _text_files():
 
 
 def test_links_between_docs_resolve():
-    import re
-
-    for page in (ROOT / "docs").glob("*.md"):
+    for page in _shipped_docs():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
             if "://" in target:
                 continue
@@ -91,8 +90,6 @@ def test_links_between_docs_resolve():
 
 def test_pointers_to_docs_name_existing_pages_and_sections():
     # "docs/physics.md §5" in a docstring must name a page that exists and a section it has
-    import re
-
     physics = (ROOT / "docs" / "physics.md").read_text(encoding="utf-8")
     sections = set(re.findall(r"^## (\d+)\. ", physics, flags=re.M))
     for path in _text_files():
@@ -109,8 +106,6 @@ def test_pointers_to_docs_name_existing_pages_and_sections():
 # files, modules and their attributes, and the options of the `ssbx` subcommands. Pure text
 # checks plus imports and in-process argparse: a renamed file, function or option fails here.
 # ---------------------------------------------------------------------------------------------
-
-import re  # noqa: E402
 
 FOLDERS = ("engine", "kernels", "tests", "benchmarks", "examples", "notebooks")
 # `engine/solve/cell_step.py`, `examples/focus/`, `kernels/conduction.solve_potential` (file.attribute)
@@ -276,3 +271,37 @@ def test_the_citation_checks_catch_stale_references(monkeypatch):
     parsers = _ssbx_parsers(monkeypatch)
     assert "--no-such-option" not in parsers["run"]._option_string_actions
     assert "--out" in parsers["run"]._option_string_actions and "frobnicate" not in parsers
+
+
+def _cited_benchmark_options(text):
+    """(script, option) for every `python benchmarks/x.py ... --option` in code."""
+    for line in _command_lines(text):
+        for match in re.finditer(r"benchmarks/(\w+\.py)([^;&|#]*)", line):
+            yield match.group(1), None
+            for option in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", match.group(2).split("benchmarks/")[0]):
+                yield match.group(1), option
+
+
+def test_cited_test_functions_and_benchmark_options_exist():
+    defined = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M))
+    problems = []
+    for page in _shipped_docs():
+        text = page.read_text(encoding="utf-8")
+        for name in set(re.findall(r"(?:`|::)(test_\w+)(?=`|\b)(?!\.py)", text)):
+            if name not in defined:
+                problems.append(f"{page.relative_to(ROOT)}: test {name} is not defined in tests/")
+        for script, option in set(_cited_benchmark_options(text)):
+            source = ROOT / "benchmarks" / script
+            if option is not None and source.is_file() and f'"{option}"' not in source.read_text(encoding="utf-8"):
+                problems.append(f"{page.relative_to(ROOT)}: benchmarks/{script} has no option {option}")
+    assert not problems, "stale test or benchmark citations:\n" + "\n".join(sorted(problems))
+
+
+def test_benchmark_option_check_catches_a_stale_option():
+    stale = "```bash\npython benchmarks/roofline.py --gpu --no-such-flag\n```\nand `python benchmarks/diffusion.py --sizes 64`"
+    cited = set(_cited_benchmark_options(stale))
+    assert {("roofline.py", "--gpu"), ("roofline.py", "--no-such-flag"), ("diffusion.py", "--sizes")} <= cited
+    source = (ROOT / "benchmarks" / "roofline.py").read_text(encoding="utf-8")
+    assert '"--gpu"' in source and '"--no-such-flag"' not in source
