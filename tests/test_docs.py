@@ -305,3 +305,41 @@ def test_benchmark_option_check_catches_a_stale_option():
     assert {("roofline.py", "--gpu"), ("roofline.py", "--no-such-flag"), ("diffusion.py", "--sizes")} <= cited
     source = (ROOT / "benchmarks" / "roofline.py").read_text(encoding="utf-8")
     assert '"--gpu"' in source and '"--no-such-flag"' not in source
+
+
+def _cited_imports(text):
+    """(module, name) of every ``from ssbx.x import name`` in the python code blocks (name
+    None for ``import ssbx.x``); a block that is not whole Python is read statement by statement."""
+    import ast
+
+    for block in re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S):
+        statements = re.findall(r"^(from ssbx\S* import \([^)]*\)|from ssbx\S* import [^\n]+|import ssbx[^\n]*)",
+                                block, flags=re.M)
+        for statement in statements:
+            for node in ast.walk(ast.parse(statement.split("#")[0].strip())):
+                if isinstance(node, ast.ImportFrom):
+                    yield from ((node.module, alias.name) for alias in node.names)
+                elif isinstance(node, ast.Import):
+                    yield from ((alias.name, None) for alias in node.names)
+
+
+def test_imports_in_python_examples_resolve():
+    import importlib
+
+    problems = []
+    for page in _shipped_docs():
+        for module, name in set(_cited_imports(page.read_text(encoding="utf-8"))):
+            try:
+                imported = importlib.import_module(module)
+            except ModuleNotFoundError:
+                problems.append(f"{page.relative_to(ROOT)}: no module {module}")
+                continue
+            if name is not None and not hasattr(imported, name):
+                try:
+                    importlib.import_module(f"{module}.{name}")
+                except ModuleNotFoundError:
+                    problems.append(f"{page.relative_to(ROOT)}: from {module} import {name}: no such name")
+    assert not problems, "stale imports in examples:\n" + "\n".join(sorted(problems))
+    stale = "```python\nfrom ssbx.engine.io.run_file import (load_run,\n    no_such_reader)\n```\n"
+    assert set(_cited_imports(stale)) == {("ssbx.engine.io.run_file", "load_run"),
+                                          ("ssbx.engine.io.run_file", "no_such_reader")}
