@@ -102,8 +102,9 @@ def test_pointers_to_docs_name_existing_pages_and_sections():
 
 
 # ---------------------------------------------------------------------------------------------
-# Citations of the code in the shipped docs (README.md, docs/*.md) must name things that exist:
-# files, modules and their attributes, and the options of the `ssbx` subcommands. Pure text
+# Citations of the code in the shipped docs (README.md, notebooks/README.md, docs/*.md) must
+# name things that exist: files, modules and their attributes, tests, imports in the Python
+# examples, and the options of the `ssbx` subcommands and of the benchmark scripts. Text
 # checks plus imports and in-process argparse: a renamed file, function or option fails here.
 # ---------------------------------------------------------------------------------------------
 
@@ -117,7 +118,7 @@ FILE_SUFFIXES = (".py", ".toml", ".ipynb", ".json", ".sh", ".md", ".csv", ".npy"
 
 
 def _shipped_docs():
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", ROOT / "notebooks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def _cited_paths(text):
@@ -201,7 +202,7 @@ def _ssbx_parsers(monkeypatch):
 
     cli = importlib.import_module("ssbx.engine.cli.main")  # the package re-exports main() itself
 
-    class Built(Exception):
+    class Built(BaseException):  # not an Exception: main()'s error handling must not catch it
         pass
 
     def capture(self, *args, **kwargs):
