@@ -278,18 +278,32 @@ class StressCoupling(eqx.Module):
         grains = grain_expansion_table(orientations, self.beta)
         return jnp.concatenate([grains.astype(self.table0.dtype), self.label_expansion])
 
-    def solve(self, orientations, x) -> kel.ElasticityResult:
-        """The stress of the Li field ``x`` (non-active voxels may hold anything finite)."""
+    def solve(self, orientations, x, initial_guess=None) -> kel.ElasticityResult:
+        """The stress of the Li field ``x`` (non-active voxels may hold anything finite).
+        ``initial_guess``: the ``cg_solution`` of an earlier solve on this grid (CG starts
+        there; same stopping rule, kernels.elasticity.solve_elasticity)."""
         return kel.solve_elasticity(
             self.table0, self.table1, self.phase_index, x,
             expansion_table=self.expansion_table(orientations), x_ref=self.x_ref,
             macro_stress=self.macro_stress, stress_mask=jnp.ones(self.macro_stress.shape, bool),
-            tol=self.tol, maxiter=self.maxiter,
+            tol=self.tol, maxiter=self.maxiter, initial_guess=initial_guess,
         )
 
     def potential(self, orientations, c_max_mol_m3, x, active):
         """χ = σ : B / (c_max R T) on active voxels (0 elsewhere), dimensionless."""
         return self.potential_of(self.solve(orientations, x), orientations, c_max_mol_m3, active)
+
+    def zero_guess(self, dtype):
+        """A ``cg_solution``-shaped zero (displacement (d, *grid), mean strain (6,)): CG
+        from it takes the same iterations as a cold start."""
+        shape = self.phase_index.shape
+        return (jnp.zeros((len(shape),) + shape, dtype), jnp.zeros((6,), dtype))
+
+    def potential_warm(self, orientations, c_max_mol_m3, x, active, guess):
+        """(χ, cg_solution): :meth:`potential` with CG started from ``guess`` (the previous
+        solve's ``cg_solution``), for the next warm start."""
+        result = self.solve(orientations, x, initial_guess=guess)
+        return self.potential_of(result, orientations, c_max_mol_m3, active), result.cg_solution
 
     def potential_of(self, result: kel.ElasticityResult, orientations, c_max_mol_m3, active):
         """χ of an already solved stress ``result``."""

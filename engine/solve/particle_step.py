@@ -69,13 +69,15 @@ def advance_particle(geometry: ParticleGeometry, params: TransportParams, state:
     ``(state, n_taken, records)``: ``records`` are (chunk,) arrays ``mean_x`` and
     ``status`` per step (engine.model.particle.rollout with ``guard=True``), ``n_taken``
     the steps accepted before a stop. With stress-assisted transport (``coupling``) the
-    stress is re-solved every ``block`` steps (``block`` must divide ``chunk``).
+    stress is re-solved every ``block`` steps (``block`` must divide ``chunk``), each
+    solve starting from the previous one's solution (``warm_stress``; the chunk's first
+    from zero, so a resumed run repeats an uninterrupted one bit for bit).
     ``coefficients``: the fused stencil's pair weights built once per run
     (engine.model.particle.fused_stencil_coefficients), when :func:`particle_stencil` is
     ``"fused"``; without them every chunk rebuilds them (8 % of a chunk at 128³)."""
     x, records = rollout(geometry, params, state.x, chunk, dt_s, checkpoint_every=block, guard=True,
                          coupling=coupling, adjoint="autodiff", stencil=particle_stencil(coupling),
-                         fused_coefficients=coefficients)
+                         fused_coefficients=coefficients, warm_stress=True)
     n_taken = jnp.sum(records["status"] == STATUS_RUNNING).astype(jnp.int32)
     status = jnp.where(n_taken < chunk, records["status"][jnp.minimum(n_taken, chunk - 1)], STATUS_RUNNING)
     return ParticleState(x=x, n_steps=state.n_steps + n_taken, status=status.astype(jnp.int32)), n_taken, records
