@@ -163,6 +163,21 @@ def test_warm_started_stress_solves_keep_the_solver_tolerance(x64, coupled_parti
     assert all(w < c_ for w, c_ in zip(warm_its[1:], cold_its[1:])), (warm_its, cold_its)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_zero_guess_has_the_shape_of_a_cg_solution(ndim):
+    """The warm start's first guess has the structure the solver returns (nodal displacement
+    with 3 components also on 2D grids), so the block carry of rollout(warm_stress=True)
+    keeps one shape."""
+    from ssbx.engine.config.scenario import MechanicsConfig
+
+    micro = polycrystalline_particle(0.6e-6, H, n_grains=4, seed=3, ndim=ndim)
+    c = StressCoupling.build(micro, MechanicsConfig(), 0.6, T, jnp.float32)
+    x = jnp.where(jnp.asarray(micro.active), 0.5, 0.0).astype(jnp.float32)
+    solved = jax.eval_shape(lambda x: c.solve(jnp.asarray(micro.orientations), x).cg_solution, x)
+    guess = c.zero_guess(jnp.float32)
+    assert [(a.shape, a.dtype) for a in guess] == [(a.shape, a.dtype) for a in solved]
+
+
 def eqx_replace(coupling, beta):
     import equinox as eqx
 

@@ -190,9 +190,9 @@ def rollout(
     previous block's solution (the first from zero) instead of from zero. CG stops by the
     same relative-residual rule, so χ agrees with a cold solve to the solver tolerance,
     not bit for bit. Between nearby blocks the change is small: on the default particle
-    with stress-assisted transport, mid-run, 6 CG iterations instead of 23
-    (benchmarks/coupled_particle_speed.py). The displacement (d fields) then rides in
-    the block carry, so a differentiated rollout would store d + 1 fields per block
+    with stress-assisted transport, mid-run, 9 CG iterations instead of 24
+    (benchmarks/coupled_particle_speed.py). The displacement (3 fields) then rides in
+    the block carry, so a differentiated rollout would store 4 fields per block
     instead of one; forward runs (engine.solve.particle_step) switch it on, the default
     is off.
 

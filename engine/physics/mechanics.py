@@ -294,10 +294,11 @@ class StressCoupling(eqx.Module):
         return self.potential_of(self.solve(orientations, x), orientations, c_max_mol_m3, active)
 
     def zero_guess(self, dtype):
-        """A ``cg_solution``-shaped zero (displacement (d, *grid), mean strain (6,)): CG
-        from it takes the same iterations as a cold start."""
+        """A ``cg_solution``-shaped zero (nodal displacement (3, *grid), also on 2D grids,
+        and mean strain (6,); kernels.elasticity): CG from it takes the same iterations as a
+        cold start."""
         shape = self.phase_index.shape
-        return (jnp.zeros((len(shape),) + shape, dtype), jnp.zeros((6,), dtype))
+        return (jnp.zeros((3,) + shape, dtype), jnp.zeros((6,), dtype))
 
     def potential_warm(self, orientations, c_max_mol_m3, x, active, guess):
         """(χ, cg_solution): :meth:`potential` with CG started from ``guess`` (the previous
